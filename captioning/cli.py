@@ -1,0 +1,137 @@
+"""`python -m captioning train|evaluate|caption`."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from captioning.config import ConfigError, load_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+EMBEDDED_EXPERIMENT = PROJECT / "experiments" / "shapes.yaml"
+
+
+def _data_path(args) -> Path:
+    if args.data is not None:
+        return Path(args.data)
+    from captioning.synthetic import embedded_dataset
+
+    return embedded_dataset()
+
+
+def _config(args):
+    path = args.config
+    if path is None and getattr(args, "data", None) is None:
+        path = EMBEDDED_EXPERIMENT  # the embedded dataset's own experiment: small fast encoder with a spatial grid
+    return load_config(path, args.set)
+
+
+def _table(evaluations) -> str:
+    lines = ["| split | decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | seconds |", "|---|---|---|---|---|---|---|"]
+    for ev in evaluations:
+        decoding = "greedy" if ev.beam_width == 1 else f"beam-{ev.beam_width}"
+        lines.append(f"| {ev.split} | {decoding} | " + " | ".join(f"{ev.bleu[k]:.3f}" for k in
+                     ("bleu1", "bleu2", "bleu3", "bleu4")) + f" | {ev.seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> None:
+    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+
+    config = _config(args)
+    dataset = load_and_report(_data_path(args), seed=config.seed)
+    prepared = prepare(config, dataset)
+    stats = prepared.stats
+    print(f"features: {stats.images} images, {stats.cache_hits} from cache, {stats.extracted} extracted"
+          + (f" in {stats.seconds:.0f}s ({stats.images_per_second:.1f} img/s)" if stats.extracted else ""))
+    result = train_and_evaluate(config, prepared, verbose=not args.quiet)
+    out = Path(args.out or PROJECT / "outputs" / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
+    result.captioner.save(out)
+    (out / "metrics.json").write_text(json.dumps({"best_epoch": result.training.best_epoch,
+                                                  "history": result.training.history, **result.metrics()}, indent=2))
+    print(f"\nbest epoch {result.training.best_epoch} of {len(result.training.history)} "
+          f"({result.training.seconds:.0f}s training)\n")
+    print(_table(result.evaluations))
+    last = next((ev for ev in reversed(result.evaluations)), None)
+    if last is not None:
+        print(f"\nsample {last.split} captions ({'greedy' if last.beam_width == 1 else f'beam-{last.beam_width}'}):")
+        for name in list(last.captions)[:5]:
+            print(f"  {name}: {last.captions[name]}\n    reference: {dataset.raw_captions[name][0].strip()}")
+    print(f"\nsaved the captioner to {out}")
+
+
+def cmd_evaluate(args) -> None:
+    from captioning.captioner import Captioner
+    from captioning.pipeline import evaluate, load_and_report, prepare
+
+    captioner = Captioner.load(args.model)
+    dataset = load_and_report(_data_path(args), seed=captioner.config.seed)
+    prepared = prepare(captioner.config, dataset)
+    width = captioner.config.beam_width if args.beam is None else args.beam
+    print(_table([evaluate(captioner, prepared, args.split, width)]))
+
+
+def cmd_caption(args) -> None:
+    from captioning.captioner import Captioner
+
+    captioner = Captioner.load(args.model)
+    alternatives = captioner.caption_alternatives(args.images, args.beam)
+    for image, options in zip(args.images, alternatives):
+        print(f"{image}: {options[0][0]}" if len(args.images) > 1 else options[0][0])
+        if args.alternatives:
+            for caption, score in options[1:]:
+                print(f"    {score:7.3f}  {caption}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m captioning", description=(
+        "Train, evaluate and use CNN+LSTM image captioners (Xception features, merge LSTM decoder)."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_options(p):
+        p.add_argument("--data", metavar="PATH", help="dataset folder in the Kaggle or original Flickr8k layout "
+                       "(default: the embedded synthetic dataset, generated on first use)")
+
+    train = commands.add_parser("train", help="train on the train split, select on dev, score dev and test",
+                                description="Train a captioner and save it as a bundle directory.")
+    data_options(train)
+    train.add_argument("--config", metavar="YAML", help="experiment file (e.g. experiments/flickr8k.yaml); default: "
+                       "experiments/shapes.yaml for the embedded dataset, the built-in defaults otherwise")
+    train.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                       help="override one config value (repeatable), e.g. --set units=256 --set epochs=5")
+    train.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/captioner-TIME)")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory")
+    data_options(evaluate)
+    evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
+    evaluate.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    caption = commands.add_parser("caption", help="caption image files")
+    caption.add_argument("images", nargs="+", metavar="IMAGE")
+    caption.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory")
+    caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
+    caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
+    caption.set_defaults(run=cmd_caption)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from captioning.captioner import BundleError
+    from captioning.data import DataError
+    from captioning.images import ImageError
+    from captioning.train import TrainingError
+    from captioning.weights import WeightsError
+
+    try:
+        args.run(args)
+    except (ConfigError, DataError, ImageError, WeightsError, BundleError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,152 @@
+"""One configuration object for a captioning run: plain values, loaded from YAML, overridden by `key=value`.
+
+The dataclass defaults are the only source of defaults. An experiment file holds overrides under `config:`
+(other top-level sections, such as `search:`, belong to the tuning engines and are ignored here).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key a user supplied is wrong."""
+
+
+@dataclasses.dataclass
+class Config:
+    # Encoder: which CNN turns an image into a feature vector, at what input size, pooled to what grid.
+    encoder: str = "xception"
+    image_size: int = 299
+    feature_grid: int = 1  # 1: global average pooling (the seed); g: a g x g grid of averages, concatenated
+    # Text.
+    vocab_min_count: int = 5
+    max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
+    # Decoder (the seed's merge model).
+    embedding_size: int = 256
+    units: int = 512
+    lstm_layers: int = 1
+    dropout: float = 0.5
+    # Training.
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 20
+    patience: int = 3  # epochs without improvement of the selection metric before stopping
+    selection_metric: str = "bleu4"  # dev-split metric used for early stopping and model selection
+    seed: int = 0
+    # Decoding.
+    beam_width: int = 3
+    length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        return from_dict(json.loads(Path(path).read_text()))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "loss")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a value (from YAML or a `--set` string) to the field's type, or fail naming the key."""
+    kind = type(FIELDS[key].default)
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config key {key!r}: cannot read {value!r} ({exc})") from None
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r} needs a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _check(config: Config) -> Config:
+    positive = ("image_size", "feature_grid", "vocab_min_count", "embedding_size", "units", "lstm_layers",
+                "batch_size", "epochs", "beam_width")
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"config key {key!r} must be at least 1, got {getattr(config, key)}")
+    if config.max_length < 3:
+        raise ConfigError(f"config key 'max_length' must be at least 3 (start, one word, end), got {config.max_length}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"config key 'dropout' must be in [0, 1), got {config.dropout}")
+    if config.learning_rate <= 0:
+        raise ConfigError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
+    if config.patience < 0:
+        raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
+    if config.selection_metric not in SELECTION_METRICS:
+        raise ConfigError(f"config key 'selection_metric' must be one of {', '.join(SELECTION_METRICS)}, "
+                          f"got {config.selection_metric!r}")
+    from captioning.encoders import ENCODERS  # late import: the encoder registry needs TensorFlow
+
+    if config.encoder not in ENCODERS:
+        raise ConfigError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    return config
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+    return _check(Config(**{key: _coerce(key, value) for key, value in values.items()}))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["units=256", "dropout=0.3"] into {"units": 256, "dropout": 0.3}, rejecting unknown keys."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not of the form key=value (e.g. --set units=256)")
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {key!r} in --set; known keys: {', '.join(FIELDS)}")
+        values[key] = _coerce(key, raw.strip())
+    return values
+
+
+def read_experiment(path: Path) -> dict[str, Any]:
+    """The whole experiment file as a dict (config overrides plus sections for other tools)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist; see experiments/ for the available ones")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        raise ConfigError(f"experiment file {path} must be a mapping with a 'config:' section of key: value pairs")
+    return data
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the experiment file's `config:` section, then `--set` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        section = read_experiment(path).get("config") or {}
+        unknown = sorted(set(section) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)} in {path}; known keys: {', '.join(FIELDS)}")
+        values.update(section)
+    values.update(parse_overrides(overrides or []))
+    return from_dict(values)

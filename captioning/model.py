@@ -1,0 +1,83 @@
+"""The seed's merge decoder, built for teacher forcing, plus a one-word-at-a-time view of the same layers.
+
+image features -> dropout -> dense ---------------------------+
+caption ids -> embedding -> dropout -> LSTM (every step) -----+-> add -> dense -> vocabulary logits
+
+Training feeds whole captions with the LSTM returning every step, so one pass computes the seed's objective
+(every prefix predicts its next word). Padding is on the right and the loss masks it; earlier steps never see the
+padding, so the LSTM needs no mask (which would cost speed on CPU).
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioning.config import Config
+from captioning.text import PAD, START, UNK, Vocabulary
+
+
+def build_decoder(config: Config, vocab_size: int, feature_dim: int) -> keras.Model:
+    features = keras.Input((feature_dim,), name="features")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    image = keras.layers.Dropout(config.dropout, name="image_dropout")(features)
+    image = keras.layers.Dense(config.units, activation="relu", name="image_dense")(image)
+    image = keras.layers.Reshape((1, config.units), name="image_step")(image)  # broadcast over time steps
+    text = keras.layers.Embedding(vocab_size, config.embedding_size, name="embedding")(tokens)
+    text = keras.layers.Dropout(config.dropout, name="text_dropout")(text)
+    for layer in range(config.lstm_layers):
+        text = keras.layers.LSTM(config.units, return_sequences=True, name=f"lstm_{layer}")(text)
+    merged = keras.layers.Add(name="merge")([image, text])
+    hidden = keras.layers.Dense(config.units, activation="relu", name="merge_dense")(merged)
+    logits = keras.layers.Dense(vocab_size, name="logits")(hidden)
+    return keras.Model([features, tokens], logits, name="merge_decoder")
+
+
+def masked_cross_entropy(targets, logits):
+    """Mean cross-entropy over real tokens (target id 0 is padding)."""
+    mask = tf.cast(tf.not_equal(targets, 0), logits.dtype)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
+    return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+class StepDecoder:
+    """Runs the trained layers one word at a time, carrying the LSTM state, for a whole batch of images at once."""
+
+    def __init__(self, model: keras.Model, vocab: Vocabulary):
+        self.image_dense = model.get_layer("image_dense")
+        self.embedding = model.get_layer("embedding")
+        self.cells = []
+        index = 0
+        while any(layer.name == f"lstm_{index}" for layer in model.layers):
+            self.cells.append(model.get_layer(f"lstm_{index}").cell)
+            index += 1
+        self.units = self.cells[0].units
+        self.merge_dense = model.get_layer("merge_dense")
+        self.logits = model.get_layer("logits")
+        # Never generate padding, the start token or <unk>.
+        banned = np.zeros(len(vocab), np.float32)
+        banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -1e9
+        self.banned = tf.constant(banned)
+        self.start_id, self.end_id = vocab.start_id, vocab.end_id
+        self._step = tf.function(self._step_impl, reduce_retracing=True)
+        self._image = tf.function(lambda f: self.image_dense(f, training=False), reduce_retracing=True)
+
+    def image_vectors(self, features: np.ndarray) -> tf.Tensor:
+        return self._image(tf.convert_to_tensor(features, tf.float32))
+
+    def initial_states(self, batch: int) -> list[tf.Tensor]:
+        zeros = tf.zeros((batch, self.units))
+        return [zeros for _ in range(2 * len(self.cells))]
+
+    def _step_impl(self, tokens, states, image_vectors):
+        x = self.embedding(tokens)
+        new_states = []
+        for layer, cell in enumerate(self.cells):
+            x, (h, c) = cell(x, [states[2 * layer], states[2 * layer + 1]], training=False)
+            new_states += [h, c]
+        logits = self.logits(self.merge_dense(image_vectors + x))
+        return tf.nn.log_softmax(logits + self.banned), new_states
+
+    def step(self, tokens: np.ndarray, states: list[tf.Tensor], image_vectors: tf.Tensor):
+        """Log-probabilities of the next word (batch, vocab) and the new states."""
+        return self._step(tf.convert_to_tensor(tokens, tf.int32), states, image_vectors)

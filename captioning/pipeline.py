@@ -1,0 +1,99 @@
+"""Data -> features -> trained decoder -> scored captions: the one train-and-evaluate function every caller shares."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from captioning.captioner import Captioner
+from captioning.config import Config
+from captioning.data import SPLITS, Dataset, load_dataset
+from captioning.encoders import make_encoder
+from captioning.features import ExtractionStats, extract_features
+from captioning.metrics import corpus_bleu_scores
+from captioning.text import Vocabulary
+from captioning.train import EpochCallback, TrainResult, train_decoder
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A dataset with the features of its images for one encoder setting."""
+
+    dataset: Dataset
+    features: dict[str, np.ndarray]  # split -> (images, dim), rows in dataset.splits[split] order
+    stats: ExtractionStats
+
+
+def load_and_report(data: Path, seed: int = 0, log: Callable[[str], None] = print) -> Dataset:
+    dataset = load_dataset(data, seed=seed)
+    counts = ", ".join(f"{split} {len(dataset.splits[split])}" for split in SPLITS)
+    split_kind = "official split" if dataset.official_split else "seeded split (not official)"
+    log(f"data: {dataset.root}: {len(dataset.images)} usable images ({counts}; {split_kind})")
+    for line in dataset.report.lines():
+        log(f"data: {line}")
+    return dataset
+
+
+def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared:
+    encoder = make_encoder(config)
+    names = sorted(dataset.images)  # every usable image, in a split or not, so that the cache is complete
+    matrix, stats = extract_features(names, dataset.images, dataset.info, encoder, progress=progress)
+    row = {name: i for i, name in enumerate(names)}
+    features = {split: matrix[[row[n] for n in dataset.splits[split]]] for split in SPLITS}
+    return Prepared(dataset, features, stats)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    split: str
+    beam_width: int
+    bleu: dict[str, float]
+    captions: dict[str, str]  # image name -> generated caption
+    seconds: float
+
+
+def evaluate(captioner: Captioner, prepared: Prepared, split: str, beam_width: int) -> Evaluation:
+    dataset = prepared.dataset
+    names = dataset.split(split)
+    if not names:
+        raise ValueError(f"the {split} split of {dataset.root} is empty")
+    start = time.perf_counter()
+    decoded = captioner.decode_features(prepared.features[split], beam_width)
+    seconds = time.perf_counter() - start
+    hypotheses = [alternatives[0][0].split() for alternatives in decoded]
+    bleu = corpus_bleu_scores([dataset.captions[name] for name in names], hypotheses)
+    return Evaluation(split, beam_width, bleu, {n: " ".join(h) for n, h in zip(names, hypotheses)}, seconds)
+
+
+@dataclasses.dataclass
+class RunResult:
+    captioner: Captioner
+    training: TrainResult
+    evaluations: list[Evaluation]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names, e.g. dev_bleu4 (beam search) and dev_greedy_bleu4."""
+        out = {}
+        for ev in self.evaluations:
+            prefix = f"{ev.split}_" if ev.beam_width > 1 else f"{ev.split}_greedy_"
+            out.update({prefix + k: v for k, v in ev.bleu.items()})
+        return out
+
+
+def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: EpochCallback | None = None,
+                       eval_splits: tuple[str, ...] = ("dev", "test"), verbose: bool = True) -> RunResult:
+    """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`."""
+    dataset = prepared.dataset
+    train_names, dev_names = dataset.split("train"), dataset.split("dev")
+    vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
+    training = train_decoder(config, vocab, prepared.features["train"], [dataset.captions[n] for n in train_names],
+                             prepared.features["dev"], [dataset.captions[n] for n in dev_names],
+                             epoch_callback=epoch_callback, verbose=verbose)
+    captioner = Captioner(config, vocab, training.model)
+    widths = sorted({1, config.beam_width})
+    evaluations = [evaluate(captioner, prepared, split, width) for split in eval_splits
+                   if dataset.splits[split] for width in widths]
+    return RunResult(captioner, training, evaluations)

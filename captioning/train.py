@@ -1,0 +1,156 @@
+"""Teacher-forced training of the merge decoder with early stopping on a dev-split metric."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioning.config import Config
+from captioning.decode import greedy_search
+from captioning.metrics import corpus_bleu_scores
+from captioning.model import StepDecoder, build_decoder, masked_cross_entropy
+from captioning.text import Vocabulary, pad_batch
+
+EpochCallback = Callable[[int, dict], None]
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on (e.g. the loss became NaN)."""
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow generators
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """(features, input ids) -> target ids, each batch padded to its own longest caption.
+
+    Captions of similar length are batched together (sorted within shuffled pools of 50 batches), so little time
+    goes to padding; the batch order is reshuffled every epoch from the seed.
+    """
+
+    def __init__(self, features: np.ndarray, captions: list[list[list[int]]], batch_size: int,
+                 shuffle: bool, seed: int):
+        super().__init__()
+        self.features = features
+        self.samples = [(i, ids) for i, image_caps in enumerate(captions) for ids in image_caps]
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.tokens = sum(len(ids) - 1 for _, ids in self.samples)
+        self._plan()
+
+    def _plan(self) -> None:
+        order = np.arange(len(self.samples))
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(order)
+        pool = self.batch_size * 50
+        lengths = np.array([len(ids) for _, ids in self.samples])
+        chunks = [order[i:i + pool] for i in range(0, len(order), pool)]
+        batches = []
+        for chunk in chunks:
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        picked = [self.samples[i] for i in self.batches[index]]
+        ids = pad_batch([seq for _, seq in picked])
+        images = self.features[[i for i, _ in picked]]
+        return (images, ids[:, :-1]), ids[:, 1:]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.epoch += 1
+            self._plan()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    history: list[dict]  # one dict per epoch: loss, dev_loss, dev_bleu1..4, seconds
+    best_epoch: int
+    best: dict
+    stopped_early: bool
+    train_tokens: int
+
+    @property
+    def seconds(self) -> float:
+        return sum(h["seconds"] for h in self.history)
+
+
+def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray,
+                    references: list[list[list[str]]], max_length: int) -> dict[str, float]:
+    hypotheses = [vocab.decode(ids) for ids in greedy_search(decoder, features, max_length)]
+    return corpus_bleu_scores(references, hypotheses)
+
+
+class _DevSelection(keras.callbacks.Callback):
+    """Scores the dev split after each epoch, keeps the best weights, stops after `patience` bad epochs."""
+
+    def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose):
+        super().__init__()
+        self.config, self.vocab = config, vocab
+        self.dev_features, self.dev_references = dev_features, dev_references
+        self.epoch_callback, self.verbose = epoch_callback, verbose
+        self.history, self.best, self.best_epoch, self.best_weights = [], None, -1, None
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self.decoder = StepDecoder(self.model, self.vocab)  # shares the model's layers, so it sees every update
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not math.isfinite(logs.get("loss", float("nan"))):
+            raise TrainingError(f"the training loss became {logs.get('loss')} in epoch {epoch + 1}; "
+                                "lower learning_rate (e.g. --set learning_rate=0.0003)")
+        bleu = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references, self.config.max_length)
+        record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "dev_loss": float(logs.get("val_loss", "nan")),
+                  **{f"dev_{k}": v for k, v in bleu.items()}, "seconds": time.perf_counter() - self.started}
+        self.history.append(record)
+        metric = self.config.selection_metric
+        value = record["dev_loss"] if metric == "loss" else record[f"dev_{metric}"]
+        better = self.best is None or (value < self.best if metric == "loss" else value > self.best)
+        if better:
+            self.best, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+        if self.verbose:
+            print(f"epoch {epoch + 1:2d}  loss {record['loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
+                  f"dev BLEU-1..4 {bleu['bleu1']:.3f} {bleu['bleu2']:.3f} {bleu['bleu3']:.3f} {bleu['bleu4']:.3f}  "
+                  f"{record['seconds']:.0f}s" + ("  *" if better else ""), flush=True)
+        if self.epoch_callback is not None:
+            self.epoch_callback(epoch + 1, record)  # may raise, e.g. to prune a search trial
+        if epoch + 1 - self.best_epoch > self.config.patience:
+            self.stopped_early = True
+            self.model.stop_training = True
+
+
+def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
+                  train_captions: list[list[list[str]]], dev_features: np.ndarray,
+                  dev_captions: list[list[list[str]]], epoch_callback: EpochCallback | None = None,
+                  verbose: bool = True) -> TrainResult:
+    """Train on (features, cleaned captions) pairs; returns the model with its best dev-epoch weights."""
+    seed_everything(config.seed)
+    encode = lambda caps: [[vocab.encode(c, config.max_length) for c in image_caps] for image_caps in caps]
+    train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed)
+    dev = CaptionBatches(dev_features, encode(dev_captions), config.batch_size, shuffle=False, seed=config.seed)
+    model = build_decoder(config, len(vocab), train_features.shape[1])
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
+                  jit_compile=False)
+    selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose)
+    model.fit(train, validation_data=dev, epochs=config.epochs, callbacks=[selection], verbose=0)
+    model.set_weights(selection.best_weights)
+    return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
+                       best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,
+                       train_tokens=train.tokens)

@@ -1,0 +1,29 @@
+"""Shared fixtures: a private cache directory and small generated datasets (no downloads, no shared data)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before captioning is imported anywhere: weights, features and datasets go to a per-session directory.
+os.environ["CAPTIONING_CACHE"] = tempfile.mkdtemp(prefix="captioning-test-cache-")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from captioning.config import Config  # noqa: E402
+from captioning.synthetic import write_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """160 generated scenes in the Kaggle layout with split files (120/20/20)."""
+    return write_dataset(tmp_path_factory.mktemp("shapes"), count=160, seed=1)
+
+
+@pytest.fixture()
+def tiny_config() -> Config:
+    """A configuration that trains in seconds: raw-pixel features and a small decoder."""
+    return Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
+                  embedding_size=32, units=64, dropout=0.1, learning_rate=0.01, batch_size=32, epochs=8,
+                  patience=8, beam_width=3)

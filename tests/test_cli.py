@@ -1,0 +1,48 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captioning.cli import main
+
+PROJECT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "encoder=pixels", "--set", "image_size=32", "--set", "feature_grid=4", "--set", "epochs=2",
+        "--set", "units=32", "--set", "embedding_size=16", "--set", "vocab_min_count=1"]
+
+
+def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(shapes_dir), "--out", str(out), "--quiet", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "| test | beam-3 |" in printed and "saved the captioner" in printed and (out / "metrics.json").is_file()
+    assert main(["evaluate", "--model", str(out), "--data", str(shapes_dir), "--split", "dev", "--beam", "1"]) == 0
+    assert "| dev | greedy |" in capsys.readouterr().out
+    image = shapes_dir / "Images" / "scene_00003.jpg"
+    assert main(["caption", str(image), "--model", str(out), "--alternatives"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--set", "unitz=3"], "unknown config key 'unitz'"),
+    (["train", "--data", "/no/such/folder"], "dataset folder /no/such/folder does not exist"),
+    (["caption", "x.jpg", "--model", "/no/model"], "is not a captioner bundle"),
+])
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_image_to_caption_is_one_line(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "model"
+    main(["train", "--data", str(shapes_dir), "--out", str(out), "--quiet", *FAST])
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert main(["caption", str(tmp_path / "bad.jpg"), "--model", str(out)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_help_lists_the_commands():
+    done = subprocess.run([sys.executable, "-m", "captioning", "--help"], cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "caption"))
