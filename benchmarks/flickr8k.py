@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--config", help="experiment file (default: the built-in default config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flickr8k.json"))
+    parser.add_argument("--save", default=str(Path(__file__).resolve().parents[1] / "outputs" / "flickr8k-benchmark"),
+                        help="where to save the trained captioner (used by benchmarks/decode_speed.py)")
     args = parser.parse_args()
 
     config = load_config(args.config, args.set)
@@ -62,6 +64,7 @@ def main() -> None:
     print(f"extraction: {stats.extracted} extracted, {stats.cache_hits} cached, {stats.seconds:.0f}s")
     result = train_and_evaluate(config, prepared, eval_splits=("dev", "test"))
     training = result.training
+    result.captioner.save(Path(args.save))
     rows = {f"{ev.split}_{'greedy' if ev.beam_width == 1 else f'beam{ev.beam_width}'}":
             {**ev.bleu, "seconds": ev.seconds} for ev in result.evaluations}
     report = {

@@ -62,11 +62,22 @@ def cmd_train(args) -> None:
     print(f"\nsaved the captioner to {out}")
 
 
-def cmd_evaluate(args) -> None:
+def _load_captioner(reference: str):
+    """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model)."""
     from captioning.captioner import Captioner
+
+    if reference.startswith(("models:/", "runs:/")):
+        from captioning.serving import download_bundle, resolve_tracking_uri
+
+        resolve_tracking_uri()
+        return Captioner.load(download_bundle(reference))
+    return Captioner.load(reference)
+
+
+def cmd_evaluate(args) -> None:
     from captioning.pipeline import evaluate, load_and_report, prepare
 
-    captioner = Captioner.load(args.model)
+    captioner = _load_captioner(args.model)
     dataset = load_and_report(_data_path(args), seed=captioner.config.seed)
     prepared = prepare(captioner.config, dataset)
     width = captioner.config.beam_width if args.beam is None else args.beam
@@ -74,9 +85,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_caption(args) -> None:
-    from captioning.captioner import Captioner
-
-    captioner = Captioner.load(args.model)
+    captioner = _load_captioner(args.model)
     alternatives = captioner.caption_alternatives(args.images, args.beam)
     for image, options in zip(args.images, alternatives):
         print(f"{image}: {options[0][0]}" if len(args.images) > 1 else options[0][0])
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
-    evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory")
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")
     data_options(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
     evaluate.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
@@ -114,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", nargs="+", metavar="IMAGE")
-    caption.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory")
+    caption.add_argument("--model", required=True, metavar="MODEL",
+                         help="captioner bundle directory or MLflow model URI, e.g. models:/captioner@champion")
     caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
     caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
     caption.set_defaults(run=cmd_caption)
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.run(args)
-    except (ConfigError, DataError, ImageError, WeightsError, BundleError, TrainingError) as exc:
+    except (ConfigError, DataError, ImageError, WeightsError, BundleError, TrainingError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

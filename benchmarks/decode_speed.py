@@ -1,0 +1,60 @@
+"""Decoding speed on the Flickr8k test split: batched greedy and beam-3 against the seed's per-word predict loop.
+
+    python benchmarks/decode_speed.py --data ../shared/flickr8k --model outputs/flickr8k-benchmark
+
+The seed's loop is timed on a sample of images and extrapolated to the whole split by its number of model calls
+(one per generated word, plus the end token), because running it on 1,000 images takes about ten minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.seed_model import build_seed_model, seed_greedy_caption  # noqa: E402
+from captioning.captioner import Captioner  # noqa: E402
+from captioning.pipeline import load_and_report, prepare  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True, help="a trained captioner bundle")
+    parser.add_argument("--seed-images", type=int, default=10, help="images to run the seed's loop on")
+    args = parser.parse_args()
+    captioner = Captioner.load(args.model)
+    config = captioner.config
+    prepared = prepare(config, load_and_report(Path(args.data)), progress=False)
+    features = prepared.features["test"]
+
+    result = {"images": len(features)}
+    for name, width in (("greedy", 1), ("beam3", 3)):
+        captioner.decode_features(features[:8], width)  # trace the step function
+        start = time.perf_counter()
+        decoded = captioner.decode_features(features, width)
+        result[f"{name}_seconds"] = time.perf_counter() - start
+        if width == 1:
+            calls = sum(len(d[0][0].split()) + 1 for d in decoded)  # the seed: one predict per word + end
+
+    seed_model = build_seed_model(len(captioner.vocab), config.max_length, features.shape[1],
+                                  config.embedding_size, config.units, config.dropout)
+    seed_greedy_caption(seed_model, features[0], captioner.vocab.start_id, captioner.vocab.end_id, 3)
+    sample_calls, start = 0, time.perf_counter()
+    for feature in features[:args.seed_images]:
+        # Untrained weights rarely emit the end token, so count the calls the loop really made.
+        sample_calls += len(seed_greedy_caption(seed_model, feature, captioner.vocab.start_id,
+                                                captioner.vocab.end_id, config.max_length))
+    per_call = (time.perf_counter() - start) / sample_calls
+    result.update({"seed_seconds_per_predict": per_call, "seed_predict_calls_for_split": calls,
+                   "seed_greedy_seconds_estimated": per_call * calls})
+    result["greedy_speedup"] = result["seed_greedy_seconds_estimated"] / result["greedy_seconds"]
+    print(json.dumps(result, indent=2))
+    (Path(__file__).parent / "results" / "decode_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Real searches (Optuna and Keras Tuner) on generated scenes, logged to a temporary MLflow database."""
+import base64
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from tuning import search as search_cli  # noqa: E402
+from tuning.tracking import register  # noqa: E402
+
+TINY = """
+config:
+  encoder: pixels
+  image_size: 32
+  feature_grid: 4
+  vocab_min_count: 1
+  max_length: 24
+  embedding_size: 32
+  units: 64
+  learning_rate: 0.01
+  epochs: 3
+  patience: 3
+search:
+  trials: 2
+  samples: 4
+  pruner_startup_trials: 1
+  space:
+    units: {choices: [32, 64]}
+    dropout: {low: 0.0, high: 0.3}
+    learning_rate: %s
+"""
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(TINY % "{low: 0.005, high: 0.02, log: true}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr("tuning.tracking.PROJECT", tmp_path)  # artifacts beside the temporary database
+    monkeypatch.setattr(search_cli, "PROJECT", tmp_path)  # Optuna and Keras Tuner state too
+    return tmp_path, experiment, uri
+
+
+def _search(workspace, shapes_dir, *extra):
+    tmp_path, experiment, uri = workspace
+    return search_cli.main(["--data", str(shapes_dir), "--experiment", str(experiment), "--tracking-uri", uri,
+                            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", *extra])
+
+
+def _trial_runs(study):
+    return MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("tiny").experiment_id],
+        f"tags.`captioning.study` = '{study}' and tags.`captioning.role` = 'trial'", order_by=["tags.trial"])
+
+
+def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, capsys):
+    assert _search(workspace, shapes_dir, "--study", "s1") == 0
+    out = capsys.readouterr().out
+    assert "trial   0" in out and "trial   1" in out and "registered: captioner version 1 as @champion" in out
+    runs = _trial_runs("s1")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" and r.data.tags["state"] == "complete" for r in runs)
+    client = MlflowClient()
+    run = runs[0]
+    for key in ("dev_bleu1", "dev_bleu4", "test_bleu4", "dev_greedy_bleu4", "wall_seconds", "feature_cache_hits"):
+        assert key in run.data.metrics
+    assert run.data.params["units"] in ("32", "64") and run.data.params["encoder"] == "pixels"
+    assert len(client.get_metric_history(run.info.run_id, "dev_loss")) == 3  # one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples.json", "gallery.png"} <= artifacts
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.params["engine"] == "optuna" and parent.info.status == "FINISHED"
+
+    # The registered champion loads by alias and captions paths and bytes.
+    model = mlflow.pyfunc.load_model("models:/captioner@champion")
+    image = shapes_dir / "Images" / "scene_00002.jpg"
+    frame = pd.DataFrame({"image": [str(image), base64.b64encode(image.read_bytes()).decode()]})
+    captions = model.predict(frame)["caption"].tolist()
+    assert len(captions) == 2 and captions[0] == captions[1] and captions[0]
+    assert model.predict(pd.DataFrame({"image": [str(image)]}), params={"beam_width": 1})["caption"][0]
+
+    # The same command again: the study already holds 2 trials, nothing is re-run.
+    assert _search(workspace, shapes_dir, "--study", "s1") == 0
+    assert len(_trial_runs("s1")) == 2
+    # Asking for more continues the numbering; completed trials stay as they were.
+    assert _search(workspace, shapes_dir, "--study", "s1", "--trials", "3") == 0
+    out = capsys.readouterr().out
+    assert "trial   2" in out and "trial   0 " not in out.split("resuming")[-1]
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{workspace[0] / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert len(_trial_runs("s1")) == 3
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_dir, capsys):
+    tmp_path, experiment, uri = workspace
+    experiment.write_text(TINY % "{choices: [1.0e+12]}")  # the loss becomes NaN in every trial
+    assert _search(workspace, shapes_dir, "--study", "bad") == 0
+    out = capsys.readouterr().out
+    assert out.count("FAILED: TrainingError") == 2 and "no trial completed, so nothing was registered" in out
+    runs = _trial_runs("bad")
+    assert len(runs) == 2 and all(r.info.status == "FAILED" and "learning_rate" in r.data.tags["error"] for r in runs)
+    study = optuna.load_study(study_name="bad", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert all(t.state == optuna.trial.TrialState.FAIL and "NaN" in t.user_attrs["fail_reason"].replace("nan", "NaN")
+               for t in study.trials)
+
+
+def test_keras_tuner_engine_end_to_end(workspace, shapes_dir, capsys):
+    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0
+    out = capsys.readouterr().out
+    assert "as @champion" in out
+    runs = _trial_runs("kt")
+    assert len(runs) == 2 and all(r.data.tags["engine"] == "keras-tuner" for r in runs)
+    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0  # resumes: no new trial
+    assert len(_trial_runs("kt")) == 2
+
+
+def test_champion_moves_only_for_a_better_model_on_the_same_data(workspace, shapes_dir):
+    assert _search(workspace, shapes_dir, "--study", "c1") == 0
+    run = _trial_runs("c1")[0]
+    uri, run_id = run.data.tags["model_uri"], run.info.run_id
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("captioner", "champion")
+    value = float(champion.tags["dev_bleu4"])
+    fingerprint = champion.tags["data_fingerprint"]
+    version, alias, why = register(uri, "captioner", "dev_bleu4", value - 0.1, fingerprint, "dev", "c1", "other-1")
+    assert alias == "challenger" and "does not beat" in why
+    assert client.get_model_version_by_alias("captioner", "champion").version == champion.version
+    version, alias, _ = register(uri, "captioner", "dev_bleu4", value + 0.1, fingerprint, "dev", "c1", "other-2")
+    assert alias == "champion" and client.get_model_version_by_alias("captioner", "champion").version == version.version
+    _, alias, why = register(uri, "captioner", "dev_bleu4", 0.99, "another-dataset", "dev", "c1", "other-3")
+    assert alias == "challenger" and "other data" in why
+
+
+def test_caption_cli_by_alias_and_clear_error_for_unknown_alias(workspace, shapes_dir, capsys, monkeypatch):
+    from captioning.cli import main
+
+    assert _search(workspace, shapes_dir, "--study", "cli") == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace[2])
+    capsys.readouterr()
+    image = shapes_dir / "Images" / "scene_00005.jpg"
+    assert main(["caption", str(image), "--model", "models:/captioner@champion"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["caption", str(image), "--model", "models:/captioner@nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model models:/captioner@nope" in err and "captioner (@champion)" in err

@@ -1,0 +1,61 @@
+"""Optuna: seeded TPE, a median pruner on the per-epoch dev metric, persistent storage so a rerun resumes."""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from tuning.space import suggest_optuna
+from tuning.trials import PruneTrial, TrialRunner
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def open_study(name: str, storage: str, settings) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(4, settings.trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
+                                         n_warmup_steps=settings.pruner_warmup_epochs)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    return study
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed process (one process per SQLite study) are marked failed."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "the process running it was killed")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial) -> None:
+    """Run trials until the study holds `settings.trials` finished ones (or the timeout passes)."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    remaining = settings.trials - done
+    if remaining <= 0:
+        return
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_optuna(trial, settings.space)
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise PruneTrial(f"pruned after epoch {epoch}")
+
+        try:
+            metrics = runner.run(trial.number, params, report)
+        except PruneTrial as exc:
+            on_trial(trial.number, params, "pruned", None, str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            on_trial(trial.number, params, "failed", None, f"{type(exc).__name__}: {exc}")
+            raise
+        trial.set_user_attr("mlflow_run_id", metrics["run_id"])
+        on_trial(trial.number, params, "complete", metrics, "")
+        return metrics[settings.metric]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
+                   gc_after_trial=True)

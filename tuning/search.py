@@ -1,0 +1,204 @@
+"""Hyperparameter search over the captioning pipeline with Optuna or Keras Tuner, every trial logged to MLflow,
+the best model registered as `captioner@champion`.
+
+    python tuning/search.py                       # the embedded dataset, experiments/shapes.yaml, Optuna
+    python tuning/search.py --data ../shared/flickr8k --trials 12
+    python tuning/search.py --engine keras-tuner
+
+Running the same command again resumes the study. `mlflow ui` in the project directory shows the runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from captioning.config import ConfigError, load_config  # noqa: E402
+
+EXPERIMENTS = PROJECT / "experiments"
+
+
+def _experiment_path(name: str | None, embedded: bool) -> Path:
+    name = name or ("shapes" if embedded else "flickr8k")
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENTS / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(p.stem for p in sorted(EXPERIMENTS.glob("*.yaml")))
+        raise ConfigError(f"experiment {name!r} not found ({path}); available: {available}")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="PATH", help="dataset folder (Flickr8k layout); default: the embedded dataset")
+    p.add_argument("--experiment", metavar="NAME", help="experiments/NAME.yaml (base config, search space and "
+                   "settings); default: shapes for the embedded dataset, flickr8k otherwise")
+    p.add_argument("--engine", choices=("optuna", "keras-tuner"), help="default: the experiment's (optuna)")
+    p.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold; a rerun "
+                   "only runs the missing ones (default: the experiment's)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long")
+    p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-DATAHASH); "
+                   "the same name resumes the same study")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///optuna.db in the project)")
+    p.add_argument("--metric", help="dev metric to maximise: dev_bleu1..4 (beam) or dev_greedy_bleu1..4 "
+                   "(default: dev_bleu4)")
+    p.add_argument("--seed", type=int, help="sampler seed and training seed (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config value for every trial (repeatable)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow.db in the project directory)")
+    p.add_argument("--registered-model", metavar="NAME", help="registry name (default: captioner)")
+    return p
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
+def _short(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def search(args) -> dict:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from captioning.pipeline import load_and_report
+    from tuning import tracking
+    from tuning.settings import read_settings
+    from tuning.trials import TrialRunner
+
+    experiment = _experiment_path(args.experiment, embedded=args.data is None)
+    settings = read_settings(experiment, engine=args.engine, trials=args.trials, timeout=args.timeout,
+                             metric=args.metric, seed=args.seed, registered_model=args.registered_model)
+    overrides = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
+    base = load_config(experiment, overrides)
+    if args.data is None:
+        from captioning.synthetic import embedded_dataset
+
+        data = embedded_dataset()
+    else:
+        data = Path(args.data)
+    dataset = load_and_report(data, seed=base.seed)
+    fingerprint = dataset.fingerprint()
+    study = args.study or f"{experiment.stem}-{settings.engine}-{fingerprint[:8]}"
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    experiment_id = tracking.ensure_experiment(experiment.stem)
+    stale = tracking.close_stale_runs(experiment_id, study)
+    if stale:
+        print(f"search: marked {stale} MLflow run(s) left RUNNING by an interrupted search as KILLED")
+
+    client = MlflowClient()
+    parent = tracking.parent_run_id(experiment_id, study)
+    if parent is None:
+        run = client.create_run(experiment_id, run_name=study, tags={
+            tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
+            "data_fingerprint": fingerprint, "git_commit": _git_commit()})
+        parent = run.info.run_id
+        for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
+                           "experiment": experiment.stem, "metric": settings.metric, "seed": settings.seed,
+                           "pruner": f"median(startup={settings.pruner_startup_trials}, "
+                                     f"warmup_epochs={settings.pruner_warmup_epochs})",
+                           "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
+                           **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
+            client.log_param(parent, key, value)
+        client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
+        print(f"search: study {study} (new), {settings.engine}, {settings.trials} trials, metric {settings.metric}")
+    else:
+        client.update_run(parent, status="RUNNING")
+        print(f"search: study {study} (resuming), {settings.engine}, metric {settings.metric}")
+
+    def on_trial(number, params, state, metrics, note):
+        if state == "complete":
+            outcome = (f"{settings.metric} {metrics[settings.metric]:.4f}  test BLEU-4 "
+                       f"{metrics.get('test_bleu4', float('nan')):.4f}  {metrics['wall_seconds']:.0f}s")
+        else:
+            outcome = f"{state.upper()}: {note}"
+        print(f"trial {number:3d}  {_short(params)}  {outcome}", flush=True)
+
+    runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent)
+    start = time.perf_counter()
+    status = "FAILED"
+    try:
+        if settings.engine == "optuna":
+            from tuning.optuna_engine import fail_stale_trials, open_study, run_optuna
+
+            storage = args.storage or f"sqlite:///{PROJECT / 'optuna.db'}"
+            optuna_study = open_study(study, storage, settings)
+            if storage.startswith("sqlite") and fail_stale_trials(optuna_study):
+                print("search: marked trials left running by an interrupted search as failed")
+            run_optuna(optuna_study, runner, settings, on_trial)
+        else:
+            from tuning.keras_tuner_engine import open_tuner
+
+            tuner = open_tuner(PROJECT / "keras_tuner", study, runner, settings, on_trial)
+            tuner.search()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent, status)
+    return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, time.perf_counter() - start)
+
+
+def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds) -> dict:
+    from tuning import tracking
+
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = '{study}' and "
+                              f"tags.`{tracking.ROLE}` = 'trial'", max_results=5000)
+    states = {}
+    for run in runs:
+        state = run.data.tags.get("state", "killed" if run.info.status == "KILLED" else "running")
+        states[state] = states.get(state, 0) + 1
+    complete = [r for r in runs if r.data.tags.get("state") == "complete" and settings.metric in r.data.metrics]
+    print(f"\nsearch: {len(runs)} trials in study {study} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))});"
+          f" this run took {seconds:.0f}s")
+    if not complete:
+        print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
+        return {"study": study, "best": None}
+    best = max(complete, key=lambda r: r.data.metrics[settings.metric])
+    m = best.data.metrics
+    print(f"best trial {best.data.tags.get('trial')} (run {best.info.run_id}): {settings.metric} "
+          f"{m[settings.metric]:.4f}")
+    for split in ("dev", "test"):
+        if f"{split}_bleu4" in m:
+            print(f"  {split:4s} BLEU-1..4 (beam-{int(float(best.data.params.get('beam_width', 3)))}): "
+                  + " ".join(f"{m[f'{split}_bleu{n}']:.4f}" for n in range(1, 5)))
+    version, alias, why = tracking.register(best.data.tags["model_uri"], settings.registered_model, settings.metric,
+                                            m[settings.metric], fingerprint, "dev", study, best.info.run_id)
+    client.set_tag(parent, "best_run_id", best.info.run_id)
+    client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
+    print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({why})")
+    print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")
+    print(f"browse:     mlflow ui --backend-store-uri {uri}" if not uri.endswith(str(PROJECT / "mlflow.db"))
+          else "browse:     mlflow ui   (in the project directory)")
+    return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from captioning.data import DataError
+    from captioning.weights import WeightsError
+
+    try:
+        search(args)
+    except (ConfigError, DataError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

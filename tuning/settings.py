@@ -1,0 +1,51 @@
+"""Search settings: the experiment file's `search:` section, then command-line options."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from captioning.config import ConfigError, read_experiment
+from tuning.space import Param, parse_space
+
+ENGINES = ("optuna", "keras-tuner")
+METRICS = tuple(f"{split}{kind}_bleu{n}" for split in ("dev",) for kind in ("", "_greedy") for n in range(1, 5))
+
+
+@dataclasses.dataclass
+class SearchSettings:
+    space: list[Param]
+    engine: str = "optuna"
+    trials: int = 8
+    timeout: float | None = None  # seconds after which no new trial starts
+    metric: str = "dev_bleu4"
+    seed: int = 0
+    pruner_startup_trials: int = 2  # trials that run to the end before pruning starts
+    pruner_warmup_epochs: int = 1  # epochs of every trial that are never pruned
+    registered_model: str = "captioner"
+    samples: int = 8  # dev images whose captions are logged with every trial
+
+    @property
+    def epoch_metric(self) -> str:
+        """The per-epoch dev metric the pruner watches (greedy decoding, scored after every epoch)."""
+        return "dev_" + self.metric.rsplit("_", 1)[1]
+
+
+def read_settings(experiment: Path, **options) -> SearchSettings:
+    section = dict(read_experiment(experiment).get("search") or {})
+    if "space" not in section:
+        raise ConfigError(f"{experiment} has no search.space section; see experiments/shapes.yaml for an example")
+    known = {f.name for f in dataclasses.fields(SearchSettings)}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"unknown search setting(s) {', '.join(sorted(unknown))} in {experiment}; "
+                          f"known: {', '.join(sorted(known))}")
+    section["space"] = parse_space(section["space"])
+    section.update({k: v for k, v in options.items() if v is not None})
+    settings = SearchSettings(**section)
+    if settings.engine not in ENGINES:
+        raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
+    if settings.metric not in METRICS:
+        raise ConfigError(f"unknown metric {settings.metric!r}; choose one of {', '.join(METRICS)}")
+    if settings.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
+    return settings

@@ -1,0 +1,77 @@
+"""MLflow: where runs go, one parent run per study, and the model registry's champion/challenger rule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from captioning.serving import resolve_tracking_uri  # noqa: F401  (re-exported for the engines)
+
+PROJECT = Path(__file__).resolve().parents[1]
+ROLE, STUDY = "captioning.role", "captioning.study"
+
+
+def ensure_experiment(name: str) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri() == f"sqlite:///{PROJECT / 'mlflow.db'}":
+        location = (PROJECT / "mlruns").as_uri()  # artifacts beside the database, wherever the command ran
+    return client.create_experiment(name, artifact_location=location)
+
+
+def parent_run_id(experiment_id: str, study: str) -> str | None:
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{study}'",
+                                      max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def close_stale_runs(experiment_id: str, study: str) -> int:
+    """Runs of this study left RUNNING by a killed process are marked KILLED; returns how many."""
+    client = MlflowClient()
+    stale = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(stale)
+
+
+def champion_info(name: str, alias: str = "champion"):
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(model_uri: str, name: str, metric: str, value: float, fingerprint: str, split: str, study: str,
+             run_id: str) -> tuple[object, str, str]:
+    """Register a model version; it becomes `champion` only if it beats the champion on the same metric and data.
+
+    Returns (model version, alias given, why).
+    """
+    client = MlflowClient()
+    current = champion_info(name)
+    if current is not None and current.run_id == run_id:
+        return current, "champion", "this run is already the champion"
+    version = mlflow.register_model(model_uri, name, tags={
+        "metric": metric, metric: f"{value:.6f}", "data_fingerprint": fingerprint, "split": split, "study": study})
+    if current is None:
+        alias, why = "champion", "first registered model"
+    else:
+        tags = current.tags
+        comparable = tags.get("metric") == metric and tags.get("data_fingerprint") == fingerprint \
+            and tags.get("split") == split
+        old = float(tags.get(metric, "nan"))
+        if comparable and value > old:
+            alias, why = "champion", f"{metric} {value:.4f} beats the champion's {old:.4f} (version {current.version})"
+        elif comparable:
+            alias, why = "challenger", (f"{metric} {value:.4f} does not beat the champion's {old:.4f} "
+                                        f"(version {current.version})")
+        else:
+            alias, why = "challenger", (f"the champion (version {current.version}) was scored on other data or "
+                                        "another metric, so the two cannot be compared")
+    client.set_registered_model_alias(name, alias, version.version)
+    return version, alias, why

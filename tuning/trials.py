@@ -1,0 +1,134 @@
+"""One trial, whichever engine asks for it: a config with some values replaced, trained by
+captioning.pipeline.train_and_evaluate, logged as a nested MLflow run with its metrics, curves, samples and model."""
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import mlflow
+
+from captioning.config import Config
+from captioning.data import Dataset
+from captioning.pipeline import Prepared, RunResult, prepare, train_and_evaluate
+from captioning.serving import log_captioner
+from tuning.settings import SearchSettings
+from tuning.tracking import ROLE, STUDY
+
+
+class PruneTrial(Exception):
+    """Raised by an engine's per-epoch report to stop a trial that is doing worse than the others."""
+
+
+class TrialRunner:
+    def __init__(self, base: Config, dataset: Dataset, settings: SearchSettings, study: str, engine: str,
+                 experiment_id: str, parent_run_id: str, log: Callable[[str], None] = print):
+        self.base, self.dataset, self.settings = base, dataset, settings
+        self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
+        self.log = log
+        self._prepared: dict[str, Prepared] = {}
+        self.sample_names = dataset.split("dev")[: settings.samples]
+
+    def prepared(self, config: Config) -> tuple[Prepared, int]:
+        """Features for this config's encoder: extracted once, then shared by every trial (cache hits returned)."""
+        from captioning.encoders import make_encoder
+
+        key = make_encoder(config).key
+        if key not in self._prepared:
+            self._prepared[key] = prepare(config, self.dataset)
+            return self._prepared[key], self._prepared[key].stats.cache_hits
+        return self._prepared[key], len(self.dataset.images)
+
+    def run(self, number: int, params: dict[str, Any],
+            report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+        """Train and evaluate one trial; returns its final metrics. Raises PruneTrial or the trial's error."""
+        config = self.base.replace(**params)
+        keras.backend.clear_session()
+        start = time.perf_counter()
+        tags = {ROLE: "trial", STUDY: self.study, "engine": self.engine, "trial": str(number),
+                "mlflow.parentRunId": self.parent_run_id}
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"{self.study}-trial-{number:03d}",
+                               tags=tags)
+        status = "FAILED"  # until shown otherwise; a killed process leaves RUNNING, closed on the next start
+        try:
+            mlflow.log_params(config.to_dict())
+            prepared, hits = self.prepared(config)
+            mlflow.log_metric("feature_cache_hits", hits)
+
+            def on_epoch(epoch: int, record: dict) -> None:
+                mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
+                                    **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)}},
+                                   step=epoch)
+                if report is not None:
+                    report(epoch, record[self.settings.epoch_metric])
+
+            result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False)
+            metrics = result.metrics()
+            mlflow.log_metrics({**metrics, "best_epoch": result.training.best_epoch})
+            self._log_samples(result, prepared)
+            with tempfile.TemporaryDirectory() as tmp:
+                info = log_captioner(result.captioner.save(Path(tmp) / "captioner"))
+            mlflow.set_tags({"state": "complete", "model_uri": info.model_uri})
+            status = "FINISHED"
+            return {**metrics, "wall_seconds": time.perf_counter() - start, "run_id": run.info.run_id,
+                    "model_uri": info.model_uri}
+        except PruneTrial:
+            mlflow.set_tags({"state": "pruned"})
+            status = "FINISHED"
+            raise
+        except KeyboardInterrupt:
+            mlflow.set_tags({"state": "interrupted"})
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            mlflow.set_tags({"state": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise
+        finally:
+            mlflow.log_metric("wall_seconds", time.perf_counter() - start)
+            mlflow.end_run(status)
+
+    def _log_samples(self, result: RunResult, prepared: Prepared) -> None:
+        """Captions of a fixed set of dev images: a table artifact and a small gallery figure."""
+        dev = prepared.dataset.split("dev")
+        rows = [dev.index(name) for name in self.sample_names]
+        captions = result.captioner.decode_features(prepared.features["dev"][rows])
+        table = {"image": self.sample_names, "caption": [c[0][0] for c in captions],
+                 "references": [" | ".join(self.dataset.raw_captions[n]) for n in self.sample_names]}
+        mlflow.log_table(table, "samples.json")
+        mlflow.log_figure(gallery(self.dataset, self.sample_names, table["caption"]), "gallery.png")
+
+
+def gallery(dataset: Dataset, names: list[str], captions: list[str]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captioning.images import load_rgb
+
+    columns = 4
+    rows = (len(names) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name, caption in zip(axes.flat, names, captions):
+        ax.imshow(load_rgb(dataset.images[name]))
+        ax.set_title("\n".join(_wrap(caption, 34)), fontsize=8)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines or ["(empty)"]
