@@ -1,4 +1,4 @@
-# make run:  set up .venv and run the main job on the embedded dataset
+# make run:  set up .venv and run the main job (a hyperparameter search) on the embedded dataset
 # make test: set up .venv and run the tests
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt
 	touch $@
 
 run: setup
-	$(PY) -m captioning train
+	$(PY) tuning/search.py
 
 test: setup
 	$(PY) -m pytest -q

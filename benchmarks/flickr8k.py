@@ -26,10 +26,9 @@ from captioning.encoders import make_encoder  # noqa: E402
 from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate  # noqa: E402
 
 
-def bare_model_speed(config, images: int = 64, batch_size: int = 8) -> float:
+def bare_model_speed(encoder, images: int = 64, batch_size: int = 8) -> float:
     """Images per second of the encoder alone on preprocessed in-memory batches."""
-    encoder = make_encoder(config)
-    batch = tf.random.uniform((batch_size, config.image_size, config.image_size, 3), -1, 1)
+    batch = tf.random.uniform((batch_size, encoder.image_size, encoder.image_size, 3), -1, 1)
     encoder.encode_batch(batch).numpy()  # build and trace
     start = time.perf_counter()
     for _ in range(images // batch_size):
@@ -57,7 +56,7 @@ def main() -> None:
     start = time.perf_counter()
     dataset = load_and_report(Path(args.data), seed=config.seed)
     load_seconds = time.perf_counter() - start
-    bare = bare_model_speed(config)
+    bare = bare_model_speed(make_encoder(config))
     print(f"bare {config.encoder} {config.image_size}px: {bare:.2f} img/s")
     prepared = prepare(config, dataset)
     stats = prepared.stats

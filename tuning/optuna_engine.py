@@ -8,6 +8,7 @@ from tuning.space import suggest_optuna
 from tuning.trials import PruneTrial, TrialRunner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+KILLED = "the process running it was killed"
 
 
 def open_study(name: str, storage: str, settings) -> optuna.Study:
@@ -23,14 +24,15 @@ def fail_stale_trials(study: optuna.Study) -> int:
     """Trials left RUNNING by a killed process (one process per SQLite study) are marked failed."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
-        study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "the process running it was killed")
+        study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", KILLED)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return len(stale)
 
 
 def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial) -> None:
     """Run trials until the study holds `settings.trials` finished ones (or the timeout passes)."""
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    # A trial lost to a killed process does not count: the rerun runs another in its place.
+    done = sum(t.system_attrs.get("fail_reason") != KILLED for t in study.get_trials(deepcopy=False, states=FINISHED))
     remaining = settings.trials - done
     if remaining <= 0:
         return

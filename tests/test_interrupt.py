@@ -1,0 +1,78 @@
+"""A search killed with SIGKILL mid-trial, then restarted: no completed trial lost, no run left RUNNING."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+import mlflow
+
+PROJECT = Path(__file__).resolve().parents[1]
+EXPERIMENT = """
+config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
+         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: 12, patience: 12}
+search:
+  trials: 2
+  samples: 2
+  pruner_startup_trials: 5
+  space:
+    dropout: {low: 0.0, high: 0.3}
+"""
+
+
+def _command(tmp_path, shapes_dir):
+    return [sys.executable, str(PROJECT / "tuning" / "search.py"), "--data", str(shapes_dir),
+            "--experiment", str(tmp_path / "kill.yaml"), "--study", "k",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
+
+
+def _runs(state_filter=""):
+    experiment = MlflowClient().get_experiment_by_name("kill")
+    if experiment is None:
+        return []
+    return MlflowClient().search_runs([experiment.experiment_id],
+                                      "tags.`captioning.role` = 'trial'" + state_filter)
+
+
+def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
+    (tmp_path / "kill.yaml").write_text(EXPERIMENT)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.time() + 240
+    try:
+        # Wait until trial 0 is complete and trial 1 is running, then kill the process without warning.
+        while time.time() < deadline:
+            complete = _runs(" and tags.state = 'complete'")
+            running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '1'")
+            if complete and running:
+                break
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.5)
+        else:
+            raise AssertionError("trial 1 never started")
+        time.sleep(2)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert len(_runs(" and attributes.status = 'RUNNING'")) == 1  # the victim, as the kill left it
+
+    done = subprocess.run(_command(tmp_path, shapes_dir), env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "as KILLED" in done.stdout and "registered: captioner" in done.stdout
+    runs = _runs()
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_trial = {r.data.tags["trial"]: r for r in runs}
+    assert by_trial["1"].info.status == "KILLED" and by_trial["0"].data.tags["state"] == "complete"
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # trial 0 kept, 1 killed, 2 ran in its place
+    assert len([r for r in runs if r.data.tags["trial"] == "0"]) == 1  # trial 0 was not re-run
