@@ -78,6 +78,8 @@ class Captioner:
 
     def caption(self, images: Sequence[ImageSource] | ImageSource, beam_width: int | None = None):
         """A caption for each image; a single image (not in a list) gives a single string."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # a batch of images in one array
+            images = list(images)
         single = not isinstance(images, (list, tuple))
         captions = [alternatives[0][0] for alternatives in
                     self.caption_alternatives([images] if single else images, beam_width)]

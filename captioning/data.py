@@ -196,6 +196,8 @@ def load_dataset(root: Path, seed: int = 0) -> Dataset:
         warnings.warn(f"{root} has no official split files ({', '.join(SPLIT_FILES.values())}); using a seeded "
                       f"random split by image (seed {seed}), which is not the official split", stacklevel=2)
         splits = _seeded_split(usable, seed)
+    if not official and len(usable) < 3:
+        raise DataError(f"{root} has {len(usable)} usable image(s); a train/dev/test split needs at least 3")
     for split in ("train", "dev"):
         if not splits[split]:
             raise DataError(f"the {split} split of {root} has no usable images; check {SPLIT_FILES[split]}")

@@ -39,12 +39,19 @@ def _load_with_pil(path: bytes) -> np.ndarray:
     return load_rgb(path.decode())
 
 
+def _decode_plain(path: tf.Tensor) -> tf.Tensor:
+    """RGB/grayscale JPEG or PNG; the accurate integer DCT is what PIL uses, so captioning sees the same pixels."""
+    data = tf.io.read_file(path)
+    return tf.cond(tf.io.is_jpeg(data),
+                   lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                   lambda: tf.io.decode_png(data, channels=3))
+
+
 def image_pipeline(paths: list[Path], needs_pil: list[bool], encoder: Encoder, batch_size: int) -> tf.data.Dataset:
     """Decode and resize in parallel, batched, prefetched so that it overlaps with the encoder."""
     def load(path, pil):
-        image = tf.cond(pil,
-                        lambda: tf.numpy_function(_load_with_pil, [path], tf.uint8, stateful=False),
-                        lambda: tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False))
+        image = tf.cond(pil, lambda: tf.numpy_function(_load_with_pil, [path], tf.uint8, stateful=False),
+                        lambda: _decode_plain(path))
         image.set_shape([None, None, 3])
         return encoder.preprocess(image)
 

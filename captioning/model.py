@@ -56,7 +56,7 @@ class StepDecoder:
         self.logits = model.get_layer("logits")
         # Never generate padding, the start token or <unk>.
         banned = np.zeros(len(vocab), np.float32)
-        banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -1e9
+        banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -np.inf
         self.banned = tf.constant(banned)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
         self._step = tf.function(self._step_impl, reduce_retracing=True)

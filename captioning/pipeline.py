@@ -10,7 +10,7 @@ import numpy as np
 
 from captioning.captioner import Captioner
 from captioning.config import Config
-from captioning.data import SPLITS, Dataset, load_dataset
+from captioning.data import SPLITS, DataError, Dataset, load_dataset
 from captioning.encoders import make_encoder
 from captioning.features import ExtractionStats, extract_features
 from captioning.metrics import corpus_bleu_scores
@@ -59,7 +59,7 @@ def evaluate(captioner: Captioner, prepared: Prepared, split: str, beam_width: i
     dataset = prepared.dataset
     names = dataset.split(split)
     if not names:
-        raise ValueError(f"the {split} split of {dataset.root} is empty")
+        raise DataError(f"the {split} split of {dataset.root} has no usable images; score another --split")
     start = time.perf_counter()
     decoded = captioner.decode_features(prepared.features[split], beam_width)
     seconds = time.perf_counter() - start
@@ -75,11 +75,13 @@ class RunResult:
     evaluations: list[Evaluation]
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric names, e.g. dev_bleu4 (beam search) and dev_greedy_bleu4."""
+        """Flat names: dev_bleu4 with the config's decoding (beam_width), dev_greedy_bleu4 with greedy decoding."""
         out = {}
         for ev in self.evaluations:
-            prefix = f"{ev.split}_" if ev.beam_width > 1 else f"{ev.split}_greedy_"
-            out.update({prefix + k: v for k, v in ev.bleu.items()})
+            if ev.beam_width == 1:
+                out.update({f"{ev.split}_greedy_{k}": v for k, v in ev.bleu.items()})
+            if ev.beam_width == self.captioner.config.beam_width:
+                out.update({f"{ev.split}_{k}": v for k, v in ev.bleu.items()})
         return out
 
 

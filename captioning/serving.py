@@ -66,7 +66,7 @@ def log_captioner(bundle_dir: Path, name: str = "model"):
     from mlflow.models import infer_signature
 
     signature = infer_signature(pd.DataFrame({"image": ["photo.jpg"]}), pd.DataFrame({"caption": ["a dog"]}),
-                                params={"beam_width": 3})
+                                params={"beam_width": 0})  # 0: the model's own beam width
     return mlflow.pyfunc.log_model(name=name, python_model=CaptionerModel(),
                                    artifacts={"captioner": str(bundle_dir)},
                                    code_paths=[str(PROJECT / "captioning")], signature=signature,
@@ -103,7 +103,7 @@ def download_bundle(model_uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if model_uri.startswith("models:/"):
+    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):  # m-...: a logged model id
         from mlflow import MlflowClient
 
         reference = model_uri[len("models:/"):]

@@ -136,11 +136,14 @@ def embedded_dataset(count: int = 2000, seed: int = 0) -> Path:
     root = cache_root() / "datasets" / f"shapes-v{VERSION}-n{count}-seed{seed}"
     if (root / "captions.txt").is_file():
         return root
-    tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None, prefix=".shapes-"))
     root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".shapes-"))  # same filesystem, so the rename is atomic
     write_dataset(tmp, count, seed)
     try:
         tmp.rename(root)
-    except OSError:  # another process finished first: keep its copy
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "captions.txt").is_file():
+            raise
+        # else another process finished first: keep its copy
     return root

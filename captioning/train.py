@@ -27,7 +27,7 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow generators
 
 
-class CaptionBatches(keras.utils.PyDataset):
+class CaptionBatches:
     """(features, input ids) -> target ids, each batch padded to its own longest caption.
 
     Captions of similar length are batched together (sorted within shuffled pools of 50 batches), so little time
@@ -36,7 +36,6 @@ class CaptionBatches(keras.utils.PyDataset):
 
     def __init__(self, features: np.ndarray, captions: list[list[list[int]]], batch_size: int,
                  shuffle: bool, seed: int):
-        super().__init__()
         self.features = features
         self.samples = [(i, ids) for i, image_caps in enumerate(captions) for ids in image_caps]
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
@@ -72,6 +71,17 @@ class CaptionBatches(keras.utils.PyDataset):
         if self.shuffle:
             self.epoch += 1
             self._plan()
+
+    def dataset(self) -> tf.data.Dataset:
+        """The batches as a tf.data pipeline whose caption length varies from batch to batch."""
+        def generate():
+            for index in range(len(self)):
+                yield self[index]
+            self.on_epoch_end()
+
+        signature = ((tf.TensorSpec((None, self.features.shape[1]), tf.float32), tf.TensorSpec((None, None), tf.int32)),
+                     tf.TensorSpec((None, None), tf.int32))
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
 
 
 @dataclasses.dataclass
@@ -149,7 +159,8 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
                   jit_compile=False)
     selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose)
-    model.fit(train, validation_data=dev, epochs=config.epochs, callbacks=[selection], verbose=0)
+    model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, callbacks=[selection], verbose=0,
+              shuffle=False)  # CaptionBatches shuffles, by seed
     model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,

@@ -5,6 +5,7 @@ continues the trial numbering, and re-runs a trial that a killed process left un
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras_tuner as kt
@@ -29,6 +30,15 @@ class CaptionTuner(kt.BayesianOptimization):
             raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
         self.on_trial(number, params, "complete", metrics, "")
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        self.started = time.monotonic()
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if self.settings.timeout is not None and time.monotonic() - self.started > self.settings.timeout:
+            self.oracle.max_trials = len(self.oracle.trials)  # the oracle stops once max_trials exist
 
     def save_model(self, trial_id, model, step=0):
         pass  # the model is logged to MLflow by the runner

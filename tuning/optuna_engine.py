@@ -12,11 +12,13 @@ KILLED = "the process running it was killed"
 
 
 def open_study(name: str, storage: str, settings) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(4, settings.trials))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
-                                         n_warmup_steps=settings.pruner_warmup_epochs)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions.
+    study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials),
+                                               n_startup_trials=min(4, settings.trials))
+    # Epochs are reported as steps 1, 2, ...; Optuna may prune at step == n_warmup_steps.
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
+                                               n_warmup_steps=settings.pruner_warmup_epochs + 1)
     return study
 
 
@@ -47,6 +49,9 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial) -> 
 
         try:
             metrics = runner.run(trial.number, params, report)
+        except KeyboardInterrupt:
+            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", KILLED)
+            raise
         except PruneTrial as exc:
             on_trial(trial.number, params, "pruned", None, str(exc))
             raise optuna.TrialPruned(str(exc)) from None

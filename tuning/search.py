@@ -10,6 +10,7 @@ Running the same command again resumes the study. `mlflow ui` in the project dir
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold; a rerun "
                    "only runs the missing ones (default: the experiment's)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long")
-    p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-DATAHASH); "
-                   "the same name resumes the same study")
+    p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-HASH of the data "
+                   "and base config); the same name resumes the same study")
     p.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///optuna.db in the project)")
     p.add_argument("--metric", help="dev metric to maximise: dev_bleu1..4 (beam) or dev_greedy_bleu1..4 "
                    "(default: dev_bleu4)")
@@ -92,7 +93,9 @@ def search(args) -> dict:
         data = Path(args.data)
     dataset = load_and_report(data, seed=base.seed)
     fingerprint = dataset.fingerprint()
-    study = args.study or f"{experiment.stem}-{settings.engine}-{fingerprint[:8]}"
+    # The default name covers data and base config: other data or other --set values start another study.
+    identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.to_dict(), sort_keys=True)}".encode()).hexdigest()
+    study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment_id = tracking.ensure_experiment(experiment.stem)
     stale = tracking.close_stale_runs(experiment_id, study)

@@ -43,9 +43,8 @@ def parse_space(section: dict[str, Any]) -> list[Param]:
         if unknown:
             raise ConfigError(f"search.space.{name}: unknown field(s) {', '.join(sorted(unknown))}")
         if "choices" in spec:
-            choices = tuple(spec["choices"])
-            for choice in choices:  # each choice must be a valid value for the config key
-                parse_overrides([f"{name}={choice}"])
+            # Each choice checked and converted to the key's type (Keras Tuner casts to the first one's type).
+            choices = tuple(parse_overrides([f"{name}={choice}"])[name] for choice in spec["choices"])
             params.append(Param(name, choices=choices))
             continue
         if "low" not in spec or "high" not in spec:

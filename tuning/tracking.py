@@ -56,6 +56,9 @@ def register(model_uri: str, name: str, metric: str, value: float, fingerprint: 
     current = champion_info(name)
     if current is not None and current.run_id == run_id:
         return current, "champion", "this run is already the champion"
+    for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        alias = existing.aliases[0] if existing.aliases else "no alias"
+        return existing, alias, f"this run is already registered as version {existing.version}"
     version = mlflow.register_model(model_uri, name, tags={
         "metric": metric, metric: f"{value:.6f}", "data_fingerprint": fingerprint, "split": split, "study": study})
     if current is None:

@@ -88,11 +88,15 @@ class TrialRunner:
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
         finally:
-            mlflow.log_metric("wall_seconds", time.perf_counter() - start)
-            mlflow.end_run(status)
+            try:
+                mlflow.log_metric("wall_seconds", time.perf_counter() - start)
+            finally:
+                mlflow.end_run(status)  # always, or the next trial could not start a run
 
     def _log_samples(self, result: RunResult, prepared: Prepared) -> None:
         """Captions of a fixed set of dev images: a table artifact and a small gallery figure."""
+        if not self.sample_names:
+            return
         dev = prepared.dataset.split("dev")
         rows = [dev.index(name) for name in self.sample_names]
         captions = result.captioner.decode_features(prepared.features["dev"][rows])
