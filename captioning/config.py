@@ -36,11 +36,12 @@ class Config:
     batch_size: int = 64
     epochs: int = 20
     patience: int = 3  # epochs without improvement of the selection metric before stopping
+    lr_decay: float = 0.5  # after an epoch that does not improve the selection metric, learning_rate *= lr_decay
     selection_metric: str = "bleu4"  # dev-split metric used for early stopping and model selection
     seed: int = 0
     # Decoding.
     beam_width: int = 3
-    length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
+    length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: best on Flickr8k dev)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,6 +93,8 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config key 'dropout' must be in [0, 1), got {config.dropout}")
     if config.learning_rate <= 0:
         raise ConfigError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
+    if not 0.0 < config.lr_decay <= 1.0:
+        raise ConfigError(f"config key 'lr_decay' must be in (0, 1] (1: constant learning rate), got {config.lr_decay}")
     if config.patience < 0:
         raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
     if config.selection_metric not in SELECTION_METRICS:

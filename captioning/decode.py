@@ -24,8 +24,8 @@ def _greedy_batch(decoder: StepDecoder, features: np.ndarray, max_length: int) -
     words = np.zeros((n, max_length), np.int32)
     finished = np.zeros(n, bool)
     for t in range(max_length - 2):  # start + words + end fit in max_length, as in training
-        logp, states = decoder.step(tokens, states, image)
-        tokens = np.argmax(logp.numpy(), axis=-1).astype(np.int32)
+        _, top, states = decoder.step_top(tokens, states, image, 1)
+        tokens = top[:, 0].astype(np.int32)
         words[:, t] = np.where(finished, 0, tokens)
         finished |= tokens == decoder.end_id
         if finished.all():
@@ -67,24 +67,28 @@ def _beam_batch(decoder, features, max_length, k, alpha):
     words = np.zeros((n, k, 0), np.int32)
     rows = np.arange(n)[:, None]
     for t in range(max_length - 1):
-        logp, states = decoder.step(tokens, states, image)
-        logp = logp.numpy().astype(np.float64).reshape(n, k, -1)
-        vocab = logp.shape[-1]
+        # The best k overall are among the best k continuations of each beam, so only k x k candidates per image
+        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations).
         if t == max_length - 2:  # the last position holds the end token, as in training
-            end = logp[:, :, decoder.end_id].copy()
-            logp[:] = -np.inf
-            logp[:, :, decoder.end_id] = end
+            logp, states = decoder.step(tokens, states, image)
+            values = np.full((n * k, k), -np.inf)
+            values[:, 0] = logp.numpy()[:, decoder.end_id]
+            ids = np.full((n * k, k), decoder.end_id, np.int32)
+        else:
+            values, ids, states = decoder.step_top(tokens, states, image, k)
+        values = values.astype(np.float64).reshape(n, k, k)
+        ids = ids.reshape(n, k, k)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.
-        logp[finished] = -np.inf
-        logp[finished, 0] = 0.0
-        total = scores[:, :, None] + logp
+        values[finished] = -np.inf
+        values[finished, 0] = 0.0
+        ids[finished] = 0
+        total = scores[:, :, None] + values
         new_lengths = lengths + ~finished
-        ranked = total / (new_lengths[:, :, None] ** alpha)
-        flat = ranked.reshape(n, k * vocab)
-        top = np.argpartition(-flat, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, 1), axis=1), 1)
-        beam, word = top // vocab, (top % vocab).astype(np.int32)
-        scores = total.reshape(n, k * vocab)[rows, top]
+        ranked = (total / (new_lengths[:, :, None] ** alpha)).reshape(n, k * k)
+        top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+        beam = top // k
+        word = ids.reshape(n, k * k)[rows, top]
+        scores = total.reshape(n, k * k)[rows, top]
         lengths = new_lengths[rows, beam]
         finished = finished[rows, beam] | (word == decoder.end_id)
         words = np.concatenate([words[rows, beam], word[:, :, None]], axis=2)

@@ -15,6 +15,10 @@ import tensorflow as tf
 from captioning.config import Config
 
 
+# Bumped whenever decoding or resizing changes what the same image file turns into, so old caches are not reused.
+PREPROCESSING = "jpeg-accurate-dct"
+
+
 class Encoder:
     name = ""
     weights_id = "none"
@@ -26,7 +30,7 @@ class Encoder:
     @property
     def key(self) -> str:
         """Identifies what the features mean: same key, interchangeable features."""
-        text = f"{self.name}|{self.weights_id}|{self.image_size}|{self.grid}"
+        text = f"{self.name}|{self.weights_id}|{self.image_size}|{self.grid}|{PREPROCESSING}"
         return f"{self.name}-{self.image_size}px-g{self.grid}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property

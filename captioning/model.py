@@ -60,6 +60,7 @@ class StepDecoder:
         self.banned = tf.constant(banned)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
         self._step = tf.function(self._step_impl, reduce_retracing=True)
+        self._top = tf.function(self._top_impl, reduce_retracing=True)
         self._image = tf.function(lambda f: self.image_dense(f, training=False), reduce_retracing=True)
 
     def image_vectors(self, features: np.ndarray) -> tf.Tensor:
@@ -78,6 +79,17 @@ class StepDecoder:
         logits = self.logits(self.merge_dense(image_vectors + x))
         return tf.nn.log_softmax(logits + self.banned), new_states
 
+    def _top_impl(self, tokens, states, image_vectors, k):
+        logp, new_states = self._step_impl(tokens, states, image_vectors)
+        values, ids = tf.math.top_k(logp, k)
+        return values, ids, new_states
+
     def step(self, tokens: np.ndarray, states: list[tf.Tensor], image_vectors: tf.Tensor):
         """Log-probabilities of the next word (batch, vocab) and the new states."""
         return self._step(tf.convert_to_tensor(tokens, tf.int32), states, image_vectors)
+
+    def step_top(self, tokens: np.ndarray, states: list[tf.Tensor], image_vectors: tf.Tensor, k: int):
+        """The k most likely next words: log-probabilities (batch, k) and ids (batch, k), best first, and the new
+        states. Only these leave the graph, not the whole (batch, vocab) matrix."""
+        values, ids, new_states = self._top(tf.convert_to_tensor(tokens, tf.int32), states, image_vectors, k)
+        return values.numpy(), ids.numpy(), new_states

@@ -87,7 +87,7 @@ class CaptionBatches:
 @dataclasses.dataclass
 class TrainResult:
     model: keras.Model
-    history: list[dict]  # one dict per epoch: loss, dev_loss, dev_bleu1..4, seconds
+    history: list[dict]  # one dict per epoch: loss, dev_loss, dev_bleu1..4, learning_rate, seconds
     best_epoch: int
     best: dict
     stopped_early: bool
@@ -127,14 +127,18 @@ class _DevSelection(keras.callbacks.Callback):
             raise TrainingError(f"the training loss became {logs.get('loss')} in epoch {epoch + 1}; "
                                 "lower learning_rate (e.g. --set learning_rate=0.0003)")
         bleu = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references, self.config.max_length)
+        learning_rate = self.model.optimizer.learning_rate
         record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "dev_loss": float(logs.get("val_loss", "nan")),
-                  **{f"dev_{k}": v for k, v in bleu.items()}, "seconds": time.perf_counter() - self.started}
+                  **{f"dev_{k}": v for k, v in bleu.items()}, "learning_rate": float(learning_rate.numpy()),
+                  "seconds": time.perf_counter() - self.started}
         self.history.append(record)
         metric = self.config.selection_metric
         value = record["dev_loss"] if metric == "loss" else record[f"dev_{metric}"]
         better = self.best is None or (value < self.best if metric == "loss" else value > self.best)
         if better:
             self.best, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+        elif self.config.lr_decay < 1.0:
+            learning_rate.assign(learning_rate * self.config.lr_decay)
         if self.verbose:
             print(f"epoch {epoch + 1:2d}  loss {record['loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
                   f"dev BLEU-1..4 {bleu['bleu1']:.3f} {bleu['bleu2']:.3f} {bleu['bleu3']:.3f} {bleu['bleu4']:.3f}  "

@@ -2,11 +2,12 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from captioning.config import Config
 from captioning.data import load_dataset
-from captioning.encoders import make_encoder
+from captioning.encoders import _grid_pool, make_encoder
 from captioning.features import extract_features
 from captioning.images import load_rgb
 
@@ -84,16 +85,24 @@ def test_xception_features_are_not_random(shapes_dir):
     assert same.min() > np.median(different) and same.mean() > different.mean() + 0.05
 
 
-def test_grid_features_keep_where_things_are():
-    """With a 2 x 2 grid, a shape on the left and the same shape on the right give different features."""
-    encoder = make_encoder(Config(image_size=96, feature_grid=2))
-    left = np.full((96, 96, 3), 200, np.uint8)
-    right = left.copy()
-    left[30:60, 5:35] = (220, 40, 40)
-    right[30:60, 61:91] = (220, 40, 40)
-    features = encoder.encode([left, right])
-    assert features.shape == (2, 8192)
-    pooled = features.reshape(2, 4, 2048).mean(axis=1)  # what global pooling would keep
-    grid_gap = np.linalg.norm(features[0] - features[1]) / np.linalg.norm(features[0])
-    pooled_gap = np.linalg.norm(pooled[0] - pooled[1]) / np.linalg.norm(pooled[0])
-    assert grid_gap > 2 * pooled_gap
+def test_grid_pooling_keeps_where_things_are():
+    """A g x g grid of averages puts what is in a corner of the feature map into that corner's cell."""
+    maps = np.zeros((1, 4, 4, 3), np.float32)
+    maps[0, :2, :2, 0] = 1.0  # top left
+    maps[0, 2:, 2:, 1] = 1.0  # bottom right
+    maps[0, :, :, 2] = 1.0  # everywhere
+    cells = _grid_pool(tf.constant(maps), 2).numpy().reshape(2, 2, 3)  # row-major cells
+    np.testing.assert_allclose(cells[..., 0], [[1, 0], [0, 0]], atol=1e-6)
+    np.testing.assert_allclose(cells[..., 1], [[0, 0], [0, 1]], atol=1e-6)
+    np.testing.assert_allclose(cells[..., 2], np.ones((2, 2)), atol=1e-6)
+    np.testing.assert_allclose(_grid_pool(tf.constant(maps), 1).numpy(), [[0.25, 0.25, 1.0]], atol=1e-6)
+
+
+def test_grid_features_average_to_the_globally_pooled_vector():
+    """At 128 px Xception's map is 4 x 4, so the mean of the 2 x 2 grid cells is exactly global average pooling."""
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    grid = make_encoder(Config(image_size=128, feature_grid=2)).encode([image])
+    pooled = make_encoder(Config(image_size=128, feature_grid=1)).encode([image])
+    assert grid.shape == (1, 4 * 2048) and pooled.shape == (1, 2048)
+    np.testing.assert_allclose(grid.reshape(4, 2048).mean(axis=0), pooled[0], rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(grid.reshape(4, 2048).std(axis=0)) > 0.1 * np.linalg.norm(pooled)  # the cells differ

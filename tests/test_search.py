@@ -66,7 +66,9 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" in out and "registered: captioner version 1 as @champion" in out
     runs = _trial_runs("s1")
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" and r.data.tags["state"] == "complete" for r in runs)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert runs[0].data.tags["state"] == "complete"  # the pruner's start-up trial
+    assert runs[1].data.tags["state"] in ("complete", "pruned")  # the median pruner may stop the second one
     client = MlflowClient()
     run = runs[0]
     for key in ("dev_bleu1", "dev_bleu4", "test_bleu4", "dev_greedy_bleu4", "wall_seconds", "feature_cache_hits"):

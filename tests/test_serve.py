@@ -30,7 +30,10 @@ def _free_port() -> int:
 def test_rest_serving_of_the_champion(tmp_path, shapes_dir):
     (tmp_path / "serve.yaml").write_text(EXPERIMENT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # The server starts `uvicorn` through the shell, so the environment's bin folder must be on PATH (as it is in an
+    # activated virtual environment).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([sys.executable, str(PROJECT / "tuning" / "search.py"), "--data", str(shapes_dir),
                     "--experiment", str(tmp_path / "serve.yaml"), "--storage", f"sqlite:///{tmp_path / 'o.db'}"],
                    env=env, check=True, capture_output=True, cwd=tmp_path, timeout=300)

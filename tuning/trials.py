@@ -60,6 +60,7 @@ class TrialRunner:
 
             def on_epoch(epoch: int, record: dict) -> None:
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
+                                    "learning_rate": record["learning_rate"],
                                     **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)}},
                                    step=epoch)
                 if report is not None:
