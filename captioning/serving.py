@@ -116,8 +116,11 @@ def download_bundle(model_uri: str) -> Path:
         except MlflowException:
             raise ModelNotFound(f"no registered model {model_uri} in {mlflow.get_tracking_uri()}; registered: "
                                 f"{_registry_listing()}") from None
+    location = model_uri.rstrip("/")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/captioner"))
+        if model_uri.startswith("models:/m-"):  # a logged model's id: its files live at the logged model's location
+            location = mlflow.get_logged_model(model_uri[len("models:/"):].split("/")[0]).artifact_location
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/captioner"))
     except (MlflowException, OSError) as exc:
         raise ModelNotFound(f"cannot fetch the captioner in {model_uri}: {exc}") from None
     return local

@@ -74,14 +74,19 @@ class CaptionBatches:
 
     def dataset(self) -> tf.data.Dataset:
         """The batches as a tf.data pipeline whose caption length varies from batch to batch."""
-        def generate():
+        passes = []
+
+        def generate():  # one pass per epoch; each pass after the first reshuffles (Keras may not exhaust a pass)
+            if passes:
+                self.on_epoch_end()
+            passes.append(1)
             for index in range(len(self)):
                 yield self[index]
-            self.on_epoch_end()
 
         signature = ((tf.TensorSpec((None, self.features.shape[1]), tf.float32), tf.TensorSpec((None, None), tf.int32)),
                      tf.TensorSpec((None, None), tf.int32))
-        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
 
 
 @dataclasses.dataclass

@@ -152,3 +152,17 @@ def test_caption_cli_by_alias_and_clear_error_for_unknown_alias(workspace, shape
     assert main(["caption", str(image), "--model", "models:/captioner@nope"]) == 2
     err = capsys.readouterr().err
     assert "no registered model models:/captioner@nope" in err and "captioner (@champion)" in err
+
+
+def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(workspace, shapes_dir, capsys):
+    tmp_path, _, _ = workspace
+    held = search_cli._single_worker_lock(f"sqlite:///{tmp_path / 'optuna.db'}", "busy")  # as another process would
+    try:
+        assert _search(workspace, shapes_dir, "--study", "busy") == 2
+    finally:
+        held.close()
+        search_cli._LOCKS.clear()
+    err = capsys.readouterr().err
+    assert "already running study 'busy'" in err and "SQLite storage serves one process" in err
+    assert "postgresql://" in err
+    assert _trial_runs("busy") == []  # refused before any trial started

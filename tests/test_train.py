@@ -63,3 +63,29 @@ def test_nan_loss_stops_with_advice(trained):
     config, prepared, _ = trained
     with pytest.raises(TrainingError, match="learning_rate"):
         train_and_evaluate(config.replace(learning_rate=1e12, epochs=2), prepared, verbose=False)
+
+
+def test_every_epoch_of_fit_sees_all_batches_in_a_new_order():
+    import keras
+
+    from captioning.train import CaptionBatches
+
+    features = np.arange(40, dtype=np.float32).reshape(40, 1)
+    captions = [[[1, 4, 5, 2]] for _ in range(40)]
+    batches = CaptionBatches(features, captions, batch_size=4, shuffle=True, seed=0)
+    seen = []
+
+    class Record(keras.layers.Layer):  # records which images each training batch holds
+        def call(self, x, training=None):
+            if training:
+                seen.append(x.numpy()[:, 0].astype(int).tolist())
+            return x
+
+    inputs = [keras.Input((1,)), keras.Input((None,), dtype="int32")]
+    logits = keras.layers.Dense(8)(keras.layers.RepeatVector(3)(Record()(inputs[0])))
+    model = keras.Model(inputs, logits)
+    model.compile("sgd", "sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(batches.dataset(), epochs=3, verbose=0, shuffle=False)
+    epochs = [sum(seen[i * 10:(i + 1) * 10], []) for i in range(3)]
+    assert len(seen) == 30 and all(sorted(e) == list(range(40)) for e in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]

@@ -67,6 +67,45 @@ def _git_commit() -> str:
         return "none"
 
 
+def _single_worker_lock(storage: str | None, study: str):
+    """An exclusive lock for a study whose state is a local file (Optuna on SQLite, Keras Tuner's folder), held
+    until the process ends (the kernel drops it even after kill -9). None for a database server, which several
+    workers may share."""
+    import fcntl
+
+    if storage is None:
+        path, what = PROJECT / "keras_tuner" / f"{study}.lock", "Keras Tuner keeps its state in local files"
+    elif storage.startswith("sqlite:///"):
+        database = Path(storage[len("sqlite:///"):])
+        path, what = database.with_name(f"{database.name}.{hashlib.sha256(study.encode()).hexdigest()[:12]}.lock"), \
+            "SQLite storage serves one process"
+    else:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another search is already running study {study!r} here, and {what}; wait for it to "
+                          "finish, or run parallel workers on a database server: --storage "
+                          "postgresql://USER@HOST/DB (see the README's section on many workers)") from None
+    _LOCKS.append(handle)
+    return handle
+
+
+_LOCKS: list = []  # held until main() returns
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL: keep only its scheme
+        return url.split("://", 1)[0] + "://..."
+
+
 def _short(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -98,9 +137,12 @@ def search(args) -> dict:
     study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment_id = tracking.ensure_experiment(experiment.stem)
-    stale = tracking.close_stale_runs(experiment_id, study)
-    if stale:
-        print(f"search: marked {stale} MLflow run(s) left RUNNING by an interrupted search as KILLED")
+    storage = args.storage or f"sqlite:///{PROJECT / 'optuna.db'}"
+    lock = _single_worker_lock(storage if settings.engine == "optuna" else None, study)
+    if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
+        stale = tracking.close_stale_runs(experiment_id, study)
+        if stale:
+            print(f"search: marked {stale} MLflow run(s) left RUNNING by an interrupted search as KILLED")
 
     client = MlflowClient()
     parent = tracking.parent_run_id(experiment_id, study)
@@ -114,6 +156,8 @@ def search(args) -> dict:
                            "pruner": f"median(startup={settings.pruner_startup_trials}, "
                                      f"warmup_epochs={settings.pruner_warmup_epochs})",
                            "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
+                           "storage": _without_password(storage) if settings.engine == "optuna"
+                           else str(PROJECT / "keras_tuner"),
                            **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
             client.log_param(parent, key, value)
         client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
@@ -137,9 +181,8 @@ def search(args) -> dict:
         if settings.engine == "optuna":
             from tuning.optuna_engine import fail_stale_trials, open_study, run_optuna
 
-            storage = args.storage or f"sqlite:///{PROJECT / 'optuna.db'}"
             optuna_study = open_study(study, storage, settings)
-            if storage.startswith("sqlite") and fail_stale_trials(optuna_study):
+            if lock is not None and fail_stale_trials(optuna_study):
                 print("search: marked trials left running by an interrupted search as failed")
             run_optuna(optuna_study, runner, settings, on_trial)
         else:
@@ -200,6 +243,9 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().close()
     return 0
 
 

@@ -1,0 +1,94 @@
+"""A comparison report from real tiny searches (Optuna and Keras Tuner) logged to a temporary MLflow database."""
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from reports import compare  # noqa: E402
+from tuning import search as search_cli  # noqa: E402
+
+TINY = """
+config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
+         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: 3, patience: 3}
+search:
+  trials: 3
+  samples: 2
+  pruner_startup_trials: 3
+  space:
+    units: {choices: [32, 64]}
+    dropout: {low: 0.0, high: 0.3}
+    learning_rate: {low: 0.005, high: 0.02, log: true}
+"""
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images, self.tables = 0, [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tables += tag == "table"
+        self.rows += tag == "tr"
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, shapes_dir):
+    tmp = tmp_path_factory.mktemp("reports")
+    (tmp / "tiny.yaml").write_text(TINY)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    patch.setattr("tuning.tracking.PROJECT", tmp)
+    patch.setattr(search_cli, "PROJECT", tmp)
+    for engine, study in (("optuna", "opt"), ("keras-tuner", "kt")):
+        assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(tmp / "tiny.yaml"), "--tracking-uri",
+                                uri, "--storage", f"sqlite:///{tmp / 'optuna.db'}", "--engine", engine,
+                                "--study", study]) == 0
+    yield tmp, uri
+    patch.undo()
+
+
+def test_report_of_two_studies_side_by_side(searched, capsys):
+    tmp, uri = searched
+    out = tmp / "report"
+    assert compare.main(["--study", "opt", "--study", "kt", "--tracking-uri", uri, "--out", str(out),
+                         "--gallery", "3"]) == 0
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    figures = [src for src in page.images if src.startswith("data:image/png;base64,")]
+    assert len(figures) == len(page.images) and len(figures) >= 5 + 3  # the figures and the gallery thumbnails
+    text = (out / "report.html").read_text()
+    assert text.count('<tr class="') == 6  # one leaderboard row per trial of both studies
+    assert "champion (v1)" in text and "opt" in text and "kt" in text
+    for name in ("bleu_top", "learning_curves", "metric_by_parameter", "history", "importances", "gallery"):
+        assert (out / f"{name}.png").stat().st_size > 5000, name
+        assert f"({name}.png)" in (out / "report.md").read_text()
+    board = (out / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
+    assert board.count("| complete |") + board.count("| pruned |") == 6
+
+
+def test_default_report_is_the_latest_study_of_the_experiment(searched, capsys):
+    tmp, uri = searched
+    assert compare.main(["--experiment", "tiny", "--tracking-uri", uri, "--out", str(tmp / "latest"),
+                         "--gallery", "0"]) == 0
+    text = (tmp / "latest" / "report.md").read_text()
+    assert "kt" in text.split("## Leaderboard")[0] and "| opt |" not in text  # the Keras Tuner study ran last
+
+
+def test_missing_input_is_one_clear_message(searched, capsys):
+    tmp, uri = searched
+    assert compare.main(["--study", "nope", "--tracking-uri", uri, "--out", str(tmp / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no study named 'nope'" in err and "kt" in err
+    assert compare.main(["--experiment", "absent", "--tracking-uri", uri, "--out", str(tmp / "x")]) == 2
+    assert "has no study" in capsys.readouterr().err
+    assert compare.main(["--runs", "0123456789abcdef", "--tracking-uri", uri, "--out", str(tmp / "x")]) == 2
+    assert "no run" in capsys.readouterr().err
+    assert not (tmp / "x").exists()
