@@ -53,7 +53,7 @@ def load_rgb(source: ImageSource) -> np.ndarray:
         return np.asarray(_to_rgb(image), dtype=np.uint8)
     except FileNotFoundError:
         raise ImageError(f"image file {source} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         name = source if isinstance(source, (str, Path)) else f"{type(source).__name__} input"
         raise ImageError(f"cannot read image {name}: {exc}") from None
 
