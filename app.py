@@ -23,7 +23,7 @@ from PIL import Image
 
 from captioning.captioner import BundleError, Captioner
 from captioning.images import ImageError, load_rgb
-from captioning.serving import ModelNotFound, download_bundle, resolve_tracking_uri
+from captioning.serving import ModelNotFound, download_bundle, redact, resolve_tracking_uri
 
 MAX_UPLOAD_MB = 20
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]
@@ -86,7 +86,7 @@ def show_model_card(name: str, model_uri: str, captioner: Captioner) -> None:
                         "in the MLflow UI")
     else:
         scores.markdown(f"Run `{title}` (start `mlflow ui` to browse it)")
-    scores.caption(f"`{model_uri}` in `{mlflow.get_tracking_uri()}`")
+    scores.caption(f"`{model_uri}` in `{redact(mlflow.get_tracking_uri())}`")
 
 
 def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) -> None:
@@ -121,7 +121,7 @@ def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) 
 
 st.set_page_config(page_title="Image captioner", layout="wide")
 st.title("Image captioner")
-tracking_uri = resolve_tracking_uri()
+tracking_uri = redact(resolve_tracking_uri())  # shown on the page, so without a password
 model_name = os.environ.get("CAPTIONER_MODEL_NAME", "captioner")
 try:
     choices = model_choices(model_name)

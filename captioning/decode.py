@@ -42,13 +42,15 @@ def _strip(row: np.ndarray, end_id: int) -> list[int]:
     return ids
 
 
-def beam_search(decoder: StepDecoder, features: np.ndarray, max_length: int, width: int = 3,
-                length_penalty: float = 1.0, batch_size: int = 512) -> list[list[tuple[list[int], float]]]:
+def beam_search(decoder: StepDecoder, features: np.ndarray, max_length: int, width: int,
+                length_penalty: float, batch_size: int = 512) -> list[list[tuple[list[int], float]]]:
     """For each image, `width` captions (word ids) with their scores, best first.
 
     A hypothesis scores sum(log p) / length ** length_penalty (length counts the end token), which is also how
-    beams are ranked at every step, so that short captions do not win merely by being short.
+    beams are ranked at every step, so that short captions do not win merely by being short. A width above the
+    vocabulary size is the vocabulary size.
     """
+    width = min(width, int(decoder.banned.shape[0]))
     out: list[list[tuple[list[int], float]]] = []
     for start in range(0, len(features), batch_size):
         out += _beam_batch(decoder, features[start:start + batch_size], max_length, width, length_penalty)

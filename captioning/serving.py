@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -84,6 +85,19 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
     return uri
 
 
+def redact(url: str) -> str:
+    """A database or server URL with its password hidden, for logs, reports and pages."""
+    from sqlalchemy.engine import make_url
+
+    if "@" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL (e.g. http://user:pw@host): drop the credentials
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+
+
 class ModelNotFound(LookupError):
     """A registered model name, alias or version that does not exist."""
 
@@ -99,11 +113,13 @@ def _registry_listing() -> str:
 
 
 def download_bundle(model_uri: str) -> Path:
-    """The captioner bundle inside an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model)."""
+    """The captioner bundle inside an MLflow model: models:/NAME@ALIAS, models:/NAME/VERSION, a logged model's
+    models:/m-<id> (what each trial's `model_uri` tag holds) or runs:/ID/model."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):  # m-...: a logged model id
+    logged = re.match(r"models:/(m-[0-9a-f]{32})(/|$)", model_uri)  # a logged model's id, not a registered name
+    if model_uri.startswith("models:/") and not logged:
         from mlflow import MlflowClient
 
         reference = model_uri[len("models:/"):]
@@ -118,8 +134,8 @@ def download_bundle(model_uri: str) -> Path:
                                 f"{_registry_listing()}") from None
     location = model_uri.rstrip("/")
     try:
-        if model_uri.startswith("models:/m-"):  # a logged model's id: its files live at the logged model's location
-            location = mlflow.get_logged_model(model_uri[len("models:/"):].split("/")[0]).artifact_location
+        if logged:  # its files live at the logged model's location
+            location = mlflow.get_logged_model(logged.group(1)).artifact_location
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/captioner"))
     except (MlflowException, OSError) as exc:
         raise ModelNotFound(f"cannot fetch the captioner in {model_uri}: {exc}") from None

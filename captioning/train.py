@@ -110,7 +110,8 @@ def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarra
 
 
 class _DevSelection(keras.callbacks.Callback):
-    """Scores the dev split after each epoch, keeps the best weights, stops after `patience` bad epochs."""
+    """Scores the dev split after each epoch, keeps the best weights, multiplies the learning rate by `lr_decay`
+    after an epoch that does not improve, and stops after `patience` such epochs in a row."""
 
     def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose):
         super().__init__()

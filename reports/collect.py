@@ -8,6 +8,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from captioning.serving import redact
+
 ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
 BLEU = [f"bleu{n}" for n in range(1, 5)]
 CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (greedy)", "train_loss": "train loss"}
@@ -73,7 +75,7 @@ def find_studies(client: MlflowClient, names: list[str] | None, experiment: str 
             runs = client.search_runs(_all_experiment_ids(client),
                                       f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{name}'", max_results=1)
             if not runs:
-                raise ReportError(f"no study named {name!r} in {client.tracking_uri}; recent studies: "
+                raise ReportError(f"no study named {name!r} in {redact(client.tracking_uri)}; recent studies: "
                                   f"{_known_studies(client)}")
             found.append(_study_from_parent(client, runs[0]))
         return found
@@ -82,7 +84,7 @@ def find_studies(client: MlflowClient, names: list[str] | None, experiment: str 
     runs = [] if exp is None else client.search_runs([exp.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1,
                                                      order_by=["attributes.start_time DESC"])
     if not runs:
-        raise ReportError(f"experiment {name!r} has no study in {client.tracking_uri} (run: python tuning/search.py"
+        raise ReportError(f"experiment {name!r} has no study in {redact(client.tracking_uri)} (run: python tuning/search.py"
                           f"{'' if name == 'shapes' else f' --experiment {name}'}); recent studies: "
                           f"{_known_studies(client)}")
     return [_study_from_parent(client, runs[0])]
@@ -145,7 +147,7 @@ def collect(client: MlflowClient, studies: list[Study] | None = None, run_ids: l
             try:
                 runs.append(client.get_run(run_id))
             except MlflowException:
-                raise ReportError(f"no run {run_id!r} in {client.tracking_uri}") from None
+                raise ReportError(f"no run {run_id!r} in {redact(client.tracking_uri)}") from None
         names = sorted({r.data.tags.get(STUDY, "runs") for r in runs})
         studies = []
         for study in names:

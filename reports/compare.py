@@ -90,10 +90,15 @@ def gallery_captions(selection: Selection, count: int, model_name: str):
         models[f"champion ({model_name})"] = download_bundle(f"models:/{model_name}@champion")
     except ModelNotFound:
         pass
+    missing = []
     for row in selection.top(1).itertuples():
-        if row.model_uri:
-            models[f"best of {row.study}" if selection.trials.study.nunique() > 1 else f"best ({row.label})"] = \
-                download_bundle(row.model_uri)
+        label = f"best of {row.study}" if selection.trials.study.nunique() > 1 else f"best ({row.label})"
+        try:
+            models[label] = download_bundle(row.model_uri)
+        except ModelNotFound:  # e.g. its artifacts were deleted: the rest of the gallery still stands
+            missing.append(label)
+    if not models:
+        return None, "no caption gallery: none of the models could be fetched"
     features, captions = {}, {}
     for label, bundle in models.items():
         captioner = Captioner.load(bundle)
@@ -101,7 +106,8 @@ def gallery_captions(selection: Selection, count: int, model_name: str):
         if key not in features:
             features[key] = captioner.encoder.encode(images)
         captions[label] = [alts[0][0] for alts in captioner.decode_features(np.asarray(features[key]))]
-    return (images, names, [dataset.raw_captions[n] for n in names], captions), None
+    note = f"gallery: could not fetch the model of {', '.join(missing)}" if missing else None
+    return (images, names, [dataset.raw_captions[n] for n in names], captions), note
 
 
 # --- rendering ------------------------------------------------------------------------------------------------------
@@ -117,7 +123,9 @@ def _png(figure) -> bytes:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return "" if value != value else (f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}")
+        if value != value:
+            return ""
+        return f"{value:.4f}" if 0.01 <= abs(value) < 10 else f"{value:.4g}" if abs(value) < 10 else f"{value:.0f}"
     return str(value)
 
 
@@ -152,8 +160,8 @@ document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEve
   const descending = th.dataset.order !== "desc";
   th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.order);
   th.dataset.order = descending ? "desc" : "asc";
-  const key = row => { const t = row.cells[column].dataset.value ?? row.cells[column].textContent;
-                       const n = parseFloat(t); return isNaN(n) ? t : n; };
+  const key = row => { const v = row.cells[column].dataset.value;  // only numeric cells carry one
+                       return v === undefined ? row.cells[column].textContent : (v === "" ? -Infinity : Number(v)); };
   [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
       const c = (typeof x === "number" && typeof y === "number") ? x - y : String(x).localeCompare(String(y));
       return descending ? -c : c; }).forEach(row => body.appendChild(row));
@@ -178,8 +186,8 @@ def _html_table(table, sortable: bool = False, row_classes=None) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = []
     for i, row in enumerate(table.itertuples(index=False)):
-        cells = "".join(f'<td class="{"text" if isinstance(v, str) else ""}">{html.escape(_fmt(v))}</td>'
-                        for v in row)
+        cells = "".join(f'<td class="text">{html.escape(str(v))}</td>' if isinstance(v, str) else
+                        f'<td data-value="{"" if v != v else v}">{html.escape(_fmt(v))}</td>' for v in row)
         css = f' class="{row_classes[i]}"' if row_classes else ""
         rows.append(f"<tr{css}>{cells}</tr>")
     return (f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead>'
@@ -256,7 +264,7 @@ def _thumbnail(image, size: int = 160) -> str:
 def make_report(args) -> Path:
     from mlflow import MlflowClient
 
-    from captioning.serving import resolve_tracking_uri
+    from captioning.serving import redact, resolve_tracking_uri
     from reports import figures as draw
     from reports.collect import collect, find_studies
 
@@ -283,7 +291,7 @@ def make_report(args) -> Path:
         figures["gallery"] = draw.gallery(*gallery)
     pngs = {name: _png(figure) for name, figure in figures.items() if figure is not None}
     out = Path(args.out) if args.out else PROJECT / "reports" / selection.name
-    return render(selection, pngs, gallery, notes, out, uri)
+    return render(selection, pngs, gallery, notes, out, redact(uri))
 
 
 def main(argv=None) -> int:

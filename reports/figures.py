@@ -80,16 +80,17 @@ def metric_by_parameter(selection: Selection) -> plt.Figure | None:
 def optimisation_history(selection: Selection) -> plt.Figure:
     """Each completed trial's metric and the best so far, against the trial number."""
     figure, ax = plt.subplots(figsize=(7.5, 3.8))
+    floor = selection.complete()[selection.metric].min()  # where pruned and failed trials are drawn
     palette = sns.color_palette("deep", selection.trials.study.nunique())
     for colour, (study, trials) in zip(palette, selection.trials.groupby("study", sort=False)):
         trials = trials.sort_values("trial")
         done = trials[(trials.state == "complete") & trials[selection.metric].notna()]
         ax.scatter(done.trial, done[selection.metric], color=colour, alpha=0.6, label=f"{study}: trial")
-        best = trials[selection.metric].where(trials.state == "complete").cummax()
+        best = trials[selection.metric].where(trials.state == "complete").cummax().ffill()
         ax.step(trials.trial, best, where="post", color=colour, linewidth=2, label=f"{study}: best so far")
         stopped = trials[trials.state.isin(["pruned", "failed"])]
         if len(stopped):
-            ax.scatter(stopped.trial, np.full(len(stopped), np.nanmin(done[selection.metric])), marker="x",
+            ax.scatter(stopped.trial, np.full(len(stopped), floor), marker="x",
                        color=colour, label=f"{study}: pruned/failed")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")

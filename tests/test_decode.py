@@ -75,6 +75,44 @@ def test_greedy_equals_beam_of_width_one_without_normalisation(tiny):
 def test_batches_give_the_same_captions_as_one_call(tiny):
     _, _, decoder, features = tiny
     assert greedy_search(decoder, features, 6, batch_size=4) == greedy_search(decoder, features, 6)
-    split, whole = beam_search(decoder, features, 6, 3, batch_size=4), beam_search(decoder, features, 6, 3)
+    split, whole = beam_search(decoder, features, 6, 3, 0.5, batch_size=4), beam_search(decoder, features, 6, 3, 0.5)
     assert [[ids for ids, _ in b] for b in split] == [[ids for ids, _ in b] for b in whole]
     assert np.allclose([[s for _, s in b] for b in split], [[s for _, s in b] for b in whole], atol=1e-5)
+
+
+def _reference_beam(decoder, feature, max_length, k, alpha, end_id):
+    """Plain beam search for one image, every word of the vocabulary considered at every step."""
+    image = decoder.image_vectors(feature[None])
+    beams = [([], 0.0, decoder.initial_states(1), False)]  # words (end included), log-probability, states, done
+    rank = lambda beam: beam[1] / len(beam[0]) ** alpha
+    for t in range(max_length - 1):
+        candidates = []
+        for words, score, states, done in beams:
+            if done:
+                candidates.append((words, score, states, True))
+                continue
+            logp, new_states = decoder.step(np.array([words[-1] if words else decoder.start_id], np.int32),
+                                            states, image)
+            logp = logp.numpy()[0]
+            for word in ([end_id] if t == max_length - 2 else range(len(logp))):
+                if np.isfinite(logp[word]):
+                    candidates.append((words + [word], score + logp[word], new_states, word == end_id))
+        beams = sorted(candidates, key=rank, reverse=True)[:k]
+        if all(done for *_, done in beams):
+            break
+    return [([w for w in words if w != end_id], rank((words, score))) for words, score, _, _ in beams]
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_pruned_beam_search_equals_a_full_vocabulary_beam(tiny, width):
+    vocab, _, decoder, features = tiny
+    beams = beam_search(decoder, features, 6, width, 0.5)
+    for feature, found in zip(features, beams):
+        expected = _reference_beam(decoder, feature, 6, width, 0.5, vocab.end_id)
+        assert [ids for ids, _ in found] == [ids for ids, _ in expected]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
+
+
+def test_a_beam_wider_than_the_vocabulary_is_the_vocabulary(tiny):
+    vocab, _, decoder, features = tiny
+    assert beam_search(decoder, features, 5, 50, 0.5) == beam_search(decoder, features, 5, len(vocab), 0.5)

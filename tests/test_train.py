@@ -89,3 +89,16 @@ def test_every_epoch_of_fit_sees_all_batches_in_a_new_order():
     epochs = [sum(seen[i * 10:(i + 1) * 10], []) for i in range(3)]
     assert len(seen) == 30 and all(sorted(e) == list(range(40)) for e in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_learning_rate_halves_after_each_epoch_that_does_not_improve(trained):
+    config, _, result = trained
+    history = result.training.history
+    assert history[0]["learning_rate"] == pytest.approx(config.learning_rate)
+    best = history[0]["dev_bleu4"]
+    for before, after in zip(history, history[1:]):
+        improved = before["dev_bleu4"] > best or before is history[0]
+        best = max(best, before["dev_bleu4"])
+        expected = before["learning_rate"] * (1.0 if improved else config.lr_decay)
+        assert after["learning_rate"] == pytest.approx(expected, rel=1e-5)
+    assert any(h["learning_rate"] < config.learning_rate for h in history)  # the run did hit a plateau

@@ -31,11 +31,14 @@ def fail_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
+def _counted(study: optuna.Study) -> int:
+    """Finished trials; one lost to a killed process does not count, so a rerun runs another in its place."""
+    return sum(t.system_attrs.get("fail_reason") != KILLED for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
 def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial) -> None:
     """Run trials until the study holds `settings.trials` finished ones (or the timeout passes)."""
-    # A trial lost to a killed process does not count: the rerun runs another in its place.
-    done = sum(t.system_attrs.get("fail_reason") != KILLED for t in study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = settings.trials - done
+    remaining = settings.trials - _counted(study)
     if remaining <= 0:
         return
 
@@ -64,5 +67,9 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial) -> 
         return metrics[settings.metric]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    def stop_when_enough(study: optuna.Study, trial) -> None:  # workers sharing a study on a database server
+        if _counted(study) >= settings.trials:
+            study.stop()
+
     study.optimize(objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
-                   gc_after_trial=True)
+                   gc_after_trial=True, callbacks=[stop_when_enough])

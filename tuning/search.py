@@ -21,6 +21,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from captioning.config import ConfigError, load_config  # noqa: E402
+from captioning.serving import redact  # noqa: E402
 
 EXPERIMENTS = PROJECT / "experiments"
 
@@ -89,21 +90,12 @@ def _single_worker_lock(storage: str | None, study: str):
         handle.close()
         raise ConfigError(f"another search is already running study {study!r} here, and {what}; wait for it to "
                           "finish, or run parallel workers on a database server: --storage "
-                          "postgresql://USER@HOST/DB (see the README's section on many workers)") from None
+                          "postgresql://USER@HOST/DB") from None
     _LOCKS.append(handle)
     return handle
 
 
 _LOCKS: list = []  # held until main() returns
-
-
-def _without_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL: keep only its scheme
-        return url.split("://", 1)[0] + "://..."
 
 
 def _short(params: dict) -> str:
@@ -156,7 +148,7 @@ def search(args) -> dict:
                            "pruner": f"median(startup={settings.pruner_startup_trials}, "
                                      f"warmup_epochs={settings.pruner_warmup_epochs})",
                            "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
-                           "storage": _without_password(storage) if settings.engine == "optuna"
+                           "storage": redact(storage) if settings.engine == "optuna"
                            else str(PROJECT / "keras_tuner"),
                            **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
             client.log_param(parent, key, value)
