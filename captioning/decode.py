@@ -24,13 +24,37 @@ def _greedy_batch(decoder: StepDecoder, features: np.ndarray, max_length: int) -
     words = np.zeros((n, max_length), np.int32)
     finished = np.zeros(n, bool)
     for t in range(max_length - 2):  # start + words + end fit in max_length, as in training
-        _, top, states = decoder.step_top(tokens, states, image, 1)
+        _, top, states = _step_live(decoder, tokens, states, image, ~finished, 1)
         tokens = top[:, 0].astype(np.int32)
         words[:, t] = np.where(finished, 0, tokens)
         finished |= tokens == decoder.end_id
         if finished.all():
             break
     return [_strip(row, decoder.end_id) for row in words]
+
+
+def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor], image: tf.Tensor,
+               live: np.ndarray, k: int, end_only: bool = False):
+    """The top-k next words of the live rows only (unfinished hypotheses), so that the few long captions at the end
+    of a batch do not cost a step for every row. Other rows get -inf candidates and keep their states.
+    With `end_only`, the one candidate is the end token."""
+    values = np.full((len(tokens), k), -np.inf, np.float32)
+    ids = np.zeros((len(tokens), k), np.int32)
+    index = np.flatnonzero(live)
+    if index.size == 0:
+        return values, ids, states
+    everyone = index.size == len(tokens)
+    sub_states = states if everyone else [tf.gather(s, index) for s in states]
+    sub_image = image if everyone else tf.gather(image, index)
+    if end_only:
+        logp, new_states = decoder.step(tokens[index], sub_states, sub_image)
+        values[index, 0] = logp.numpy()[:, decoder.end_id]
+        ids[index] = decoder.end_id
+    else:
+        values[index], ids[index], new_states = decoder.step_top(tokens[index], sub_states, sub_image, k)
+    if not everyone:
+        new_states = [tf.tensor_scatter_nd_update(s, index[:, None], new) for s, new in zip(states, new_states)]
+    return values, ids, new_states
 
 
 def _strip(row: np.ndarray, end_id: int) -> list[int]:
@@ -71,13 +95,9 @@ def _beam_batch(decoder, features, max_length, k, alpha):
     for t in range(max_length - 1):
         # The best k overall are among the best k continuations of each beam, so only k x k candidates per image
         # are ranked (a beam's length, hence its normalisation, is the same for all its continuations).
-        if t == max_length - 2:  # the last position holds the end token, as in training
-            logp, states = decoder.step(tokens, states, image)
-            values = np.full((n * k, k), -np.inf)
-            values[:, 0] = logp.numpy()[:, decoder.end_id]
-            ids = np.full((n * k, k), decoder.end_id, np.int32)
-        else:
-            values, ids, states = decoder.step_top(tokens, states, image, k)
+        live = (~finished & np.isfinite(scores)).reshape(-1)
+        # The last position holds the end token, as in training.
+        values, ids, states = _step_live(decoder, tokens, states, image, live, k, end_only=t == max_length - 2)
         values = values.astype(np.float64).reshape(n, k, k)
         ids = ids.reshape(n, k, k)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.

@@ -62,7 +62,9 @@ def metric_by_parameter(selection: Selection) -> plt.Figure | None:
     hue = "study" if data.study.nunique() > 1 else None
     for ax, param in zip(axes.flat, params):
         values = data[param]
-        if pd.api.types.is_numeric_dtype(values) and values.nunique() > 4:
+        continuous = pd.api.types.is_float_dtype(values) or (pd.api.types.is_numeric_dtype(values)
+                                                               and values.nunique() > 4)
+        if continuous:
             sns.scatterplot(data=data, x=param, y=selection.metric, hue=hue, ax=ax, s=50, legend=ax is axes.flat[0])
             if values.min() > 0 and values.max() / values.min() > 20:
                 ax.set_xscale("log")

@@ -225,8 +225,25 @@ def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, 
     return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}
 
 
+def _quiet_libraries() -> None:
+    """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
+    pickled pyfunc wrapper, no input example, one tf.function per trial's decoder) and their progress bars out."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message=".*(input example was not provided|Add type hints to the `predict`)")
+    for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     from captioning.data import DataError
     from captioning.weights import WeightsError
 
