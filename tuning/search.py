@@ -233,7 +233,8 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    warnings.filterwarnings("ignore", message=".*(input example was not provided|Add type hints to the `predict`)")
+    warnings.filterwarnings("ignore", message=".*input example was not provided")
+    # (MLflow's one "Add type hints to the `predict` method" notice is issued under a filter of its own.)
     for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import optuna
