@@ -41,7 +41,7 @@ class Config:
     seed: int = 0
     # Decoding.
     beam_width: int = 3
-    length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: best on Flickr8k dev)
+    length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

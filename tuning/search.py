@@ -70,8 +70,8 @@ def _git_commit() -> str:
 
 def _single_worker_lock(storage: str | None, study: str):
     """An exclusive lock for a study whose state is a local file (Optuna on SQLite, Keras Tuner's folder), held
-    until the process ends (the kernel drops it even after kill -9). None for a database server, which several
-    workers may share."""
+    until main() returns or the process dies (the kernel drops it even after kill -9). None for a database server,
+    which several workers may share."""
     import fcntl
 
     if storage is None:
