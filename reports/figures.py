@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from reports.collect import BLEU, Selection  # noqa: E402
+from reports.collect import Selection  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 

@@ -56,8 +56,11 @@ def _search(workspace, shapes_dir, *extra):
 
 
 def _trial_runs(study):
+    experiment = MlflowClient().get_experiment_by_name("tiny")
+    if experiment is None:
+        return []
     return MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("tiny").experiment_id],
+        [experiment.experiment_id],
         f"tags.`captioning.study` = '{study}' and tags.`captioning.role` = 'trial'", order_by=["tags.trial"])
 
 

@@ -4,14 +4,17 @@ the best model registered as `captioner@champion`.
     python tuning/search.py                       # the embedded dataset, experiments/shapes.yaml, Optuna
     python tuning/search.py --data ../shared/flickr8k --trials 12
     python tuning/search.py --engine keras-tuner
+    python tuning/search.py --storage postgresql://... --tracking-uri http://... --study NAME   # on N machines
 
 Running the same command again resumes the study. `mlflow ui` in the project directory shows the runs.
+Several workers share one study on PostgreSQL (python tuning/infra.py starts a local one; README: Many workers).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +25,7 @@ sys.path.insert(0, str(PROJECT))
 
 from captioning.config import ConfigError, load_config  # noqa: E402
 from captioning.serving import redact  # noqa: E402
+from tuning.coordination import Guard, check_storage, shared, worker_id  # noqa: E402
 
 EXPERIMENTS = PROJECT / "experiments"
 
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long")
     p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-HASH of the data "
                    "and base config); the same name resumes the same study")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///optuna.db in the project)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///FILE for one worker, "
+                   "postgresql://USER:PASSWORD@HOST/DB for any number (default: $CAPTIONING_STORAGE, else "
+                   "sqlite:///optuna.db in the project)")
     p.add_argument("--metric", help="dev metric to maximise: dev_bleu1..4 (beam) or dev_greedy_bleu1..4 "
                    "(default: dev_bleu4)")
     p.add_argument("--seed", type=int, help="sampler seed and training seed (default: 0)")
@@ -98,12 +104,52 @@ def _single_worker_lock(storage: str | None, study: str):
 _LOCKS: list = []  # held until main() returns
 
 
+def _check_tracking_server(uri: str) -> None:
+    """A tracking server that does not answer is one clear error now, not minutes of retries later."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an auth layer may refuse /health itself)
+    except OSError as exc:
+        raise ConfigError(f"the MLflow tracking server {redact(uri)} does not answer ({exc}); start it (for a local "
+                          "try-out: python tuning/infra.py start) or check --tracking-uri / $MLFLOW_TRACKING_URI") \
+            from None
+
+
+def _check_keras_tuner_alone(storage: str) -> None:
+    if any(os.environ.get(v) for v in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")):
+        raise ConfigError("Keras Tuner's distributed mode (KERASTUNER_* variables) is not supported: its chief "
+                          "holds the search in memory, so losing it loses the search. For several workers use "
+                          "--engine optuna with --storage postgresql://... (README: Many workers)")
+    if shared(storage):
+        raise ConfigError("Keras Tuner keeps its state in local files and cannot use --storage "
+                          f"{redact(storage)}; for several workers use --engine optuna")
+
+
+def _open_study(study: str, storage: str, settings, on_lost):
+    from tuning.coordination import unreachable
+    from tuning.optuna_engine import open_study
+
+    try:
+        return open_study(study, storage, settings, on_lost)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+        raise ConfigError(f"cannot reach the study database {redact(storage)} ({cause}); start it (for a local "
+                          "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
+
+
 def _short(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def search(args) -> dict:
-    import mlflow
     from mlflow import MlflowClient
 
     from captioning.pipeline import load_and_report
@@ -128,35 +174,33 @@ def search(args) -> dict:
     identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.to_dict(), sort_keys=True)}".encode()).hexdigest()
     study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    experiment_id = tracking.ensure_experiment(experiment.stem)
-    storage = args.storage or f"sqlite:///{PROJECT / 'optuna.db'}"
+    _check_tracking_server(uri)
+    storage = args.storage or os.environ.get("CAPTIONING_STORAGE") or f"sqlite:///{PROJECT / 'optuna.db'}"
+    if settings.engine == "optuna":
+        check_storage(storage)
+    else:
+        _check_keras_tuner_alone(storage)
+    server = settings.engine == "optuna" and shared(storage)
     lock = _single_worker_lock(storage if settings.engine == "optuna" else None, study)
-    if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
-        stale = tracking.close_stale_runs(experiment_id, study)
-        if stale:
-            print(f"search: marked {stale} MLflow run(s) left RUNNING by an interrupted search as KILLED")
+    guard = Guard(storage if server else "sqlite:", study)
 
     client = MlflowClient()
-    parent = tracking.parent_run_id(experiment_id, study)
-    if parent is None:
-        run = client.create_run(experiment_id, run_name=study, tags={
-            tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
-            "data_fingerprint": fingerprint, "git_commit": _git_commit()})
-        parent = run.info.run_id
-        for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
-                           "experiment": experiment.stem, "metric": settings.metric, "seed": settings.seed,
-                           "pruner": f"median(startup={settings.pruner_startup_trials}, "
-                                     f"warmup_epochs={settings.pruner_warmup_epochs})",
-                           "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
-                           "storage": redact(storage) if settings.engine == "optuna"
-                           else str(PROJECT / "keras_tuner"),
-                           **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
-            client.log_param(parent, key, value)
-        client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
-        print(f"search: study {study} (new), {settings.engine}, {settings.trials} trials, metric {settings.metric}")
-    else:
-        client.update_run(parent, status="RUNNING")
-        print(f"search: study {study} (resuming), {settings.engine}, metric {settings.metric}")
+    with guard.hold("creating the study's MLflow run"):  # one parent run, however many workers start at once
+        experiment_id = tracking.ensure_experiment(experiment.stem)
+        if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
+            stale = tracking.close_stale_runs(experiment_id, study)
+            if stale:
+                print(f"search: marked {stale} MLflow run(s) left RUNNING by an interrupted search as KILLED")
+        parent = tracking.parent_run_id(experiment_id, study)
+        if parent is None:
+            parent = _create_parent_run(client, experiment_id, experiment.stem, study, settings, dataset, fingerprint,
+                                        base, storage)
+            print(f"search: study {study} (new), {settings.engine}, {settings.trials} trials, metric {settings.metric}")
+        else:
+            client.update_run(parent, status="RUNNING")
+            print(f"search: study {study} (resuming), {settings.engine}, metric {settings.metric}")
+    if server:
+        print(f"search: worker {worker_id()} on {redact(storage)}, tracking {redact(uri)}")
 
     def on_trial(number, params, state, metrics, note):
         if state == "complete":
@@ -166,32 +210,66 @@ def search(args) -> dict:
             outcome = f"{state.upper()}: {note}"
         print(f"trial {number:3d}  {_short(params)}  {outcome}", flush=True)
 
+    def on_lost(trial) -> None:
+        closed = tracking.close_lost_trial_runs(experiment_id, study, trial.number)
+        print(f"search: trial {trial.number} was lost with its process "
+              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed"
+              + (", its MLflow run KILLED" if closed else "") + "; another trial runs in its place", flush=True)
+
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent)
     start = time.perf_counter()
-    status = "FAILED"
+    status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":
-            from tuning.optuna_engine import fail_stale_trials, open_study, run_optuna
+            from tuning.optuna_engine import fail_interrupted_trials, run_optuna
 
-            optuna_study = open_study(study, storage, settings)
-            if lock is not None and fail_stale_trials(optuna_study):
+            optuna_study = _open_study(study, storage, settings, on_lost)
+            if lock is not None and fail_interrupted_trials(optuna_study, on_lost):
                 print("search: marked trials left running by an interrupted search as failed")
-            run_optuna(optuna_study, runner, settings, on_trial)
+            finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost)
         else:
             from tuning.keras_tuner_engine import open_tuner
 
             tuner = open_tuner(PROJECT / "keras_tuner", study, runner, settings, on_trial)
             tuner.search()
+            finished = True
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(parent, status)
-    return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, time.perf_counter() - start)
+        if not server or finished:  # on a server the parent run ends with the study, not with one worker
+            client.set_terminated(parent, status)
+    seconds = time.perf_counter() - start
+    if not finished:
+        summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=False)
+        print("search: trials are still running on other workers (or the timeout came first); the worker that "
+              "finishes the study's last trial registers its best model")
+        return {"study": study, "best": None}
+    with guard.hold("registering the champion"):  # workers finishing together register once
+        return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds)
 
 
-def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds) -> dict:
+def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
+    from tuning import tracking
+
+    run = client.create_run(experiment_id, run_name=study, tags={
+        tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
+        "data_fingerprint": fingerprint, "git_commit": _git_commit()})
+    parent = run.info.run_id
+    for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
+                       "experiment": name, "metric": settings.metric, "seed": settings.seed,
+                       "pruner": f"median(startup={settings.pruner_startup_trials}, "
+                                 f"warmup_epochs={settings.pruner_warmup_epochs})",
+                       "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
+                       "storage": redact(storage) if settings.engine == "optuna" else str(PROJECT / "keras_tuner"),
+                       **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
+        client.log_param(parent, key, value)
+    client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
+    return parent
+
+
+def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=True) -> dict:
     from tuning import tracking
 
     runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = '{study}' and "
@@ -214,6 +292,8 @@ def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, 
         if f"{split}_bleu4" in m:
             print(f"  {split:4s} BLEU-1..4 (beam-{int(float(best.data.params.get('beam_width', 3)))}): "
                   + " ".join(f"{m[f'{split}_bleu{n}']:.4f}" for n in range(1, 5)))
+    if not register:
+        return {"study": study, "best": best.info.run_id}
     version, alias, why = tracking.register(best.data.tags["model_uri"], settings.registered_model, settings.metric,
                                             m[settings.metric], fingerprint, "dev", study, best.info.run_id)
     client.set_tag(parent, "best_run_id", best.info.run_id)

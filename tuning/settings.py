@@ -23,6 +23,8 @@ class SearchSettings:
     pruner_warmup_epochs: int = 1  # epochs of every trial that are never pruned
     registered_model: str = "captioner"
     samples: int = 8  # dev images whose captions are logged with every trial
+    heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
+    grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
 
     @property
     def epoch_metric(self) -> str:
@@ -46,6 +48,9 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
     if settings.metric not in METRICS:
         raise ConfigError(f"unknown metric {settings.metric!r}; choose one of {', '.join(METRICS)}")
+    if not 1 <= settings.heartbeat_seconds < settings.grace_seconds:
+        raise ConfigError(f"search.heartbeat_seconds ({settings.heartbeat_seconds}) must be at least 1 and less "
+                          f"than search.grace_seconds ({settings.grace_seconds})")
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     return settings

@@ -21,7 +21,12 @@ def ensure_experiment(name: str) -> str:
     location = None
     if mlflow.get_tracking_uri() == f"sqlite:///{PROJECT / 'mlflow.db'}":
         location = (PROJECT / "mlruns").as_uri()  # artifacts beside the database, wherever the command ran
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # another worker created it a moment ago
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def parent_run_id(experiment_id: str, study: str) -> str | None:
@@ -37,6 +42,17 @@ def close_stale_runs(experiment_id: str, study: str) -> int:
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
+
+
+def close_lost_trial_runs(experiment_id: str, study: str, number: int) -> int:
+    """The MLflow run of a trial whose process died (found by another worker or a restart) is marked KILLED."""
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and tags.trial = '{number}' and "
+                              "attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "state", "killed")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
 
 
 def champion_info(name: str, alias: str = "champion"):

@@ -15,6 +15,7 @@ from captioning.config import Config
 from captioning.data import Dataset
 from captioning.pipeline import Prepared, RunResult, prepare, train_and_evaluate
 from captioning.serving import log_captioner
+from tuning.coordination import worker_id
 from tuning.settings import SearchSettings
 from tuning.tracking import ROLE, STUDY
 
@@ -49,7 +50,7 @@ class TrialRunner:
         keras.backend.clear_session()
         start = time.perf_counter()
         tags = {ROLE: "trial", STUDY: self.study, "engine": self.engine, "trial": str(number),
-                "mlflow.parentRunId": self.parent_run_id}
+                "worker": worker_id(), "mlflow.parentRunId": self.parent_run_id}
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"{self.study}-trial-{number:03d}",
                                tags=tags)
         status = "FAILED"  # until shown otherwise; a killed process leaves RUNNING, closed on the next start

@@ -1,0 +1,192 @@
+"""Several search workers on one PostgreSQL study and one MLflow tracking server, both started here on loopback by
+tuning/infra.py: trials split without duplicates, one MLflow run per trial, one champion; the database restarting
+mid-search; a worker killed with SIGKILL mid-trial and restarted."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from tuning import infra as local_infra  # noqa: E402
+from tuning.optuna_engine import ERROR, WORKER, held  # noqa: E402
+
+EXPERIMENT = """
+config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
+         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: %d, patience: 20}
+search:
+  trials: %d
+  samples: 2
+  pruner_startup_trials: 20
+  heartbeat_seconds: 2
+  grace_seconds: 10
+  space:
+    dropout: {low: 0.0, high: 0.3}
+    units: {choices: [32, 64]}
+"""
+
+
+def _postgres_installed() -> bool:
+    try:
+        local_infra.postgres_bin()
+        return True
+    except local_infra.InfraError:
+        return False
+
+
+# CI installs PostgreSQL (.ci/run) and sets CAPTIONING_REQUIRE_POSTGRES=1, so there a missing server fails.
+pytestmark = pytest.mark.skipif(not _postgres_installed() and not os.environ.get("CAPTIONING_REQUIRE_POSTGRES"),
+                                reason="PostgreSQL server not installed (apt-get install postgresql)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def servers():
+    root = Path(tempfile.mkdtemp(prefix="captioning-infra-", dir="/tmp"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
+    infra = local_infra.start(root / "infra", _free_port(), _free_port())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(infra.tracking_uri)
+    yield infra
+    mlflow.set_tracking_uri(previous)
+    local_infra.stop(infra.root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _worker(servers, tmp_path, shapes_dir, study):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CAPTIONING_STORAGE": servers.storage,
+           "MLFLOW_TRACKING_URI": servers.tracking_uri}
+    command = [sys.executable, str(PROJECT / "tuning" / "search.py"), "--data", str(shapes_dir),
+               "--experiment", str(tmp_path / "workers.yaml"), "--study", study, "--registered-model", study]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+
+
+def _finish(workers, timeout=420):
+    outputs = []
+    deadline = time.time() + timeout
+    for worker in workers:
+        try:
+            out, _ = worker.communicate(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            raise AssertionError("workers did not finish:\n" + "\n".join(w.communicate()[0] for w in workers))
+        outputs.append(out)
+        assert worker.returncode == 0, out
+    return outputs
+
+
+def _wait_for(condition, what, workers, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        for w in workers:
+            assert w.poll() is None, f"a worker ended before {what}:\n{w.communicate()[0]}"
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+_STORAGES = {}
+
+
+def _trials(servers, study):
+    storage = _STORAGES.get(servers.storage) or _STORAGES.setdefault(
+        servers.storage, optuna.storages.RDBStorage(servers.storage, engine_kwargs={"pool_pre_ping": True}))
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
+    except KeyError:  # not created yet
+        return []
+
+
+def _check_consistent(servers, study, trials_asked, output):
+    """The study holds exactly the trials asked for, each logged once; nothing RUNNING; one champion."""
+    trials = _trials(servers, study)
+    assert held(trials) == trials_asked, output
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("workers")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`captioning.study` = '{study}'")
+    parents = [r for r in runs if r.data.tags["captioning.role"] == "study"]
+    trial_runs = [r for r in runs if r.data.tags["captioning.role"] == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_number = {}
+    for run in trial_runs:
+        by_number.setdefault(int(run.data.tags["trial"]), []).append(run)
+    assert all(len(v) == 1 for v in by_number.values()), "a trial was logged twice"
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            run = by_number[trial.number][0]
+            assert run.data.tags["state"] == "complete" and run.info.status == "FINISHED"
+            assert run.data.metrics["dev_bleu4"] == pytest.approx(trial.value)
+            assert run.data.tags["worker"] == trial.user_attrs[WORKER]
+    versions = client.search_model_versions(f"name = '{study}'")
+    assert len(versions) == 1, [v.version for v in versions]
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert versions[0].run_id == best.user_attrs["mlflow_run_id"]
+    assert client.get_model_version_by_alias(study, "champion").version == versions[0].version
+    return trials, by_number
+
+
+def test_three_workers_share_one_study_through_a_database_restart(servers, tmp_path, shapes_dir):
+    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (3, 6))
+    workers = [_worker(servers, tmp_path, shapes_dir, "trio") for _ in range(3)]
+    try:
+        _wait_for(lambda: any(t.state == TrialState.COMPLETE for t in _trials(servers, "trio")),
+                  "a completed trial", workers)
+        local_infra.restart_postgres(servers)  # mid-search: workers retry instead of crashing
+        outputs = _finish(workers)
+    finally:
+        for w in workers:
+            w.kill()
+    output = "\n".join(outputs)
+    trials, _ = _check_consistent(servers, "trio", 6, output)
+    assert len({t.user_attrs[WORKER] for t in trials}) >= 2, output  # the trials really were shared
+    assert sum("registered: trio version 1" in out for out in outputs) >= 1, output
+
+
+def test_a_worker_killed_mid_trial_is_replaced_and_its_run_closed(servers, tmp_path, shapes_dir):
+    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (8, 4))
+    victim, other = (_worker(servers, tmp_path, shapes_dir, "killed") for _ in range(2))
+    workers = [victim, other]
+    try:
+        def victim_mid_trial():
+            return [t for t in _trials(servers, "killed") if t.state == TrialState.RUNNING
+                    and t.user_attrs.get(WORKER, "").endswith(f":{victim.pid}") and t.intermediate_values]
+        lost = _wait_for(victim_mid_trial, "the victim's trial to pass an epoch", workers)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        restarted = _worker(servers, tmp_path, shapes_dir, "killed")
+        workers = [restarted, other]
+        outputs = _finish(workers)
+    finally:
+        for w in workers:
+            w.kill()
+    output = "\n".join(outputs)
+    trials, by_number = _check_consistent(servers, "killed", 4, output)
+    lost = next(t for t in trials if t.number == lost.number)
+    assert lost.state == TrialState.FAIL and ERROR not in lost.user_attrs  # lost, so not counted
+    run = by_number[lost.number][0]
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "killed"
+    assert f"trial {lost.number} was lost with its process" in output
+    assert len(trials) == 5  # four held, plus the lost one that another trial replaced
