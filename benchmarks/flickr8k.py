@@ -18,12 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from captioning.config import load_config  # noqa: E402
 from captioning.encoders import make_encoder  # noqa: E402
-from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate  # noqa: E402
+from captioning.pipeline import load_and_report, prepare, train_and_evaluate  # noqa: E402
 
 
 def bare_model_speed(encoder, images: int = 64, batch_size: int = 8) -> float:
@@ -79,7 +78,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n| split | decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | decode time (s) |\n|---|---|---|---|---|---|---|")
+    print("\n| split | decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | decode time (s) |\n|---|---|---|---|---|---|---|")
     for key, row in rows.items():
         split, decoding = key.split("_")
         print(f"| {split} | {decoding} | {row['bleu1']:.3f} | {row['bleu2']:.3f} | {row['bleu3']:.3f} | "

@@ -25,7 +25,7 @@ def main() -> None:
 
     captioner = Captioner.load(Path(args.model))
     prepared = prepare(captioner.config, load_and_report(Path(args.data)), progress=False)
-    print(f"| length penalty | dev BLEU-1 | dev BLEU-4 | dev mean length | test BLEU-4 |\n|---|---|---|---|---|")
+    print("| length penalty | dev BLEU-1 | dev BLEU-4 | dev mean length | test BLEU-4 |\n|---|---|---|---|---|")
     for penalty in (float(p) for p in args.penalties.split(",")):
         captioner.config.length_penalty = penalty
         dev, test = (evaluate(captioner, prepared, split, args.beam) for split in ("dev", "test"))

@@ -224,8 +224,8 @@ def search(args) -> dict:
             from tuning.optuna_engine import fail_interrupted_trials, run_optuna
 
             optuna_study = _open_study(study, storage, settings, on_lost)
-            if lock is not None and fail_interrupted_trials(optuna_study, on_lost):
-                print("search: marked trials left running by an interrupted search as failed")
+            if lock is not None:  # one process per study: whatever is still running was interrupted
+                fail_interrupted_trials(optuna_study, on_lost)
             finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost)
         else:
             from tuning.keras_tuner_engine import open_tuner
