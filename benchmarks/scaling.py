@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,6 @@ search:
   space:
     dropout: {low: 0.0, high: 0.3}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_workers(count: int, study: str, data: Path, experiment: Path, env: dict, workdir: Path) -> float:
@@ -102,7 +95,7 @@ def main() -> None:
         print(f"sqlite, 1 worker: {wall:.1f} s, {args.trials * 3600 / wall:.0f} trials/h, "
               f"{statistics.mean(per_trial):.2f} s per trial", flush=True)
 
-        infra = local_infra.start(root / "infra", _free_port(), _free_port())
+        infra = local_infra.start(root / "infra", local_infra.free_port(), local_infra.free_port())
         server_env = {**base_env, "MLFLOW_TRACKING_URI": infra.tracking_uri, "CAPTIONING_STORAGE": infra.storage}
         for count in args.workers:
             study = f"workers-{count}"

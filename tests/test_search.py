@@ -116,6 +116,13 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_di
                for t in study.trials)
 
 
+def test_a_single_worker_stopped_by_the_timeout_still_registers_its_best(workspace, shapes_dir, capsys):
+    assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1") == 0  # one trial, then time is up
+    out = capsys.readouterr().out
+    assert "trial   0" in out and "trial   1" not in out
+    assert "registered: captioner version 1 as @champion" in out and "other workers" not in out
+
+
 def test_keras_tuner_engine_end_to_end(workspace, shapes_dir, capsys):
     assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0
     out = capsys.readouterr().out

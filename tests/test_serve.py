@@ -2,12 +2,13 @@
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from tuning.infra import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
@@ -21,12 +22,6 @@ search:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rest_serving_of_the_champion(tmp_path, shapes_dir):
     (tmp_path / "serve.yaml").write_text(EXPERIMENT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -37,7 +32,7 @@ def test_rest_serving_of_the_champion(tmp_path, shapes_dir):
     subprocess.run([sys.executable, str(PROJECT / "tuning" / "search.py"), "--data", str(shapes_dir),
                     "--experiment", str(tmp_path / "serve.yaml"), "--storage", f"sqlite:///{tmp_path / 'o.db'}"],
                    env=env, check=True, capture_output=True, cwd=tmp_path, timeout=300)
-    port = _free_port()
+    port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", "models:/captioner@champion",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],

@@ -4,7 +4,6 @@ mid-search; a worker killed with SIGKILL mid-trial and restarted."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,17 +50,11 @@ pytestmark = pytest.mark.skipif(not _postgres_installed() and not os.environ.get
                                 reason="PostgreSQL server not installed (apt-get install postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def servers():
     root = Path(tempfile.mkdtemp(prefix="captioning-infra-", dir="/tmp"))
     root.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
-    infra = local_infra.start(root / "infra", _free_port(), _free_port())
+    infra = local_infra.start(root / "infra", local_infra.free_port(), local_infra.free_port())
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(infra.tracking_uri)
     yield infra
@@ -190,3 +183,58 @@ def test_a_worker_killed_mid_trial_is_replaced_and_its_run_closed(servers, tmp_p
     assert run.info.status == "KILLED" and run.data.tags["state"] == "killed"
     assert f"trial {lost.number} was lost with its process" in output
     assert len(trials) == 5  # four held, plus the lost one that another trial replaced
+
+
+def test_connection_errors_are_told_apart(servers):
+    """Retried: a refused connection (a restarting database). Not retried: a wrong password, a local SQLite file."""
+    import sqlalchemy
+
+    from tuning.coordination import unreachable
+
+    def error_of(url):
+        with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
+            sqlalchemy.create_engine(url).connect()
+        return caught.value
+
+    assert unreachable(error_of(f"postgresql://captioning:x@127.0.0.1:{local_infra.free_port()}/optuna"))
+    assert not unreachable(error_of(servers.storage.replace(servers.password, "wrong-password")))
+    assert not unreachable(error_of("sqlite:////nonexistent-folder/optuna.db"))
+
+
+def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tmp_path, shapes_dir, capsys):
+    """Another worker fails a live trial (as after a missed heartbeat): its worker stops it at the next epoch,
+    marks its run KILLED and leaves the study's count alone."""
+    from optuna.storages import RDBStorage
+
+    from captioning.pipeline import load_and_report
+    from tuning.optuna_engine import _run_trial, open_study
+    from tuning.settings import read_settings
+    from tuning.tracking import ensure_experiment
+    from tuning.trials import TrialRunner
+    from captioning.config import load_config  # noqa: I001
+
+    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (3, 1))
+    settings = read_settings(tmp_path / "workers.yaml")
+    study = open_study("declared-lost", servers.storage, settings, on_lost=lambda trial: None)
+    trial = study.ask()
+    trial.set_user_attr(WORKER, "this test")
+    other_worker = RDBStorage(servers.storage)
+    experiment_id = ensure_experiment("workers")
+    runner = TrialRunner(load_config(tmp_path / "workers.yaml"), load_and_report(shapes_dir), settings,
+                         "declared-lost", "optuna", experiment_id, "none", log=lambda _: None)
+    real_run = runner.run
+
+    def run_then_declared_lost(number, params, report):
+        def report_after_the_other_worker(epoch, value):
+            other_worker.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # "no heartbeat seen"
+            report(epoch, value)
+        return real_run(number, params, report_after_the_other_worker)
+
+    runner.run = run_then_declared_lost
+    _run_trial(study, trial, runner, settings, on_trial=lambda *a: None, server=True, log=print)
+    assert "was declared lost by another worker" in capsys.readouterr().out
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.FAIL and ERROR not in frozen.user_attrs and held(study.trials) == 0
+    run, = MlflowClient().search_runs([experiment_id], "tags.`captioning.study` = 'declared-lost'")
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "killed"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "dev_loss")) == 1  # stopped after epoch 1

@@ -35,20 +35,43 @@ def check_storage(storage: str) -> None:
                           "postgresql://USER:PASSWORD@HOST/DB (any number of workers)")
 
 
-def unreachable(exc: BaseException) -> bool:
-    """A lost or refused database connection (a restart, a network blip), as opposed to a wrong query."""
-    import sqlalchemy.exc
-    from optuna.exceptions import StorageInternalError
+_CONNECTION_LOST = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
+# A refused connection carries no SQLSTATE (psycopg reports it as text): these ones no retry will mend.
+_PERMANENT = ("authentication failed", "no pg_hba.conf entry", "does not exist", "permission denied")
+_last_outage = float("-inf")  # time.monotonic() when this process last found the database unreachable
 
-    while exc is not None:
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        if not isinstance(exc, StorageInternalError | sqlalchemy.exc.SQLAlchemyError):
+
+def unreachable(exc: BaseException) -> bool:
+    """A lost or refused connection to a database server (a restart, a network blip), as opposed to a wrong
+    password, a full disk or a bad query, which retrying would not mend."""
+    import sqlalchemy.exc
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+                state = getattr(exc.orig, "sqlstate", None)
+                if type(exc.orig).__module__.startswith("sqlite3"):
+                    return False  # a local file: nothing to wait for
+                if state is None:
+                    return not any(text in str(exc.orig) for text in _PERMANENT)
+                return state.startswith("08") or state in _CONNECTION_LOST
             return False
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def note_outage() -> None:
+    global _last_outage
+    _last_outage = time.monotonic()
+
+
+def seconds_since_outage() -> float:
+    """How long this process has reached its database without a failure (inf if it never failed)."""
+    return time.monotonic() - _last_outage
 
 
 def retry(call: Callable[[], T], what: str, patience: float = PATIENCE_SECONDS,
@@ -59,7 +82,10 @@ def retry(call: Callable[[], T], what: str, patience: float = PATIENCE_SECONDS,
         try:
             result = call()
         except Exception as exc:
-            if not unreachable(exc) or time.monotonic() + wait > deadline:
+            if not unreachable(exc):
+                raise
+            note_outage()
+            if time.monotonic() + wait > deadline:
                 raise
             if not said:
                 log(f"search: the study database is unreachable while {what}; retrying for up to "
@@ -75,7 +101,11 @@ def retry(call: Callable[[], T], what: str, patience: float = PATIENCE_SECONDS,
 
 class Guard:
     """A PostgreSQL advisory lock named after the study: one worker at a time inside `hold()`. A worker that dies
-    loses its connection and with it the lock. For SQLite (one process per study) it does nothing."""
+    loses its connection and with it the lock; TCP keepalives make the server notice within about 30 s even when
+    the worker's machine vanishes without closing it. For SQLite (one process per study) it does nothing.
+
+    A database restart also drops the lock, silently, while its holder is inside `hold()`: `still_held()` tells the
+    holder afterwards whether that happened."""
 
     def __init__(self, storage: str, study: str):
         self.key = int.from_bytes(hashlib.sha256(f"captioning:{study}".encode()).digest()[:8], "big", signed=True)
@@ -84,7 +114,10 @@ class Guard:
             import sqlalchemy
             from sqlalchemy.pool import NullPool
 
-            self.engine = sqlalchemy.create_engine(storage, poolclass=NullPool)
+            self.engine = sqlalchemy.create_engine(storage, poolclass=NullPool, connect_args={
+                "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                "keepalives_count": 3})
+        self._connection = None
 
     @contextlib.contextmanager
     def hold(self, what: str) -> Iterator[None]:
@@ -96,21 +129,37 @@ class Guard:
         def acquire():
             connection = self.engine.connect()
             try:
+                for setting in ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3"):
+                    connection.execute(sqlalchemy.text(f"SET {setting}"))  # the server's side of the same check
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
             except BaseException:
                 connection.close()
                 raise
             return connection
 
-        connection = retry(acquire, what)
+        connection = self._connection = retry(acquire, what)
         try:
             yield
         finally:
+            self._connection = None
             try:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
             except Exception:  # the connection is gone, and the lock went with it
                 pass
             connection.close()
+
+    def still_held(self) -> bool:
+        """Inside hold(): whether the lock's connection survived (a database restart drops it and the lock)."""
+        if self._connection is None:
+            return True
+        import sqlalchemy
+
+        try:
+            self._connection.execute(sqlalchemy.text("SELECT 1"))
+            return True
+        except Exception:
+            note_outage()
+            return False
 
 
 class Heartbeat:
@@ -127,7 +176,7 @@ class Heartbeat:
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # the database is restarting: the next beat tries again
-                pass
+                note_outage()
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()

@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,10 +64,8 @@ class Infra:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def save(self) -> None:
-        state = self.root / "infra.json"
-        state.write_text(json.dumps({"pg_port": self.pg_port, "mlflow_port": self.mlflow_port,
-                                     "password": self.password}))
-        state.chmod(0o600)
+        _write_private(self.root / "infra.json", json.dumps({"pg_port": self.pg_port, "mlflow_port": self.mlflow_port,
+                                                            "password": self.password}))
 
     @classmethod
     def load(cls, root: Path) -> "Infra":
@@ -74,6 +73,19 @@ class Infra:
         if not state.is_file():
             raise InfraError(f"nothing was set up in {root}; run: python tuning/infra.py start --dir {root}")
         return cls(root=root, **json.loads(state.read_text()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(text)
 
 
 def postgres_bin() -> Path:
@@ -105,7 +117,7 @@ def _run(command: list[str], what: str) -> None:
 def _initialise(infra: Infra, bindir: Path) -> None:
     infra.data.mkdir(parents=True)
     password_file = infra.root / "initdb.pw"
-    password_file.write_text(infra.password)
+    _write_private(password_file, infra.password)
     if os.geteuid() == 0:
         import pwd
 
@@ -164,15 +176,16 @@ def start_mlflow(infra: Infra, timeout: float = 180) -> None:
     if _healthy(infra):
         return
     infra.artifacts.mkdir(parents=True, exist_ok=True)
-    log = open(infra.root / "mlflow-server.log", "a")
     mlflow = Path(sys.executable).with_name("mlflow")
-    process = subprocess.Popen(
-        [str(mlflow) if mlflow.exists() else "mlflow", "server", "--host", "127.0.0.1",
-         "--port", str(infra.mlflow_port), "--workers", "2", "--backend-store-uri", infra.database_url("mlflow"),
-         "--artifacts-destination", str(infra.artifacts)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=infra.root,
-        # The server's background job runner serves GenAI features this project does not use: 8 more processes.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    with open(infra.root / "mlflow-server.log", "a") as log:
+        process = subprocess.Popen(
+            [str(mlflow) if mlflow.exists() else "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(infra.mlflow_port), "--workers", "2", "--artifacts-destination", str(infra.artifacts)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=infra.root,
+            # The database URL (with its password) goes in the environment, where `ps` does not show it; the
+            # server's background job runner serves GenAI features this project does not use: 8 more processes.
+            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": infra.database_url("mlflow"),
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     (infra.root / "mlflow-server.pid").write_text(str(process.pid))
     deadline = time.time() + timeout
     while not _healthy(infra):

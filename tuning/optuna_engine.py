@@ -3,24 +3,26 @@ number of workers on one study when the storage is a database server.
 
 Counting. A study "holds" a trial once it is complete, pruned or failed with an error. A trial whose process died
 (killed, machine lost) is failed without an error and does not count, so another trial runs in its place. Workers
-start a trial only while started-and-not-lost trials are fewer than `--trials`, deciding under the study's lock, so
-a shared study ends with exactly the number asked for.
+start a trial only while held and running trials are fewer than `--trials`, deciding under the study's lock, so a
+shared study ends with exactly the number asked for.
 """
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
-from contextlib import nullcontext
 import warnings
+from contextlib import nullcontext
 from typing import Callable
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.coordination import Guard, Heartbeat, retry, shared, worker_id
+from tuning.coordination import Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
 from tuning.space import suggest_optuna
-from tuning.trials import PruneTrial, TrialRunner
+from tuning.trials import PruneTrial, TrialLost, TrialRunner
 
 ERROR = "fail_reason"  # user attribute of a trial that failed with an error (a lost trial has none)
 WORKER = "worker"  # user attribute: host:pid of the process running the trial
@@ -31,15 +33,18 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial
     """Create or load the study. On a database server, trials carry a heartbeat, and a trial whose heartbeat stops
     for `grace_seconds` is failed by whichever worker notices, which calls on_lost(trial)."""
     if shared(storage):
-        backend = optuna.storages.RDBStorage(
-            storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=settings.heartbeat_seconds,
-            grace_period=settings.grace_seconds, heartbeat_stale_trial_callback=lambda study, trial: on_lost(trial))
+        with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            backend = optuna.storages.RDBStorage(
+                storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=settings.heartbeat_seconds,
+                grace_period=settings.grace_seconds,
+                heartbeat_stale_trial_callback=lambda study, trial: on_lost(trial))
     else:
         backend = optuna.storages.RDBStorage(storage)
     study = optuna.create_study(study_name=name, storage=backend, direction="maximize", load_if_exists=True)
-    # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions, and on
-    # a server by the worker too, so that workers starting together do not suggest the same values.
-    seed = settings.seed + len(study.trials) + (os.getpid() * 7919 if shared(storage) else 0)
+    # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions; on a
+    # server each worker draws its own seed, so that workers starting together do not suggest the same values.
+    seed = settings.seed + len(study.trials) + (int.from_bytes(os.urandom(4), "big") if shared(storage) else 0)
     study.sampler = optuna.samplers.TPESampler(seed=seed % 2**32, n_startup_trials=min(4, settings.trials))
     # Epochs are reported as steps 1, 2, ...; Optuna may prune at step == n_warmup_steps.
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
@@ -57,19 +62,21 @@ def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[[FrozenTrial]
 
 
 def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callable[[FrozenTrial], None]) -> None:
-    """On a server: trials whose heartbeat stopped (Optuna's own check), and trials whose worker died between
-    creating them and starting their heartbeat (no worker attribute after the grace period)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    now = time.time()
+    """On a server, under the study's lock: trials whose heartbeat stopped (Optuna's own check), and trials a worker
+    created but never claimed (its locked start-up was cut short: no worker attribute).
+
+    Heartbeats are skipped until this worker has reached the database for `grace_seconds` without a failure: after
+    an outage every heartbeat is old, and the live workers need one interval to catch up."""
+    if seconds_since_outage() > grace_seconds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if WORKER not in trial.user_attrs and now - started > grace_seconds:
+        if WORKER not in trial.user_attrs:
             try:
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                continue  # another worker got there first
+            except UpdateFinishedTrialError:
+                continue
             on_lost(trial)
 
 
@@ -79,7 +86,8 @@ def held(trials: list[FrozenTrial]) -> int:
 
 
 def _started(trials: list[FrozenTrial]) -> int:
-    return held(trials) + sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    # (WAITING trials, enqueued by hand, are not counted: the next ask() runs them first.)
+    return held(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
 
 def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, guard: Guard, server: bool,
@@ -90,21 +98,14 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, gua
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     waiting = False
     while True:
-        if server:
-            retry(lambda: fail_lost_trials(study, settings.grace_seconds, on_lost), "checking for lost trials", log=log)
         timed_out = deadline is not None and time.monotonic() >= deadline
-        with guard.hold("starting a trial"):
-            trials = retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)
-            trial = None
-            if not timed_out and _started(trials) < settings.trials:
-                trial = retry(study.ask, "starting a trial", log=log)
-                if server:
-                    retry(lambda: study._storage.record_heartbeat(trial._trial_id), "starting a trial", log=log)
-                retry(lambda: trial.set_user_attr(WORKER, worker_id()), "starting a trial", log=log)
+        trial, trials = _claim_trial(study, settings, guard, server, timed_out, on_lost, log)
         if trial is not None:
             waiting = False
             _run_trial(study, trial, runner, settings, on_trial, server, log)
             gc.collect()
+            continue
+        if trials is None:  # claimed one, then lost it (the lock did not survive a database restart)
             continue
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if timed_out or not running:
@@ -115,32 +116,100 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, gua
         time.sleep(min(settings.heartbeat_seconds, 5))
 
 
+def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, on_lost, log):
+    """Under the study's lock: fail lost trials, count, and start a trial if one is still wanted.
+    Returns (trial or None, the trials read)."""
+    with guard.hold("starting a trial"):
+        if server:
+            retry(lambda: fail_lost_trials(study, settings.grace_seconds, on_lost), "checking for lost trials",
+                  log=log)
+        trials = retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)
+        if timed_out or _started(trials) >= settings.trials:
+            return None, trials
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # this loop replaces optimize()
+            trial = retry(study.ask, "starting a trial", log=log)
+        try:
+            if server:
+                retry(lambda: study._storage.record_heartbeat(trial._trial_id), "starting a trial", log=log)
+            retry(lambda: trial.set_user_attr(WORKER, worker_id()), "starting a trial", log=log)
+        except UpdateFinishedTrialError:
+            return None, None  # failed as unclaimed by another worker while the lock was down
+        if guard.still_held():
+            return trial, trials
+    # The lock fell with a database restart while this worker held it: another worker may have counted the same
+    # free place. Count again, and give this trial up (failed, not counted) if the study now has one too many.
+    with guard.hold("re-checking the trial count"):
+        if _started(retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)) > settings.trials:
+            try:
+                retry(lambda: study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL),
+                      "giving a trial up", log=log)
+            except UpdateFinishedTrialError:
+                pass
+            log(f"search: trial {trial.number} given up: another worker started one in the same free place "
+                "while the database restarted")
+            return None, None
+    return trial, trials
+
+
 def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_trial, server: bool, log) -> None:
-    params = suggest_optuna(trial, settings.space)
+    def lost() -> None:
+        log(f"search: trial {trial.number} was declared lost by another worker (no heartbeat seen for "
+            f"{settings.grace_seconds} s); this worker abandons it and goes on")
 
     def report(epoch: int, value: float) -> None:
-        retry(lambda: trial.report(value, epoch), "reporting an epoch", log=log)
-        if retry(trial.should_prune, "reporting an epoch", log=log):
+        try:
+            retry(lambda: trial.report(value, epoch), "reporting an epoch", log=log)
+            prune = retry(trial.should_prune, "reporting an epoch", log=log)
+        except UpdateFinishedTrialError:
+            raise TrialLost(f"trial {trial.number} was declared lost by another worker") from None
+        if prune:
             raise PruneTrial(f"pruned after epoch {epoch}")
 
-    def tell(**outcome) -> None:
-        retry(lambda: study.tell(trial, skip_if_finished=True, **outcome), "recording a trial's result", log=log)
+    def finish(state: TrialState, value: float | None = None, error: str | None = None, run_id: str = "") -> bool:
+        """Record the outcome; False if another worker had declared the trial lost meanwhile."""
+        attrs = {**({ERROR: error[:2000]} if error is not None else {}), **({"mlflow_run_id": run_id} if run_id else {})}
+        try:
+            for key, text in attrs.items():
+                retry(lambda: trial.set_user_attr(key, text), "recording a trial's result", log=log)
+            retry(lambda: study.tell(trial, value if state == TrialState.COMPLETE else None,
+                                     state=state, skip_if_finished=True), "recording a trial's result", log=log)
+            final = retry(lambda: study._storage.get_trial(trial._trial_id).state, "recording a trial's result",
+                          log=log)
+        except UpdateFinishedTrialError:
+            final = None
+        return final == state
 
+    params: dict = {}
     try:
+        params = retry(lambda: suggest_optuna(trial, settings.space), "starting a trial", log=log)
         with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
             metrics = runner.run(trial.number, params, report)
+    except UpdateFinishedTrialError:  # while suggesting: declared lost before it began
+        lost()
+    except TrialLost:
+        lost()
     except KeyboardInterrupt:
-        tell(state=TrialState.FAIL)  # lost, not counted: a rerun runs another in its place
+        finish(TrialState.FAIL)  # lost, not counted: a rerun runs another in its place
         raise
     except PruneTrial as exc:
         on_trial(trial.number, params, "pruned", None, str(exc))
-        tell(state=TrialState.PRUNED)
+        if not finish(TrialState.PRUNED):
+            lost()
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        retry(lambda: trial.set_user_attr(ERROR, reason[:2000]), "recording a trial's result", log=log)
         on_trial(trial.number, params, "failed", None, reason)
-        tell(state=TrialState.FAIL)
+        if not finish(TrialState.FAIL, error=reason):
+            lost()
     else:
-        retry(lambda: trial.set_user_attr("mlflow_run_id", metrics["run_id"]), "recording a trial's result", log=log)
-        tell(values=metrics[settings.metric])
-        on_trial(trial.number, params, "complete", metrics, "")
+        value, run_id = metrics[settings.metric], metrics["run_id"]
+        if not math.isfinite(value):
+            reason = f"{settings.metric} is {value}"
+            runner.mark(run_id, "failed", reason)
+            on_trial(trial.number, params, "failed", None, reason)
+            finish(TrialState.FAIL, error=reason, run_id=run_id)
+        elif finish(TrialState.COMPLETE, value, run_id=run_id):
+            on_trial(trial.number, params, "complete", metrics, "")
+        else:
+            runner.mark(run_id, "killed", "declared lost by another worker before its result was recorded")
+            lost()

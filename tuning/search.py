@@ -131,17 +131,19 @@ def _check_keras_tuner_alone(storage: str) -> None:
                           f"{redact(storage)}; for several workers use --engine optuna")
 
 
-def _open_study(study: str, storage: str, settings, on_lost):
-    from tuning.coordination import unreachable
+def _open_study(study: str, storage: str, settings, on_lost, guard):
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
     from tuning.optuna_engine import open_study
 
     try:
-        return open_study(study, storage, settings, on_lost)
-    except Exception as exc:
-        if not unreachable(exc):
-            raise
-        cause = str(exc.__cause__ or exc).strip().splitlines()[0]
-        raise ConfigError(f"cannot reach the study database {redact(storage)} ({cause}); start it (for a local "
+        with guard.hold("opening the study"):  # workers on a fresh database would race to create its tables
+            return open_study(study, storage, settings, on_lost)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError) as exc:
+        cause = exc.__cause__ or exc
+        cause = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+        raise ConfigError(f"cannot open the study database {redact(storage)} ({cause}); start it (for a local "
                           "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
 
 
@@ -210,11 +212,14 @@ def search(args) -> dict:
             outcome = f"{state.upper()}: {note}"
         print(f"trial {number:3d}  {_short(params)}  {outcome}", flush=True)
 
-    def on_lost(trial) -> None:
-        closed = tracking.close_lost_trial_runs(experiment_id, study, trial.number)
+    def on_lost(trial) -> None:  # best effort: a finished study's sweep closes any run this misses
+        try:
+            note = ", its MLflow run KILLED" if tracking.close_lost_trial_runs(experiment_id, study, trial.number) else ""
+        except Exception as exc:
+            note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
         print(f"search: trial {trial.number} was lost with its process "
-              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed"
-              + (", its MLflow run KILLED" if closed else "") + "; another trial runs in its place", flush=True)
+              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; another trial runs in "
+              "its place", flush=True)
 
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent)
     start = time.perf_counter()
@@ -223,7 +228,7 @@ def search(args) -> dict:
         if settings.engine == "optuna":
             from tuning.optuna_engine import fail_interrupted_trials, run_optuna
 
-            optuna_study = _open_study(study, storage, settings, on_lost)
+            optuna_study = _open_study(study, storage, settings, on_lost, guard)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, on_lost)
             finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost)
@@ -241,12 +246,14 @@ def search(args) -> dict:
         if not server or finished:  # on a server the parent run ends with the study, not with one worker
             client.set_terminated(parent, status)
     seconds = time.perf_counter() - start
-    if not finished:
+    if server and not finished:
         summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=False)
         print("search: trials are still running on other workers (or the timeout came first); the worker that "
               "finishes the study's last trial registers its best model")
         return {"study": study, "best": None}
     with guard.hold("registering the champion"):  # workers finishing together register once
+        if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
+            tracking.close_stale_runs(experiment_id, study, role="trial")
         return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds)
 
 

@@ -35,10 +35,12 @@ def parent_run_id(experiment_id: str, study: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def close_stale_runs(experiment_id: str, study: str) -> int:
-    """Runs of this study left RUNNING by a killed process are marked KILLED; returns how many."""
+def close_stale_runs(experiment_id: str, study: str, role: str | None = None) -> int:
+    """Runs of this study (or only its `role` runs) left RUNNING by a killed process are marked KILLED; returns
+    how many."""
     client = MlflowClient()
-    stale = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'")
+    only = f" and tags.`{ROLE}` = '{role}'" if role else ""
+    stale = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'{only}")
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)

@@ -24,6 +24,11 @@ class PruneTrial(Exception):
     """Raised by an engine's per-epoch report to stop a trial that is doing worse than the others."""
 
 
+class TrialLost(Exception):
+    """Raised by an engine's per-epoch report when another worker has declared this trial lost (its heartbeat was
+    not seen for the grace period): the trial is abandoned, and its run marked KILLED."""
+
+
 class TrialRunner:
     def __init__(self, base: Config, dataset: Dataset, settings: SearchSettings, study: str, engine: str,
                  experiment_id: str, parent_run_id: str, log: Callable[[str], None] = print):
@@ -81,6 +86,10 @@ class TrialRunner:
             mlflow.set_tags({"state": "pruned"})
             status = "FINISHED"
             raise
+        except TrialLost:
+            mlflow.set_tags({"state": "killed"})
+            status = "KILLED"
+            raise
         except KeyboardInterrupt:
             mlflow.set_tags({"state": "interrupted"})
             status = "KILLED"
@@ -94,6 +103,15 @@ class TrialRunner:
                 mlflow.log_metric("wall_seconds", time.perf_counter() - start)
             finally:
                 mlflow.end_run(status)  # always, or the next trial could not start a run
+
+    @staticmethod
+    def mark(run_id: str, state: str, note: str) -> None:
+        """Correct a finished trial run's state after the fact (the engine could not record its result)."""
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "state", state)
+        client.set_tag(run_id, "error" if state == "failed" else "note", note)
+        if state == "killed":
+            client.set_terminated(run_id, "KILLED")
 
     def _log_samples(self, result: RunResult, prepared: Prepared) -> None:
         """Captions of a fixed set of dev images: a table artifact and a small gallery figure."""
