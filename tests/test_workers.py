@@ -238,3 +238,17 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
     run, = MlflowClient().search_runs([experiment_id], "tags.`captioning.study` = 'declared-lost'")
     assert run.info.status == "KILLED" and run.data.tags["state"] == "killed"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "dev_loss")) == 1  # stopped after epoch 1
+
+
+def test_a_wrong_password_is_one_clear_error_without_the_password(servers, tmp_path, shapes_dir, capsys,
+                                                                   monkeypatch):
+    from tuning import search as search_cli
+
+    monkeypatch.setattr(search_cli, "PROJECT", tmp_path)
+    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (1, 1))
+    wrong = servers.storage.replace(servers.password, "not-the-password")
+    assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(tmp_path / "workers.yaml"),
+                            "--storage", wrong, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the study database postgresql://captioning:***@127.0.0.1" in err
+    assert "password authentication failed" in err and "not-the-password" not in err

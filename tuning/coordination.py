@@ -16,6 +16,9 @@ from captioning.config import ConfigError
 from captioning.serving import redact
 
 T = TypeVar("T")
+# Connection settings for PostgreSQL: give up connecting after 10 s, and notice a vanished peer within ~30 s.
+KEEPALIVE = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+             "keepalives_count": 3}
 PATIENCE_SECONDS = 600.0  # how long a worker waits for its database to come back before giving up
 
 
@@ -95,6 +98,7 @@ def retry(call: Callable[[], T], what: str, patience: float = PATIENCE_SECONDS,
             wait = min(wait * 2, 15.0)
         else:
             if said:
+                note_outage()  # the grace clock starts when the database is back, not at the last failure
                 log(f"search: the study database is back ({what})")
             return result
 
@@ -114,9 +118,9 @@ class Guard:
             import sqlalchemy
             from sqlalchemy.pool import NullPool
 
-            self.engine = sqlalchemy.create_engine(storage, poolclass=NullPool, connect_args={
-                "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                "keepalives_count": 3})
+            # Autocommit: no transaction left open while the lock is held (servers may end idle transactions).
+            self.engine = sqlalchemy.create_engine(storage, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                                                   connect_args=KEEPALIVE)
         self._connection = None
 
     @contextlib.contextmanager
@@ -172,11 +176,17 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
 
     def _beat(self) -> None:
+        failed = False
         while not self._stop.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # the database is restarting: the next beat tries again
+                failed = True
                 note_outage()
+            else:
+                if failed:
+                    failed = False
+                    note_outage()  # back: the grace clock starts now
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()

@@ -84,7 +84,9 @@ def free_port() -> int:
 
 def _write_private(path: Path, text: str) -> None:
     """A file only its owner can read, from its first byte."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # also when an older file was there
+    with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
 
 

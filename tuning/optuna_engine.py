@@ -20,7 +20,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.coordination import Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
+from tuning.coordination import KEEPALIVE, Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
 from tuning.space import suggest_optuna
 from tuning.trials import PruneTrial, TrialLost, TrialRunner
 
@@ -36,11 +36,12 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial
         with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             backend = optuna.storages.RDBStorage(
-                storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=settings.heartbeat_seconds,
+                storage, engine_kwargs={"pool_pre_ping": True, "connect_args": KEEPALIVE},
+                heartbeat_interval=settings.heartbeat_seconds,
                 grace_period=settings.grace_seconds,
                 heartbeat_stale_trial_callback=lambda study, trial: on_lost(trial))
-    else:
-        backend = optuna.storages.RDBStorage(storage)
+    else:  # two studies may share one SQLite file: wait for the other's writes rather than fail
+        backend = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(study_name=name, storage=backend, direction="maximize", load_if_exists=True)
     # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions; on a
     # server each worker draws its own seed, so that workers starting together do not suggest the same values.
@@ -157,6 +158,12 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         log(f"search: trial {trial.number} was declared lost by another worker (no heartbeat seen for "
             f"{settings.grace_seconds} s); this worker abandons it and goes on")
 
+    def abandoned(run_id: str | None) -> None:  # its result came too late: the study counts a replacement
+        if run_id:
+            _best_effort(lambda: runner.mark(run_id, "killed", "declared lost by another worker before its result "
+                                             "was recorded"), log)
+        lost()
+
     def report(epoch: int, value: float) -> None:
         try:
             retry(lambda: trial.report(value, epoch), "reporting an epoch", log=log)
@@ -195,21 +202,29 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
     except PruneTrial as exc:
         on_trial(trial.number, params, "pruned", None, str(exc))
         if not finish(TrialState.PRUNED):
-            lost()
+            abandoned(runner.last_run_id)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         on_trial(trial.number, params, "failed", None, reason)
         if not finish(TrialState.FAIL, error=reason):
-            lost()
+            abandoned(runner.last_run_id)
     else:
         value, run_id = metrics[settings.metric], metrics["run_id"]
         if not math.isfinite(value):
             reason = f"{settings.metric} is {value}"
-            runner.mark(run_id, "failed", reason)
             on_trial(trial.number, params, "failed", None, reason)
-            finish(TrialState.FAIL, error=reason, run_id=run_id)
+            if finish(TrialState.FAIL, error=reason, run_id=run_id):
+                _best_effort(lambda: runner.mark(run_id, "failed", reason), log)
+            else:
+                abandoned(run_id)
         elif finish(TrialState.COMPLETE, value, run_id=run_id):
             on_trial(trial.number, params, "complete", metrics, "")
         else:
-            runner.mark(run_id, "killed", "declared lost by another worker before its result was recorded")
-            lost()
+            abandoned(run_id)
+
+
+def _best_effort(call: Callable[[], None], log) -> None:
+    try:
+        call()
+    except Exception as exc:  # the tracking server is away: the study's record is what counts
+        log(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")

@@ -12,6 +12,7 @@ Several workers share one study on PostgreSQL (python tuning/infra.py starts a l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -131,15 +132,14 @@ def _check_keras_tuner_alone(storage: str) -> None:
                           f"{redact(storage)}; for several workers use --engine optuna")
 
 
-def _open_study(study: str, storage: str, settings, on_lost, guard):
+@contextlib.contextmanager
+def _study_database(storage: str):
+    """A study database that cannot be opened (not running, wrong password, no such database) is one clear error."""
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError
 
-    from tuning.optuna_engine import open_study
-
     try:
-        with guard.hold("opening the study"):  # workers on a fresh database would race to create its tables
-            return open_study(study, storage, settings, on_lost)
+        yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError) as exc:
         cause = exc.__cause__ or exc
         cause = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
@@ -187,7 +187,7 @@ def search(args) -> dict:
     guard = Guard(storage if server else "sqlite:", study)
 
     client = MlflowClient()
-    with guard.hold("creating the study's MLflow run"):  # one parent run, however many workers start at once
+    with _study_database(storage), guard.hold("creating the study's MLflow run"):  # one parent run in all
         experiment_id = tracking.ensure_experiment(experiment.stem)
         if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
             stale = tracking.close_stale_runs(experiment_id, study)
@@ -228,7 +228,10 @@ def search(args) -> dict:
         if settings.engine == "optuna":
             from tuning.optuna_engine import fail_interrupted_trials, run_optuna
 
-            optuna_study = _open_study(study, storage, settings, on_lost, guard)
+            from tuning.optuna_engine import open_study
+
+            with _study_database(storage), guard.hold("opening the study"):  # a fresh database: create tables once
+                optuna_study = open_study(study, storage, settings, on_lost)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, on_lost)
             finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost)

@@ -48,9 +48,9 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
     if settings.metric not in METRICS:
         raise ConfigError(f"unknown metric {settings.metric!r}; choose one of {', '.join(METRICS)}")
-    if not 1 <= settings.heartbeat_seconds < settings.grace_seconds:
-        raise ConfigError(f"search.heartbeat_seconds ({settings.heartbeat_seconds}) must be at least 1 and less "
-                          f"than search.grace_seconds ({settings.grace_seconds})")
+    if not (settings.heartbeat_seconds >= 1 and settings.grace_seconds >= 2 * settings.heartbeat_seconds):
+        raise ConfigError(f"search.grace_seconds ({settings.grace_seconds}) must be at least twice "
+                          f"search.heartbeat_seconds ({settings.heartbeat_seconds}), which must be at least 1")
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     return settings

@@ -36,6 +36,7 @@ class TrialRunner:
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self.log = log
         self._prepared: dict[str, Prepared] = {}
+        self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
         self.sample_names = dataset.split("dev")[: settings.samples]
 
     def prepared(self, config: Config) -> tuple[Prepared, int]:
@@ -58,6 +59,7 @@ class TrialRunner:
                 "worker": worker_id(), "mlflow.parentRunId": self.parent_run_id}
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"{self.study}-trial-{number:03d}",
                                tags=tags)
+        self.last_run_id = run.info.run_id
         status = "FAILED"  # until shown otherwise; a killed process leaves RUNNING, closed on the next start
         try:
             mlflow.log_params(config.to_dict())
