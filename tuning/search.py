@@ -310,8 +310,12 @@ def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, 
     client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
     print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({why})")
     print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")
-    print(f"browse:     mlflow ui --backend-store-uri {uri}" if not uri.endswith(str(PROJECT / "mlflow.db"))
-          else "browse:     mlflow ui   (in the project directory)")
+    if uri.startswith(("http://", "https://")):
+        print(f"browse:     open {redact(uri)}")
+    elif uri.endswith(str(PROJECT / "mlflow.db")):
+        print("browse:     mlflow ui   (in the project directory)")
+    else:
+        print(f"browse:     mlflow ui --backend-store-uri {uri}")
     return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}
 
 
@@ -323,6 +327,7 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
     warnings.filterwarnings("ignore", message=".*input example was not provided")
     # (MLflow's one "Add type hints to the `predict` method" notice is issued under a filter of its own.)
     for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
