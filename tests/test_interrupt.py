@@ -76,3 +76,28 @@ def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # trial 0 kept, 1 killed, 2 ran in its place
     assert len([r for r in runs if r.data.tags["trial"] == "0"]) == 1  # trial 0 was not re-run
+
+
+def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_trial_does_not_count(tmp_path, shapes_dir):
+    (tmp_path / "kill.yaml").write_text(EXPERIMENT)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 240
+        while not _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'"):
+            assert process.poll() is None and time.time() < deadline, process.stdout.read()
+            time.sleep(0.5)
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out
+    assert "interrupted; the running trial does not count" in out and "Traceback" not in out
+    run, = _runs()
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
+    trial, = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state.name == "FAIL" and "fail_reason" not in trial.user_attrs  # lost, so a rerun replaces it

@@ -348,6 +348,10 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the running trial is recorded as interrupted (not counted); nothing else is lost
+        print("\nsearch: interrupted; the running trial does not count. Run the same command to resume.",
+              file=sys.stderr)
+        return 130
     finally:
         while _LOCKS:
             _LOCKS.pop().close()
