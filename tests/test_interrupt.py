@@ -38,12 +38,16 @@ def _runs(state_filter=""):
                                       "tags.`captioning.role` = 'trial'" + state_filter)
 
 
-def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
+def _start_search(tmp_path, shapes_dir):
     (tmp_path / "kill.yaml").write_text(EXPERIMENT)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    return subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path), env
+
+
+def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
+    process, env = _start_search(tmp_path, shapes_dir)
     deadline = time.time() + 240
     try:
         # Wait until trial 0 is complete and trial 1 is running, then kill the process without warning.
@@ -79,11 +83,7 @@ def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
 
 
 def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_trial_does_not_count(tmp_path, shapes_dir):
-    (tmp_path / "kill.yaml").write_text(EXPERIMENT)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    process, _ = _start_search(tmp_path, shapes_dir)
     try:
         deadline = time.time() + 240
         while not _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'"):
