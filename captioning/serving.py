@@ -43,7 +43,7 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 
         self.captioner = Captioner.load(context.artifacts["captioner"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # MLflow checks inputs against the signature
         if isinstance(model_input, pd.DataFrame):
             column = "image" if "image" in model_input.columns else model_input.columns[0]
             values = list(model_input[column])
