@@ -95,8 +95,9 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert _search(workspace, shapes_dir, "--study", "s1") == 0
     assert len(_trial_runs("s1")) == 2
     # Asking for more continues the numbering; completed trials stay as they were.
-    assert _search(workspace, shapes_dir, "--study", "s1", "--trials", "3") == 0
+    assert _search(workspace, shapes_dir, "--study", "s1", "--trials", "3", "--verbose") == 0
     out = capsys.readouterr().out
+    assert "trial   2  epoch  1/3  loss " in out  # --verbose: a line per epoch
     assert "trial   2" in out and "trial   0 " not in out.split("resuming")[-1]
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{workspace[0] / 'optuna.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2]

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite:///mlflow.db in the project directory)")
     p.add_argument("--registered-model", metavar="NAME", help="registry name (default: captioner)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print a line per epoch of every trial (on a "
+                   "terminal, a status line shows the running trial's latest epoch anyway)")
     return p
 
 
@@ -156,6 +158,7 @@ def search(args) -> dict:
 
     from captioning.pipeline import load_and_report
     from tuning import tracking
+    from tuning.progress import EpochProgress
     from tuning.settings import read_settings
     from tuning.trials import TrialRunner
 
@@ -204,7 +207,10 @@ def search(args) -> dict:
     if server:
         print(f"search: worker {worker_id()} on {redact(storage)}, tracking {redact(uri)}")
 
+    progress = EpochProgress(settings.epoch_metric, verbose=args.verbose)
+
     def on_trial(number, params, state, metrics, note):
+        progress.clear()
         if state == "complete":
             outcome = (f"{settings.metric} {metrics[settings.metric]:.4f}  test BLEU-4 "
                        f"{metrics.get('test_bleu4', float('nan')):.4f}  {metrics['wall_seconds']:.0f}s")
@@ -217,11 +223,12 @@ def search(args) -> dict:
             note = ", its MLflow run KILLED" if tracking.close_lost_trial_runs(experiment_id, study, trial.number) else ""
         except Exception as exc:
             note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
+        progress.clear()
         print(f"search: trial {trial.number} was lost with its process "
               f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; another trial runs in "
               "its place", flush=True)
 
-    runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent)
+    runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress)
     start = time.perf_counter()
     status, finished = "FAILED", False
     try:

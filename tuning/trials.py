@@ -16,6 +16,7 @@ from captioning.data import Dataset
 from captioning.pipeline import Prepared, RunResult, prepare, train_and_evaluate
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
+from tuning.progress import EpochProgress
 from tuning.settings import SearchSettings
 from tuning.tracking import ROLE, STUDY
 
@@ -31,10 +32,10 @@ class TrialLost(Exception):
 
 class TrialRunner:
     def __init__(self, base: Config, dataset: Dataset, settings: SearchSettings, study: str, engine: str,
-                 experiment_id: str, parent_run_id: str, log: Callable[[str], None] = print):
+                 experiment_id: str, parent_run_id: str, progress: EpochProgress | None = None):
         self.base, self.dataset, self.settings = base, dataset, settings
+        self.progress = progress
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
-        self.log = log
         self._prepared: dict[str, Prepared] = {}
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
         self.sample_names = dataset.split("dev")[: settings.samples]
@@ -65,12 +66,16 @@ class TrialRunner:
             mlflow.log_params(config.to_dict())
             prepared, hits = self.prepared(config)
             mlflow.log_metric("feature_cache_hits", hits)
+            if self.progress is not None:
+                self.progress.start(number, config.epochs)
 
             def on_epoch(epoch: int, record: dict) -> None:
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
                                     "learning_rate": record["learning_rate"],
                                     **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)}},
                                    step=epoch)
+                if self.progress is not None:
+                    self.progress.epoch(number, epoch, record)
                 if report is not None:
                     report(epoch, record[self.settings.epoch_metric])
 
