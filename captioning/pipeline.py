@@ -86,14 +86,16 @@ class RunResult:
 
 
 def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: EpochCallback | None = None,
-                       eval_splits: tuple[str, ...] = ("dev", "test"), verbose: bool = True) -> RunResult:
-    """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`."""
+                       eval_splits: tuple[str, ...] = ("dev", "test"), verbose: bool = True,
+                       checkpoint: Path | None = None) -> RunResult:
+    """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`.
+    `checkpoint`: a file that keeps the training's state after every epoch, and resumes it (see train_decoder)."""
     dataset = prepared.dataset
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
     vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
     training = train_decoder(config, vocab, prepared.features["train"], [dataset.captions[n] for n in train_names],
                              prepared.features["dev"], [dataset.captions[n] for n in dev_names],
-                             epoch_callback=epoch_callback, verbose=verbose)
+                             epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint)
     captioner = Captioner(config, vocab, training.model)
     widths = sorted({1, config.beam_width})
     evaluations = [evaluate(captioner, prepared, split, width) for split in eval_splits

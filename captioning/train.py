@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from captioning.cache import atomic_write
 from captioning.config import Config
 from captioning.decode import greedy_search
 from captioning.metrics import corpus_bleu_scores
@@ -109,13 +114,64 @@ def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarra
     return corpus_bleu_scores(references, hypotheses)
 
 
+class Checkpoint:
+    """An unfinished training as of its latest epoch, in one file that each epoch replaces atomically: weights,
+    optimizer state, learning rate and the dev-selection state (history, best epoch and weights). A training given
+    the same file and the same setting (`identity`) resumes after that epoch instead of starting over."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path = Path(path)
+        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _state(self) -> dict | None:
+        try:
+            with np.load(self.path) as data:
+                state = json.loads(str(data["state"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none, or cut short: start over
+            return None
+        return state if state.get("identity") == self.identity else None
+
+    def save(self, model: keras.Model, selection: "_DevSelection") -> None:
+        optimizer = model.optimizer
+        arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+        arrays |= {f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)}
+        arrays |= {f"b{i}": w for i, w in enumerate(selection.best_weights)}
+        state = {"identity": self.identity, "epoch": len(selection.history), "history": selection.history,
+                 "best": selection.best, "best_epoch": selection.best_epoch,
+                 "learning_rate": float(optimizer.learning_rate.numpy()),
+                 "counts": [len(model.get_weights()), len(optimizer.variables)]}
+        atomic_write(self.path, lambda tmp: np.savez(tmp, state=np.array(json.dumps(state)), **arrays))
+
+    def restore(self, model: keras.Model, selection: "_DevSelection") -> int:
+        """Load the saved state into a compiled model; returns the epochs it had finished (0: nothing to resume)."""
+        state = self._state()
+        if state is None:
+            return 0
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        n_weights, n_slots = state["counts"]
+        if n_weights != len(model.get_weights()) or n_slots != len(optimizer.variables):
+            return 0
+        with np.load(self.path) as data:
+            model.set_weights([data[f"w{i}"] for i in range(n_weights)])
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(data[f"o{i}"])
+            selection.best_weights = [data[f"b{i}"] for i in range(n_weights)]
+        optimizer.learning_rate.assign(state["learning_rate"])
+        selection.history, selection.best, selection.best_epoch = state["history"], state["best"], state["best_epoch"]
+        return state["epoch"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class _DevSelection(keras.callbacks.Callback):
     """Scores the dev split after each epoch, keeps the best weights, multiplies the learning rate by `lr_decay`
     after an epoch that does not improve, and stops after `patience` such epochs in a row."""
 
-    def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose):
+    def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose, checkpoint=None):
         super().__init__()
-        self.config, self.vocab = config, vocab
+        self.config, self.vocab, self.checkpoint = config, vocab, checkpoint
         self.dev_features, self.dev_references = dev_features, dev_references
         self.epoch_callback, self.verbose = epoch_callback, verbose
         self.history, self.best, self.best_epoch, self.best_weights = [], None, -1, None
@@ -149,18 +205,28 @@ class _DevSelection(keras.callbacks.Callback):
             print(f"epoch {epoch + 1:2d}  loss {record['loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
                   f"dev BLEU-1..4 {bleu['bleu1']:.3f} {bleu['bleu2']:.3f} {bleu['bleu3']:.3f} {bleu['bleu4']:.3f}  "
                   f"{record['seconds']:.0f}s" + ("  *" if better else ""), flush=True)
+        if self.checkpoint is not None:  # before the callback, which may stop the run (pruned, interrupted)
+            self.checkpoint.save(self.model, self)
         if self.epoch_callback is not None:
             self.epoch_callback(epoch + 1, record)  # may raise, e.g. to prune a search trial
-        if epoch + 1 - self.best_epoch > self.config.patience:
+        if self.done(epoch + 1):
             self.stopped_early = True
             self.model.stop_training = True
+
+    def done(self, epochs: int) -> bool:
+        return epochs - self.best_epoch > self.config.patience
 
 
 def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
                   train_captions: list[list[list[str]]], dev_features: np.ndarray,
                   dev_captions: list[list[list[str]]], epoch_callback: EpochCallback | None = None,
-                  verbose: bool = True) -> TrainResult:
-    """Train on (features, cleaned captions) pairs; returns the model with its best dev-epoch weights."""
+                  verbose: bool = True, checkpoint: Path | None = None) -> TrainResult:
+    """Train on (features, cleaned captions) pairs; returns the model with its best dev-epoch weights.
+
+    With `checkpoint`, the state after every epoch is kept in that file, and a run that finds the file of an
+    interrupted run of the same setting continues after its last epoch: epoch_callback first sees the finished
+    epochs again (their records carry `resumed_after`), then the new ones. Dropout noise after a resume differs
+    from an uninterrupted run's; everything else (batches, optimizer, learning rate, selection) continues."""
     seed_everything(config.seed)
     encode = lambda caps: [[vocab.encode(c, config.max_length) for c in image_caps] for image_caps in caps]
     train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed)
@@ -168,9 +234,24 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     model = build_decoder(config, len(vocab), train_features.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
                   jit_compile=False)
-    selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose)
-    model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, callbacks=[selection], verbose=0,
-              shuffle=False)  # CaptionBatches shuffles, by seed
+    saver = None
+    if checkpoint is not None:
+        saver = Checkpoint(checkpoint, {"config": config.to_dict(), "vocabulary": vocab.words,
+                                        "features": list(train_features.shape) + list(dev_features.shape),
+                                        "tokens": [train.tokens, dev.tokens]})
+    selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose, saver)
+    done = saver.restore(model, selection) if saver is not None else 0
+    if done:
+        train.epoch = done  # the batch order of the epoch it resumes at
+        train._plan()
+        if epoch_callback is not None:
+            for record in selection.history:
+                epoch_callback(record["epoch"], {**record, "resumed_after": done})
+    if done < config.epochs and not selection.done(done):
+        model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, initial_epoch=done,
+                  callbacks=[selection], verbose=0, shuffle=False)  # CaptionBatches shuffles, by seed
+    else:
+        selection.stopped_early = done < config.epochs
     model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,

@@ -1,4 +1,5 @@
-"""A search killed with SIGKILL mid-trial, then restarted: no completed trial lost, no run left RUNNING."""
+"""A search killed mid-trial (SIGKILL, Ctrl-C), then restarted: no completed trial lost, no run left RUNNING, and
+the interrupted trial's values run again first, resuming from its last finished epoch."""
 import os
 import signal
 import subprocess
@@ -79,25 +80,47 @@ def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
     study = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # trial 0 kept, 1 killed, 2 ran in its place
+    assert study.trials[2].params == study.trials[1].params and study.trials[2].user_attrs["resumes"] == 1
+    assert "its values run again first" in done.stdout
     assert len([r for r in runs if r.data.tags["trial"] == "0"]) == 1  # trial 0 was not re-run
 
 
-def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_trial_does_not_count(tmp_path, shapes_dir):
-    process, _ = _start_search(tmp_path, shapes_dir)
+def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_rerun_resumes_that_trial(tmp_path, shapes_dir):
+    process, env = _start_search(tmp_path, shapes_dir)
+    client = MlflowClient()
     try:
         deadline = time.time() + 240
-        while not _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'"):
+        while True:  # until trial 0 has finished two epochs
+            running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'")
+            if running and len(client.get_metric_history(running[0].info.run_id, "dev_loss")) >= 2:
+                break
             assert process.poll() is None and time.time() < deadline, process.stdout.read()
             time.sleep(0.5)
-        time.sleep(2)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, out
-    assert "interrupted; the running trial does not count" in out and "Traceback" not in out
+    assert "interrupted; the running trial does not count yet" in out and "Traceback" not in out
     run, = _runs()
     assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
-    trial, = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
-    assert trial.state.name == "FAIL" and "fail_reason" not in trial.user_attrs  # lost, so a rerun replaces it
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    interrupted, queued = optuna.load_study(study_name="k", storage=storage).trials
+    assert interrupted.state.name == "FAIL" and "fail_reason" not in interrupted.user_attrs  # lost: not counted
+    assert queued.state.name == "WAITING" and queued.system_attrs["fixed_params"] == interrupted.params  # runs next
+    checkpoints = Path(env["CAPTIONING_CACHE"]) / "checkpoints"
+    assert len(list(checkpoints.glob("k-*/*.npz"))) == 1
+
+    done = subprocess.run(_command(tmp_path, shapes_dir), env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    epochs = len(client.get_metric_history(run.info.run_id, "dev_loss"))
+    assert f"trial   1  resumes an interrupted run of the same values after its epoch {epochs}" in done.stdout
+    study = optuna.load_study(study_name="k", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].params == interrupted.params and study.trials[1].user_attrs["resumes"] == 0
+    resumed, = _runs(" and tags.trial = '1'")
+    assert resumed.data.tags["resumed_after_epoch"] == str(epochs)
+    assert len(client.get_metric_history(resumed.info.run_id, "dev_loss")) == 12  # the whole curve, in one run
+    assert not list(checkpoints.glob("k-*/*.npz"))  # the finished study leaves no checkpoint behind

@@ -102,3 +102,42 @@ def test_learning_rate_halves_after_each_epoch_that_does_not_improve(trained):
         expected = before["learning_rate"] * (1.0 if improved else config.lr_decay)
         assert after["learning_rate"] == pytest.approx(expected, rel=1e-5)
     assert any(h["learning_rate"] < config.learning_rate for h in history)  # the run did hit a plateau
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint(trained, tmp_path):
+    config, prepared, _ = trained
+    config = config.replace(epochs=4)
+    checkpoint = tmp_path / "trial.npz"
+    seen = []
+
+    def stop_after_epoch_2(epoch, record):
+        seen.append((epoch, record.get("resumed_after")))
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, prepared, stop_after_epoch_2, eval_splits=(), verbose=False, checkpoint=checkpoint)
+    assert checkpoint.exists() and seen == [(1, None), (2, None)]
+
+    seen.clear()
+    resumed = train_and_evaluate(config, prepared, lambda e, r: seen.append((e, r.get("resumed_after"))),
+                                 eval_splits=(), verbose=False, checkpoint=checkpoint)
+    assert seen == [(1, 2), (2, 2), (3, None), (4, None)]  # the finished epochs are reported again, then new ones
+    whole = train_and_evaluate(config, prepared, eval_splits=(), verbose=False)
+    model, reference = resumed.training.model, whole.training.model
+    assert int(model.optimizer.iterations.numpy()) == int(reference.optimizer.iterations.numpy())
+    ours, theirs = resumed.training.history, whole.training.history
+    assert [h["loss"] for h in ours[:2]] == [h["loss"] for h in theirs[:2]]  # kept, not re-run
+    # After the resume only the dropout noise differs from the uninterrupted run.
+    assert [h["loss"] for h in ours[2:]] == pytest.approx([h["loss"] for h in theirs[2:]], rel=0.02)
+    assert [h["learning_rate"] for h in ours] == pytest.approx([h["learning_rate"] for h in theirs])
+
+    # A checkpoint of other values, or a damaged one, is not resumed: training starts at epoch 1.
+    seen.clear()
+    train_and_evaluate(config.replace(learning_rate=0.005, epochs=1), prepared,
+                       lambda e, r: seen.append((e, r.get("resumed_after"))), eval_splits=(), verbose=False,
+                       checkpoint=checkpoint)
+    checkpoint.write_bytes(b"not a checkpoint")
+    train_and_evaluate(config.replace(epochs=1), prepared, lambda e, r: seen.append((e, r.get("resumed_after"))),
+                       eval_splits=(), verbose=False, checkpoint=checkpoint)
+    assert seen == [(1, None), (1, None)]

@@ -26,6 +26,7 @@ from tuning.trials import PruneTrial, TrialLost, TrialRunner
 
 ERROR = "fail_reason"  # user attribute of a trial that failed with an error (a lost trial has none)
 WORKER = "worker"  # user attribute: host:pid of the process running the trial
+RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -53,12 +54,15 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial
     return study
 
 
-def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[[FrozenTrial], None]) -> int:
-    """On SQLite (one process per study) every trial still RUNNING at start was left by a killed process."""
+def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -> int:
+    """On SQLite (one process per study) every trial still RUNNING at start was left by a killed process: it is
+    failed (not counted), and its values are queued to run first, so that it resumes from its checkpoint."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        on_lost(trial)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={RESUMES: trial.number})
+        on_lost(trial, rerun=bool(trial.params))
     return len(stale)
 
 
@@ -197,7 +201,10 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
     except TrialLost:
         lost()
     except KeyboardInterrupt:
-        finish(TrialState.FAIL)  # lost, not counted: a rerun runs another in its place
+        finish(TrialState.FAIL)  # not counted: the next run takes its values up first, and resumes its checkpoint
+        if params:
+            retry(lambda: study.enqueue_trial(params, user_attrs={RESUMES: trial.number}), "queueing a trial",
+                  log=log)
         raise
     except PruneTrial as exc:
         on_trial(trial.number, params, "pruned", None, str(exc))

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from captioning.cache import cache_root  # noqa: E402
 from captioning.config import ConfigError, load_config  # noqa: E402
 from captioning.serving import redact  # noqa: E402
 from tuning.coordination import Guard, check_storage, shared, worker_id  # noqa: E402
@@ -218,17 +220,21 @@ def search(args) -> dict:
             outcome = f"{state.upper()}: {note}"
         print(f"trial {number:3d}  {_short(params)}  {outcome}", flush=True)
 
-    def on_lost(trial) -> None:  # best effort: a finished study's sweep closes any run this misses
+    def on_lost(trial, rerun: bool = False) -> None:  # best effort: a finished study's sweep closes any run missed
         try:
             note = ", its MLflow run KILLED" if tracking.close_lost_trial_runs(experiment_id, study, trial.number) else ""
         except Exception as exc:
             note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
+        then = ("its values run again first, from its last finished epoch" if rerun else
+                "another trial runs in its place")
         progress.clear()
         print(f"search: trial {trial.number} was lost with its process "
-              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; another trial runs in "
-              "its place", flush=True)
+              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; {then}", flush=True)
 
-    runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress)
+    # Running trials' state, so that an interrupted one resumes; local to this machine, like the feature cache.
+    checkpoints = cache_root() / "checkpoints" / f"{study}-{hashlib.sha256(storage.encode()).hexdigest()[:8]}"
+    runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
+                         checkpoints)
     start = time.perf_counter()
     status, finished = "FAILED", False
     try:
@@ -249,6 +255,8 @@ def search(args) -> dict:
             tuner.search()
             finished = True
         status = "FINISHED"
+        if finished:  # no trial is left to resume
+            shutil.rmtree(checkpoints, ignore_errors=True)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -356,8 +364,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the running trial is recorded as interrupted (not counted); nothing else is lost
-        print("\nsearch: interrupted; the running trial does not count. Run the same command to resume.",
-              file=sys.stderr)
+        print("\nsearch: interrupted; the running trial does not count yet. Run the same command to resume: that "
+              "trial goes on from its last finished epoch.", file=sys.stderr)
         return 130
     finally:
         while _LOCKS:

@@ -2,6 +2,8 @@
 captioning.pipeline.train_and_evaluate, logged as a nested MLflow run with its metrics, curves, samples and model."""
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 import traceback
@@ -32,9 +34,11 @@ class TrialLost(Exception):
 
 class TrialRunner:
     def __init__(self, base: Config, dataset: Dataset, settings: SearchSettings, study: str, engine: str,
-                 experiment_id: str, parent_run_id: str, progress: EpochProgress | None = None):
+                 experiment_id: str, parent_run_id: str, progress: EpochProgress | None = None,
+                 checkpoints: Path | None = None):
         self.base, self.dataset, self.settings = base, dataset, settings
         self.progress = progress
+        self.checkpoints = checkpoints  # a folder for the state of running trials, so an interrupted one resumes
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self._prepared: dict[str, Prepared] = {}
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
@@ -62,6 +66,10 @@ class TrialRunner:
                                tags=tags)
         self.last_run_id = run.info.run_id
         status = "FAILED"  # until shown otherwise; a killed process leaves RUNNING, closed on the next start
+        checkpoint = None
+        if self.checkpoints is not None:  # named by the trial's setting: a rerun of the same values finds it
+            key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
+            checkpoint = self.checkpoints / f"{key}.npz"
         try:
             mlflow.log_params(config.to_dict())
             prepared, hits = self.prepared(config)
@@ -70,6 +78,10 @@ class TrialRunner:
                 self.progress.start(number, config.epochs)
 
             def on_epoch(epoch: int, record: dict) -> None:
+                if epoch == 1 and record.get("resumed_after"):
+                    self._say(f"trial {number:3d}  resumes an interrupted run of the same values after its epoch "
+                              f"{record['resumed_after']}")
+                    mlflow.set_tag("resumed_after_epoch", str(record["resumed_after"]))
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
                                     "learning_rate": record["learning_rate"],
                                     **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)}},
@@ -79,7 +91,8 @@ class TrialRunner:
                 if report is not None:
                     report(epoch, record[self.settings.epoch_metric])
 
-            result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False)
+            result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False,
+                                        checkpoint=checkpoint)
             metrics = result.metrics()
             mlflow.log_metrics({**metrics, "best_epoch": result.training.best_epoch})
             self._log_samples(result, prepared)
@@ -100,16 +113,24 @@ class TrialRunner:
         except KeyboardInterrupt:
             mlflow.set_tags({"state": "interrupted"})
             status = "KILLED"
+            checkpoint = None  # kept: the rerun of these values resumes from it
             raise
         except Exception as exc:
             mlflow.set_tags({"state": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
         finally:
+            if checkpoint is not None:  # the trial is over, whatever its outcome
+                checkpoint.unlink(missing_ok=True)
             try:
                 mlflow.log_metric("wall_seconds", time.perf_counter() - start)
             finally:
                 mlflow.end_run(status)  # always, or the next trial could not start a run
+
+    def _say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.clear()
+        print(line, flush=True)
 
     @staticmethod
     def mark(run_id: str, state: str, note: str) -> None:
