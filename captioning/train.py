@@ -5,8 +5,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -115,54 +115,63 @@ def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarra
 
 
 class Checkpoint:
-    """An unfinished training as of its latest epoch, in one file that each epoch replaces atomically: weights,
-    optimizer state, learning rate and the dev-selection state (history, best epoch and weights). A training given
-    the same file and the same setting (`identity`) resumes after that epoch instead of starting over."""
+    """An unfinished training as of its latest epoch, in one file that each epoch replaces atomically: the model's
+    variables (weights and the dropout layers' random-generator states), the optimizer's (step, learning rate,
+    moments) and the dev-selection state (history, best epoch and weights). A training given the same file and the
+    same setting (`identity`) continues after that epoch exactly as if it had not been interrupted."""
 
     def __init__(self, path: Path, identity: dict):
         self.path = Path(path)
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
-    def _state(self) -> dict | None:
-        try:
-            with np.load(self.path) as data:
-                state = json.loads(str(data["state"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none, or cut short: start over
-            return None
-        return state if state.get("identity") == self.identity else None
+    @staticmethod
+    def _variables(model: keras.Model) -> list:
+        return list(model.variables) + list(model.optimizer.variables)
 
     def save(self, model: keras.Model, selection: "_DevSelection") -> None:
-        optimizer = model.optimizer
-        arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
-        arrays |= {f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)}
+        arrays = {f"v{i}": v.numpy() for i, v in enumerate(self._variables(model))}
         arrays |= {f"b{i}": w for i, w in enumerate(selection.best_weights)}
         state = {"identity": self.identity, "epoch": len(selection.history), "history": selection.history,
                  "best": selection.best, "best_epoch": selection.best_epoch,
-                 "learning_rate": float(optimizer.learning_rate.numpy()),
-                 "counts": [len(model.get_weights()), len(optimizer.variables)]}
-        atomic_write(self.path, lambda tmp: np.savez(tmp, state=np.array(json.dumps(state)), **arrays))
+                 "variables": len(self._variables(model)), "best_weights": len(selection.best_weights)}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+                np.savez(f, state=np.array(json.dumps(state)), **arrays)
+
+        try:
+            atomic_write(self.path, write)
+        except OSError as exc:  # e.g. a full disk: the training goes on, it just cannot resume
+            print(f"warning: cannot write the checkpoint {self.path} ({exc}); an interrupted run will start over",
+                  file=sys.stderr)
 
     def restore(self, model: keras.Model, selection: "_DevSelection") -> int:
         """Load the saved state into a compiled model; returns the epochs it had finished (0: nothing to resume)."""
-        state = self._state()
-        if state is None:
+        if not self.path.exists():
             return 0
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
-        n_weights, n_slots = state["counts"]
-        if n_weights != len(model.get_weights()) or n_slots != len(optimizer.variables):
+        try:
+            with np.load(self.path) as data:
+                state = json.loads(str(data["state"]))
+                if state.get("identity") != self.identity:  # another setting's: not this training's to resume
+                    return 0
+                model.optimizer.build(model.trainable_variables)
+                variables = self._variables(model)
+                values = [data[f"v{i}"] for i in range(state["variables"])]
+                best = [data[f"b{i}"] for i in range(state["best_weights"])]
+        except Exception as exc:  # damaged, cut short, or from another version of the code
+            print(f"warning: ignoring the checkpoint {self.path} ({type(exc).__name__}: {exc}); training starts "
+                  "at epoch 1", file=sys.stderr)
             return 0
-        with np.load(self.path) as data:
-            model.set_weights([data[f"w{i}"] for i in range(n_weights)])
-            for i, variable in enumerate(optimizer.variables):
-                variable.assign(data[f"o{i}"])
-            selection.best_weights = [data[f"b{i}"] for i in range(n_weights)]
-        optimizer.learning_rate.assign(state["learning_rate"])
+        shapes = [tuple(v.shape) for v in variables], [tuple(v.shape) for v in values]
+        if shapes[0] != shapes[1] or [w.shape for w in model.get_weights()] != [w.shape for w in best]:
+            print(f"warning: ignoring the checkpoint {self.path} (saved by a different model); training starts at "
+                  "epoch 1", file=sys.stderr)
+            return 0
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        selection.best_weights = best
         selection.history, selection.best, selection.best_epoch = state["history"], state["best"], state["best_epoch"]
         return state["epoch"]
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class _DevSelection(keras.callbacks.Callback):
@@ -214,7 +223,8 @@ class _DevSelection(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def done(self, epochs: int) -> bool:
-        return epochs - self.best_epoch > self.config.patience
+        """Whether `patience` epochs in a row have passed without a better one."""
+        return epochs > 0 and epochs - self.best_epoch > self.config.patience
 
 
 def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
@@ -225,8 +235,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
 
     With `checkpoint`, the state after every epoch is kept in that file, and a run that finds the file of an
     interrupted run of the same setting continues after its last epoch: epoch_callback first sees the finished
-    epochs again (their records carry `resumed_after`), then the new ones. Dropout noise after a resume differs
-    from an uninterrupted run's; everything else (batches, optimizer, learning rate, selection) continues."""
+    epochs again (their records carry `resumed_after`), then the new ones, the same as without the interruption."""
     seed_everything(config.seed)
     encode = lambda caps: [[vocab.encode(c, config.max_length) for c in image_caps] for image_caps in caps]
     train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed)
@@ -251,7 +260,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, initial_epoch=done,
                   callbacks=[selection], verbose=0, shuffle=False)  # CaptionBatches shuffles, by seed
     else:
-        selection.stopped_early = done < config.epochs
+        selection.stopped_early = selection.done(done)
     model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,

@@ -27,6 +27,8 @@ from tuning.trials import PruneTrial, TrialLost, TrialRunner
 ERROR = "fail_reason"  # user attribute of a trial that failed with an error (a lost trial has none)
 WORKER = "worker"  # user attribute: host:pid of the process running the trial
 RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
+ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
+MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -59,11 +61,22 @@ def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -
     failed (not counted), and its values are queued to run first, so that it resumes from its checkpoint."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
+        values = trial.params or trial.system_attrs.get("fixed_params", {})
+        rerun = requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1))
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={RESUMES: trial.number})
-        on_lost(trial, rerun=bool(trial.params))
+        on_lost(trial, rerun=rerun)
     return len(stale)
+
+
+def requeue(study: optuna.Study, number: int, values: dict, attempt: int) -> bool:
+    """Queue an interrupted trial's values to run next, where the new trial resumes its checkpoint; once per trial,
+    and at most MAX_ATTEMPTS times in a row, so that values which kill their process (out of memory) give way."""
+    if not values or attempt >= MAX_ATTEMPTS:
+        return False
+    if not any(t.user_attrs.get(RESUMES) == number for t in study.get_trials(deepcopy=False,
+                                                                            states=(TrialState.WAITING,))):
+        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1})
+    return True
 
 
 def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callable[[FrozenTrial], None]) -> None:
@@ -195,16 +208,15 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
     try:
         params = retry(lambda: suggest_optuna(trial, settings.space), "starting a trial", log=log)
         with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
-            metrics = runner.run(trial.number, params, report)
+            metrics = runner.run(trial.number, params, report, resumes=trial.user_attrs.get(RESUMES))
     except UpdateFinishedTrialError:  # while suggesting: declared lost before it began
         lost()
     except TrialLost:
         lost()
-    except KeyboardInterrupt:
-        finish(TrialState.FAIL)  # not counted: the next run takes its values up first, and resumes its checkpoint
-        if params:
-            retry(lambda: study.enqueue_trial(params, user_attrs={RESUMES: trial.number}), "queueing a trial",
-                  log=log)
+    except KeyboardInterrupt:  # not counted; queued first, so that no other trial takes its place meanwhile
+        values = params or study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
+        retry(lambda: requeue(study, trial.number, values, 0), "queueing a trial", log=log)  # Ctrl-C: always
+        finish(TrialState.FAIL)
         raise
     except PruneTrial as exc:
         on_trial(trial.number, params, "pruned", None, str(exc))

@@ -41,6 +41,11 @@ class EpochProgress:
             self.stream.flush()
             self.shown = False
 
+    def say(self, line: str) -> None:
+        """Print a line that stays (the status line, if any, is redrawn by the next epoch)."""
+        self.clear()
+        print(line, file=self.stream, flush=True)
+
     def _status(self, text: str) -> None:
         self.stream.write("\r\033[K" + text)
         self.stream.flush()

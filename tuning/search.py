@@ -212,13 +212,12 @@ def search(args) -> dict:
     progress = EpochProgress(settings.epoch_metric, verbose=args.verbose)
 
     def on_trial(number, params, state, metrics, note):
-        progress.clear()
         if state == "complete":
             outcome = (f"{settings.metric} {metrics[settings.metric]:.4f}  test BLEU-4 "
                        f"{metrics.get('test_bleu4', float('nan')):.4f}  {metrics['wall_seconds']:.0f}s")
         else:
             outcome = f"{state.upper()}: {note}"
-        print(f"trial {number:3d}  {_short(params)}  {outcome}", flush=True)
+        progress.say(f"trial {number:3d}  {_short(params)}  {outcome}")
 
     def on_lost(trial, rerun: bool = False) -> None:  # best effort: a finished study's sweep closes any run missed
         try:
@@ -227,9 +226,8 @@ def search(args) -> dict:
             note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
         then = ("its values run again first, from its last finished epoch" if rerun else
                 "another trial runs in its place")
-        progress.clear()
-        print(f"search: trial {trial.number} was lost with its process "
-              f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; {then}", flush=True)
+        progress.say(f"search: trial {trial.number} was lost with its process "
+                     f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; {then}")
 
     # Running trials' state, so that an interrupted one resumes; local to this machine, like the feature cache.
     checkpoints = cache_root() / "checkpoints" / f"{study}-{hashlib.sha256(storage.encode()).hexdigest()[:8]}"
@@ -247,7 +245,8 @@ def search(args) -> dict:
                 optuna_study = open_study(study, storage, settings, on_lost)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, on_lost)
-            finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost)
+            finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost,
+                                  log=progress.say)
         else:
             from tuning.keras_tuner_engine import open_tuner
 

@@ -2,8 +2,7 @@
 captioning.pipeline.train_and_evaluate, logged as a nested MLflow run with its metrics, curves, samples and model."""
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import tempfile
 import time
 import traceback
@@ -54,9 +53,10 @@ class TrialRunner:
             return self._prepared[key], self._prepared[key].stats.cache_hits
         return self._prepared[key], len(self.dataset.images)
 
-    def run(self, number: int, params: dict[str, Any],
-            report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-        """Train and evaluate one trial; returns its final metrics. Raises PruneTrial or the trial's error."""
+    def run(self, number: int, params: dict[str, Any], report: Callable[[int, float], None] | None = None,
+            resumes: int | None = None) -> dict[str, Any]:
+        """Train and evaluate one trial; returns its final metrics. Raises PruneTrial or the trial's error.
+        `resumes`: the number of an interrupted trial of the same values, whose checkpoint this one continues."""
         config = self.base.replace(**params)
         keras.backend.clear_session()
         start = time.perf_counter()
@@ -67,9 +67,11 @@ class TrialRunner:
         self.last_run_id = run.info.run_id
         status = "FAILED"  # until shown otherwise; a killed process leaves RUNNING, closed on the next start
         checkpoint = None
-        if self.checkpoints is not None:  # named by the trial's setting: a rerun of the same values finds it
-            key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
-            checkpoint = self.checkpoints / f"{key}.npz"
+        if self.checkpoints is not None:
+            checkpoint = self.checkpoints / f"trial-{number}.npz"
+            earlier = self.checkpoints / f"trial-{resumes}.npz"
+            if resumes is not None and earlier.exists():  # taken over (and checked against this trial's setting)
+                os.replace(earlier, checkpoint)
         try:
             mlflow.log_params(config.to_dict())
             prepared, hits = self.prepared(config)
@@ -111,9 +113,9 @@ class TrialRunner:
             status = "KILLED"
             raise
         except KeyboardInterrupt:
+            checkpoint = None  # kept (first thing: a second Ctrl-C may follow): the rerun of these values resumes it
             mlflow.set_tags({"state": "interrupted"})
             status = "KILLED"
-            checkpoint = None  # kept: the rerun of these values resumes from it
             raise
         except Exception as exc:
             mlflow.set_tags({"state": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
@@ -128,9 +130,7 @@ class TrialRunner:
                 mlflow.end_run(status)  # always, or the next trial could not start a run
 
     def _say(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress.clear()
-        print(line, flush=True)
+        (self.progress or EpochProgress("")).say(line)
 
     @staticmethod
     def mark(run_id: str, state: str, note: str) -> None:
