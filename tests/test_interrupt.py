@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 import mlflow
 
@@ -141,3 +142,31 @@ def test_interrupted_values_are_queued_once_and_give_way_after_repeated_kills():
     assert not requeue(study, trial.number, values, attempt=MAX_ATTEMPTS)  # killed every time: new values instead
     assert not requeue(study, 5, {}, attempt=1)  # interrupted before it had values: nothing to resume
     assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_trial_after_its_epoch(tmp_path, shapes_dir):
+    """Python only prints a KeyboardInterrupt raised inside a garbage-collection callback; the search's handler
+    remembers it, and the trial stops at the end of the epoch, its checkpoint kept for the rerun."""
+    sys.path.insert(0, str(PROJECT))
+    from captioning.config import load_config
+    from captioning.pipeline import load_and_report
+    from tuning.settings import read_settings
+    from tuning.tracking import ensure_experiment
+    from tuning.trials import INTERRUPTED, TrialRunner
+
+    (tmp_path / "kill.yaml").write_text(EXPERIMENT)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = read_settings(tmp_path / "kill.yaml")
+    runner = TrialRunner(load_config(tmp_path / "kill.yaml"), load_and_report(shapes_dir, log=lambda _: None),
+                         settings, "swallowed", "optuna", ensure_experiment("kill"), "none",
+                         checkpoints=tmp_path / "checkpoints")
+    INTERRUPTED.set()  # as if the handler had run and its exception had been swallowed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(0, {"dropout": 0.1})
+    finally:
+        INTERRUPTED.clear()
+    run, = _runs()
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "dev_loss")) == 1  # stopped after epoch 1
+    assert (tmp_path / "checkpoints" / "trial-0.npz").exists()

@@ -221,14 +221,14 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
     other_worker = RDBStorage(servers.storage)
     experiment_id = ensure_experiment("workers")
     runner = TrialRunner(load_config(tmp_path / "workers.yaml"), load_and_report(shapes_dir), settings,
-                         "declared-lost", "optuna", experiment_id, "none", log=lambda _: None)
+                         "declared-lost", "optuna", experiment_id, "none")
     real_run = runner.run
 
-    def run_then_declared_lost(number, params, report):
+    def run_then_declared_lost(number, params, report, **options):
         def report_after_the_other_worker(epoch, value):
             other_worker.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # "no heartbeat seen"
             report(epoch, value)
-        return real_run(number, params, report_after_the_other_worker)
+        return real_run(number, params, report_after_the_other_worker, **options)
 
     runner.run = run_then_declared_lost
     _run_trial(study, trial, runner, settings, on_trial=lambda *a: None, server=True, log=print)

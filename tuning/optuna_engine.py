@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuning.coordination import KEEPALIVE, Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
 from tuning.space import suggest_optuna
-from tuning.trials import PruneTrial, TrialLost, TrialRunner
+from tuning.trials import PruneTrial, TrialLost, TrialRunner, stop_if_interrupted
 
 ERROR = "fail_reason"  # user attribute of a trial that failed with an error (a lost trial has none)
 WORKER = "worker"  # user attribute: host:pid of the process running the trial
@@ -116,6 +116,7 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, gua
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     waiting = False
     while True:
+        stop_if_interrupted()
         timed_out = deadline is not None and time.monotonic() >= deadline
         trial, trials = _claim_trial(study, settings, guard, server, timed_out, on_lost, log)
         if trial is not None:

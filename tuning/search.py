@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -357,6 +358,14 @@ def main(argv=None) -> int:
     from captioning.data import DataError
     from captioning.weights import WeightsError
 
+    from tuning.trials import INTERRUPTED
+
+    def interrupt(signum, frame):  # as Python's own, but remembered: see stop_if_interrupted
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         search(args)
     except (ConfigError, DataError, WeightsError) as exc:
@@ -367,6 +376,7 @@ def main(argv=None) -> int:
               "trial goes on from its last finished epoch.", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGINT, previous)
         while _LOCKS:
             _LOCKS.pop().close()
     return 0

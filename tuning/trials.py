@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +30,15 @@ class PruneTrial(Exception):
 class TrialLost(Exception):
     """Raised by an engine's per-epoch report when another worker has declared this trial lost (its heartbeat was
     not seen for the grace period): the trial is abandoned, and its run marked KILLED."""
+
+
+INTERRUPTED = threading.Event()  # set by the search's Ctrl-C handler
+
+
+def stop_if_interrupted() -> None:
+    """Raise the Ctrl-C that a library swallowed (one raised inside a garbage-collection callback is only printed)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 class TrialRunner:
@@ -90,6 +100,7 @@ class TrialRunner:
                                    step=epoch)
                 if self.progress is not None:
                     self.progress.epoch(number, epoch, record)
+                stop_if_interrupted()
                 if report is not None:
                     report(epoch, record[self.settings.epoch_metric])
 
