@@ -231,16 +231,15 @@ def search(args) -> dict:
                      f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; {then}")
 
     # Running trials' state, so that an interrupted one resumes; local to this machine, like the feature cache.
-    checkpoints = cache_root() / "checkpoints" / f"{study}-{hashlib.sha256(storage.encode()).hexdigest()[:8]}"
+    storage_key = hashlib.sha256(storage.encode()).hexdigest()[:8]
+    checkpoints = cache_root() / "checkpoints" / f"{study}-{storage_key}"
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
                          checkpoints)
     start = time.perf_counter()
     status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":
-            from tuning.optuna_engine import fail_interrupted_trials, run_optuna
-
-            from tuning.optuna_engine import open_study
+            from tuning.optuna_engine import fail_interrupted_trials, open_study, run_optuna
 
             with _study_database(storage), guard.hold("opening the study"):  # a fresh database: create tables once
                 optuna_study = open_study(study, storage, settings, on_lost)
@@ -344,7 +343,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
     warnings.filterwarnings("ignore", message=".*input example was not provided")
-    # (MLflow's one "Add type hints to the `predict` method" notice is issued under a filter of its own.)
     for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import optuna
