@@ -64,7 +64,7 @@ def main() -> None:
     training = result.training
     result.captioner.save(Path(args.save))
     rows = {f"{ev.split}_{'greedy' if ev.beam_width == 1 else f'beam{ev.beam_width}'}":
-            {**ev.bleu, "seconds": ev.seconds} for ev in result.evaluations}
+            {**ev.scores, "seconds": ev.seconds} for ev in result.evaluations}
     report = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "config": config.to_dict(),
         "images": {split: len(dataset.splits[split]) for split in dataset.splits},

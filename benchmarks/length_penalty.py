@@ -30,8 +30,8 @@ def main() -> None:
         captioner.config.length_penalty = penalty
         dev, test = (evaluate(captioner, prepared, split, args.beam) for split in ("dev", "test"))
         length = sum(len(c.split()) for c in dev.captions.values()) / len(dev.captions)
-        print(f"| {penalty:g} | {dev.bleu['bleu1']:.4f} | {dev.bleu['bleu4']:.4f} | {length:.2f} | "
-              f"{test.bleu['bleu4']:.4f} |", flush=True)
+        print(f"| {penalty:g} | {dev.scores['bleu1']:.4f} | {dev.scores['bleu4']:.4f} | {length:.2f} | "
+              f"{test.scores['bleu4']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,19 @@ def _config(args):
     return load_config(path, args.set)
 
 
+TABLE = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "coco_bleu4": "coco BLEU-4",
+         "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D", "spice": "SPICE"}
+
+
 def _table(evaluations) -> str:
-    lines = ["| split | decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | seconds |", "|---|---|---|---|---|---|---|"]
+    """BLEU-1..4 (NLTK), then the COCO metrics that ran here."""
+    columns = [k for k in TABLE if evaluations and k in evaluations[0].scores]
+    lines = ["| split | decoding | " + " | ".join(TABLE[k] for k in columns) + " | seconds |",
+             "|---|---|" + "---|" * (len(columns) + 1)]
     for ev in evaluations:
         decoding = "greedy" if ev.beam_width == 1 else f"beam-{ev.beam_width}"
-        lines.append(f"| {ev.split} | {decoding} | " + " | ".join(f"{ev.bleu[k]:.3f}" for k in
-                     ("bleu1", "bleu2", "bleu3", "bleu4")) + f" | {ev.seconds:.1f} |")
+        lines.append(f"| {ev.split} | {decoding} | " + " | ".join(f"{ev.scores.get(k, float('nan')):.3f}"
+                                                                 for k in columns) + f" | {ev.seconds:.1f} |")
     return "\n".join(lines)
 
 

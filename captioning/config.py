@@ -23,6 +23,9 @@ class Config:
     encoder: str = "xception"
     image_size: int = 299
     feature_grid: int = 1  # 1: global average pooling (the seed); g: a g x g grid of averages, concatenated
+    colour_grid: int = 0  # g > 0: a g x g grid of the image's colours appended to the encoder's features
+    feature_flip: bool = False  # also encode the horizontally mirrored image (cached too); see flip_mode
+    flip_mode: str = "average"  # average: train and caption on the mean of both; augment: train on either, by chance
     # Text.
     vocab_min_count: int = 5
     max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
@@ -39,6 +42,11 @@ class Config:
     lr_decay: float = 0.5  # after an epoch that does not improve the selection metric, learning_rate *= lr_decay
     selection_metric: str = "bleu4"  # dev-split metric used for early stopping and model selection
     seed: int = 0
+    # Self-critical sequence training (Rennie et al. 2017) after teacher forcing: reward CIDEr-D on train captions.
+    scst_epochs: int = 0  # 0: off
+    scst_samples: int = 5  # captions sampled per image and step
+    scst_learning_rate: float = 5e-5
+    scst_baseline: str = "mean"  # mean: the mean reward of the image's other samples; greedy: the greedy caption's
     # Decoding.
     beam_width: int = 3
     length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
@@ -58,7 +66,9 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "loss")
+SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
+FLIP_MODES = ("average", "augment")
+SCST_BASELINES = ("mean", "greedy")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -95,6 +105,20 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
     if not 0.0 < config.lr_decay <= 1.0:
         raise ConfigError(f"config key 'lr_decay' must be in (0, 1] (1: constant learning rate), got {config.lr_decay}")
+    if config.colour_grid < 0:
+        raise ConfigError(f"config key 'colour_grid' must be 0 (off) or more, got {config.colour_grid}")
+    if config.flip_mode not in FLIP_MODES:
+        raise ConfigError(f"config key 'flip_mode' must be one of {', '.join(FLIP_MODES)}, got {config.flip_mode!r}")
+    if config.scst_epochs < 0:
+        raise ConfigError(f"config key 'scst_epochs' must be 0 (off) or more, got {config.scst_epochs}")
+    if config.scst_samples < 2 and not (config.scst_samples == 1 and config.scst_baseline == "greedy"):
+        raise ConfigError(f"config key 'scst_samples' must be at least 2 (the baseline is the mean reward of an "
+                          f"image's other samples; 1 only with scst_baseline=greedy), got {config.scst_samples}")
+    if config.scst_learning_rate <= 0:
+        raise ConfigError(f"config key 'scst_learning_rate' must be positive, got {config.scst_learning_rate}")
+    if config.scst_baseline not in SCST_BASELINES:
+        raise ConfigError(f"config key 'scst_baseline' must be one of {', '.join(SCST_BASELINES)}, "
+                          f"got {config.scst_baseline!r}")
     if config.patience < 0:
         raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
     if config.selection_metric not in SELECTION_METRICS:

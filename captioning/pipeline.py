@@ -13,7 +13,7 @@ from captioning.config import Config
 from captioning.data import SPLITS, DataError, Dataset, load_dataset
 from captioning.encoders import make_encoder
 from captioning.features import ExtractionStats, extract_features
-from captioning.metrics import corpus_bleu_scores
+from captioning.metrics import coco_scores, corpus_bleu_scores, start_java_scorers
 from captioning.text import Vocabulary
 from captioning.train import EpochCallback, TrainResult, train_decoder
 
@@ -50,7 +50,7 @@ def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared
 class Evaluation:
     split: str
     beam_width: int
-    bleu: dict[str, float]
+    scores: dict[str, float]  # NLTK bleu1..4 and the COCO metrics (captioning.metrics.METRICS) that run here
     captions: dict[str, str]  # image name -> generated caption
     seconds: float
 
@@ -64,8 +64,9 @@ def evaluate(captioner: Captioner, prepared: Prepared, split: str, beam_width: i
     decoded = captioner.decode_features(prepared.features[split], beam_width)
     seconds = time.perf_counter() - start
     hypotheses = [alternatives[0][0].split() for alternatives in decoded]
-    bleu = corpus_bleu_scores([dataset.captions[name] for name in names], hypotheses)
-    return Evaluation(split, beam_width, bleu, {n: " ".join(h) for n, h in zip(names, hypotheses)}, seconds)
+    scores = corpus_bleu_scores([dataset.captions[name] for name in names], hypotheses)
+    scores |= coco_scores([dataset.raw_captions[name] for name in names], [" ".join(h) for h in hypotheses])
+    return Evaluation(split, beam_width, scores, {n: " ".join(h) for n, h in zip(names, hypotheses)}, seconds)
 
 
 @dataclasses.dataclass
@@ -79,9 +80,9 @@ class RunResult:
         out = {}
         for ev in self.evaluations:
             if ev.beam_width == 1:
-                out.update({f"{ev.split}_greedy_{k}": v for k, v in ev.bleu.items()})
+                out.update({f"{ev.split}_greedy_{k}": v for k, v in ev.scores.items()})
             if ev.beam_width == self.captioner.config.beam_width:
-                out.update({f"{ev.split}_{k}": v for k, v in ev.bleu.items()})
+                out.update({f"{ev.split}_{k}": v for k, v in ev.scores.items()})
         return out
 
 
@@ -91,6 +92,7 @@ def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: Epoch
     """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`.
     `checkpoint`: a file that keeps the training's state after every epoch, and resumes it (see train_decoder)."""
     dataset = prepared.dataset
+    start_java_scorers()  # METEOR's start takes seconds of loading: let it overlap with the training
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
     vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
     training = train_decoder(config, vocab, prepared.features["train"], [dataset.captions[n] for n in train_names],

@@ -17,7 +17,7 @@ import tensorflow as tf
 from captioning.cache import atomic_write
 from captioning.config import Config
 from captioning.decode import greedy_search
-from captioning.metrics import corpus_bleu_scores
+from captioning.metrics import CiderD, corpus_bleu_scores
 from captioning.model import StepDecoder, build_decoder, masked_cross_entropy
 from captioning.text import Vocabulary, pad_batch
 
@@ -109,9 +109,14 @@ class TrainResult:
 
 
 def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray,
-                    references: list[list[list[str]]], max_length: int) -> dict[str, float]:
+                    references: list[list[list[str]]], max_length: int,
+                    cider: CiderD | None = None) -> dict[str, float]:
+    """Greedy captions scored with NLTK BLEU-1..4 and, given a scorer of these references, CIDEr-D."""
     hypotheses = [vocab.decode(ids) for ids in greedy_search(decoder, features, max_length)]
-    return corpus_bleu_scores(references, hypotheses)
+    scores = corpus_bleu_scores(references, hypotheses)
+    if cider is not None:
+        scores["cider"] = cider.corpus_score(hypotheses)
+    return scores
 
 
 class Checkpoint:
@@ -125,15 +130,18 @@ class Checkpoint:
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     @staticmethod
-    def _variables(model: keras.Model) -> list:
-        return list(model.variables) + list(model.optimizer.variables)
+    def _variables(model: keras.Model, optimizer) -> list:
+        return list(model.variables) + list((optimizer or model.optimizer).variables)
 
-    def save(self, model: keras.Model, selection: "_DevSelection") -> None:
-        arrays = {f"v{i}": v.numpy() for i, v in enumerate(self._variables(model))}
+    def save(self, model: keras.Model, selection: "_DevSelection", optimizer=None, stage: str = "teacher") -> None:
+        """`optimizer`: the one training now (default: the model's); `stage`: teacher (forcing) or scst."""
+        variables = self._variables(model, optimizer)
+        arrays = {f"v{i}": v.numpy() for i, v in enumerate(variables)}
         arrays |= {f"b{i}": w for i, w in enumerate(selection.best_weights)}
         state = {"identity": self.identity, "epoch": len(selection.history), "history": selection.history,
-                 "best": selection.best, "best_epoch": selection.best_epoch,
-                 "variables": len(self._variables(model)), "best_weights": len(selection.best_weights)}
+                 "best": selection.best, "best_epoch": selection.best_epoch, "stage": stage,
+                 "stage_start": selection.stage_start,
+                 "variables": len(variables), "best_weights": len(selection.best_weights)}
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: numpy adds no suffix
@@ -145,45 +153,52 @@ class Checkpoint:
             print(f"warning: cannot write the checkpoint {self.path} ({exc}); an interrupted run will start over",
                   file=sys.stderr)
 
-    def restore(self, model: keras.Model, selection: "_DevSelection") -> int:
-        """Load the saved state into a compiled model; returns the epochs it had finished (0: nothing to resume)."""
+    def restore(self, model: keras.Model, selection: "_DevSelection", scst_optimizer=None) -> tuple[int, str]:
+        """Load the saved state into a compiled model; returns the epochs it had finished (0: nothing to resume)
+        and the stage it was in (teacher or scst, whose optimizer is `scst_optimizer`)."""
         if not self.path.exists():
-            return 0
+            return 0, "teacher"
         try:
             with np.load(self.path) as data:
                 state = json.loads(str(data["state"]))
                 if state.get("identity") != self.identity:  # another setting's: not this training's to resume
-                    return 0
-                model.optimizer.build(model.trainable_variables)
-                variables = self._variables(model)
+                    return 0, "teacher"
+                stage = state.get("stage", "teacher")
+                optimizer = scst_optimizer if stage == "scst" else model.optimizer
+                optimizer.build(model.trainable_variables)
+                variables = self._variables(model, optimizer)
                 values = [data[f"v{i}"] for i in range(state["variables"])]
                 best = [data[f"b{i}"] for i in range(state["best_weights"])]
         except Exception as exc:  # damaged, cut short, or from another version of the code
             print(f"warning: ignoring the checkpoint {self.path} ({type(exc).__name__}: {exc}); training starts "
                   "at epoch 1", file=sys.stderr)
-            return 0
+            return 0, "teacher"
         shapes = [tuple(v.shape) for v in variables], [tuple(v.shape) for v in values]
         if shapes[0] != shapes[1] or [w.shape for w in model.get_weights()] != [w.shape for w in best]:
             print(f"warning: ignoring the checkpoint {self.path} (saved by a different model); training starts at "
                   "epoch 1", file=sys.stderr)
-            return 0
+            return 0, "teacher"
         for variable, value in zip(variables, values):
             variable.assign(value)
         selection.best_weights = best
         selection.history, selection.best, selection.best_epoch = state["history"], state["best"], state["best_epoch"]
-        return state["epoch"]
+        selection.stage_start = state.get("stage_start", 0)
+        return state["epoch"], stage
 
 
 class _DevSelection(keras.callbacks.Callback):
     """Scores the dev split after each epoch, keeps the best weights, multiplies the learning rate by `lr_decay`
-    after an epoch that does not improve, and stops after `patience` such epochs in a row."""
+    after an epoch that does not improve, and stops after `patience` such epochs in a row. The self-critical stage
+    goes on with the same selection (its epochs continue the numbering; its patience counts from its start)."""
 
     def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose, checkpoint=None):
         super().__init__()
         self.config, self.vocab, self.checkpoint = config, vocab, checkpoint
         self.dev_features, self.dev_references = dev_features, dev_references
+        self.dev_cider = CiderD(dev_references)  # document frequencies of the dev references, counted once
         self.epoch_callback, self.verbose = epoch_callback, verbose
         self.history, self.best, self.best_epoch, self.best_weights = [], None, -1, None
+        self.stage_start = 0  # epochs finished before the current stage began
         self.stopped_early = False
 
     def on_train_begin(self, logs=None):
@@ -194,37 +209,45 @@ class _DevSelection(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if not math.isfinite(logs.get("loss", float("nan"))):
-            raise TrainingError(f"the training loss became {logs.get('loss')} in epoch {epoch + 1}; "
-                                "lower learning_rate (e.g. --set learning_rate=0.0003)")
-        bleu = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references, self.config.max_length)
-        learning_rate = self.model.optimizer.learning_rate
-        record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "dev_loss": float(logs.get("val_loss", "nan")),
-                  **{f"dev_{k}": v for k, v in bleu.items()}, "learning_rate": float(learning_rate.numpy()),
-                  "seconds": time.perf_counter() - self.started}
+        self.end_epoch(self.model, epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+                       self.model.optimizer, self.started)
+        if self.done(epoch + 1):
+            self.stopped_early = True
+            self.model.stop_training = True
+
+    def end_epoch(self, model, epoch: int, loss: float, dev_loss: float, optimizer, started: float,
+                  stage: str = "teacher", extra: dict | None = None) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(f"the training loss became {loss} in epoch {epoch}; lower the learning rate "
+                                "(e.g. --set learning_rate=0.0003, or scst_learning_rate for the self-critical stage)")
+        scores = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references,
+                                 self.config.max_length, self.dev_cider)
+        learning_rate = optimizer.learning_rate
+        record = {"epoch": epoch, "stage": stage, "loss": float(loss), "dev_loss": float(dev_loss),
+                  **{f"dev_{k}": v for k, v in scores.items()}, "learning_rate": float(learning_rate.numpy()),
+                  **(extra or {}), "seconds": time.perf_counter() - started}
         self.history.append(record)
         metric = self.config.selection_metric
         value = record["dev_loss"] if metric == "loss" else record[f"dev_{metric}"]
         better = self.best is None or (value < self.best if metric == "loss" else value > self.best)
         if better:
-            self.best, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+            self.best, self.best_epoch, self.best_weights = value, epoch, model.get_weights()
         elif self.config.lr_decay < 1.0:
             learning_rate.assign(learning_rate * self.config.lr_decay)
         if self.verbose:
-            print(f"epoch {epoch + 1:2d}  loss {record['loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
-                  f"dev BLEU-1..4 {bleu['bleu1']:.3f} {bleu['bleu2']:.3f} {bleu['bleu3']:.3f} {bleu['bleu4']:.3f}  "
+            reward = f"  reward {record['reward']:.3f}" if "reward" in record else ""
+            print(f"epoch {epoch:2d}{' scst' if stage == 'scst' else ''}  loss {record['loss']:.3f}  dev loss "
+                  f"{record['dev_loss']:.3f}{reward}  dev BLEU-1..4 {scores['bleu1']:.3f} {scores['bleu2']:.3f} "
+                  f"{scores['bleu3']:.3f} {scores['bleu4']:.3f}  CIDEr-D {scores['cider']:.3f}  "
                   f"{record['seconds']:.0f}s" + ("  *" if better else ""), flush=True)
         if self.checkpoint is not None:  # before the callback, which may stop the run (pruned, interrupted)
-            self.checkpoint.save(self.model, self)
+            self.checkpoint.save(model, self, optimizer, stage)
         if self.epoch_callback is not None:
-            self.epoch_callback(epoch + 1, record)  # may raise, e.g. to prune a search trial
-        if self.done(epoch + 1):
-            self.stopped_early = True
-            self.model.stop_training = True
+            self.epoch_callback(epoch, record)  # may raise, e.g. to prune a search trial
 
     def done(self, epochs: int) -> bool:
-        """Whether `patience` epochs in a row have passed without a better one."""
-        return epochs > 0 and epochs - self.best_epoch > self.config.patience
+        """Whether `patience` epochs in a row of the current stage have passed without a better one."""
+        return epochs > 0 and epochs - max(self.best_epoch, self.stage_start) > self.config.patience
 
 
 def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
@@ -249,19 +272,31 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
                                         "features": list(train_features.shape) + list(dev_features.shape),
                                         "tokens": [train.tokens, dev.tokens]})
     selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose, saver)
-    done = saver.restore(model, selection) if saver is not None else 0
-    if done:
-        train.epoch = done  # the batch order of the epoch it resumes at
-        train._plan()
-        if epoch_callback is not None:
-            for record in selection.history:
-                epoch_callback(record["epoch"], {**record, "resumed_after": done})
-    if done < config.epochs and not selection.done(done):
-        model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, initial_epoch=done,
-                  callbacks=[selection], verbose=0, shuffle=False)  # CaptionBatches shuffles, by seed
-    else:
-        selection.stopped_early = selection.done(done)
-    model.set_weights(selection.best_weights)
+    scst = None
+    if config.scst_epochs:
+        from captioning.scst import SelfCritical
+
+        scst = SelfCritical(config, vocab, model, train_features, train_captions, dev, selection)
+    done, stage = saver.restore(model, selection, scst and scst.optimizer) if saver is not None else (0, "teacher")
+    if done and epoch_callback is not None:
+        for record in selection.history:
+            epoch_callback(record["epoch"], {**record, "resumed_after": done})
+    if stage == "teacher":
+        if done:
+            train.epoch = done  # the batch order of the epoch it resumes at
+            train._plan()
+        if done < config.epochs and not selection.done(done):
+            model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, initial_epoch=done,
+                      callbacks=[selection], verbose=0, shuffle=False)  # CaptionBatches shuffles, by seed
+        else:
+            selection.stopped_early = selection.done(done)
+        model.set_weights(selection.best_weights)  # the self-critical stage starts from the best of teacher forcing
+        if scst is not None:
+            selection.stage_start = len(selection.history)
+    if scst is not None:
+        selection.decoder = StepDecoder(model, vocab)  # (fit's on_train_begin made one; a resumed stage needs it)
+        selection.stopped_early = scst.train(done_epochs=len(selection.history))
+        model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,
                        train_tokens=train.tokens)

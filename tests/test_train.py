@@ -25,7 +25,7 @@ def test_training_learns_far_beyond_an_untrained_model(trained):
     seed_everything(0)
     untrained = Captioner(config, result.captioner.vocab,
                           build_decoder(config, len(result.captioner.vocab), prepared.features["train"].shape[1]))
-    before = evaluate(untrained, prepared, "test", 1).bleu["bleu4"]
+    before = evaluate(untrained, prepared, "test", 1).scores["bleu4"]
     after = result.metrics()
     assert after["test_greedy_bleu4"] > before + 0.2 and after["test_bleu4"] > before + 0.2
     history = result.training.history

@@ -1,0 +1,75 @@
+"""Self-critical sequence training on generated scenes: it raises the reward it optimises, continues the dev
+selection, and resumes exactly after an interruption."""
+import numpy as np
+import pytest
+
+from captioning.config import ConfigError, load_config
+from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def prepared(shapes_dir):
+    from captioning.config import Config
+
+    config = Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=20,
+                    embedding_size=32, units=64, dropout=0.1, learning_rate=0.01, batch_size=32, epochs=3,
+                    patience=8, beam_width=2, scst_samples=3, scst_learning_rate=3e-3)
+    return config, prepare(config, load_and_report(shapes_dir, log=lambda line: None), progress=False)
+
+
+def test_scst_raises_the_cider_reward_and_continues_the_selection(prepared):
+    config, data = prepared
+    result = train_and_evaluate(config.replace(scst_epochs=4, selection_metric="cider"), data, eval_splits=(),
+                                verbose=False)
+    history = result.training.history
+    assert [h["stage"] for h in history] == ["teacher"] * 3 + ["scst"] * 4
+    assert [h["epoch"] for h in history] == list(range(1, 8))
+    rewards = [h["reward"] for h in history[3:]]
+    assert rewards[-1] > rewards[0]  # the policy gradient raises what it optimises
+    assert history[3]["learning_rate"] == pytest.approx(config.scst_learning_rate)  # its own optimizer
+    best = max(history, key=lambda h: h["dev_cider"])
+    assert result.training.best_epoch == best["epoch"] and result.training.best == best
+
+
+def test_greedy_baseline_runs_with_one_sample(prepared):
+    config, data = prepared
+    result = train_and_evaluate(config.replace(epochs=1, scst_epochs=1, scst_samples=1, scst_baseline="greedy"),
+                                data, eval_splits=(), verbose=False)
+    assert result.training.history[-1]["stage"] == "scst" and np.isfinite(result.training.history[-1]["reward"])
+
+
+def test_an_interrupted_scst_stage_resumes_exactly(prepared, tmp_path):
+    config, data = prepared
+    config = config.replace(epochs=2, scst_epochs=2)
+    checkpoint = tmp_path / "trial.npz"
+    seen = []
+
+    def stop_after_epoch_3(epoch, record):
+        seen.append((epoch, record.get("resumed_after")))
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, data, stop_after_epoch_3, eval_splits=(), verbose=False, checkpoint=checkpoint)
+    assert seen == [(1, None), (2, None), (3, None)]
+    seen.clear()
+    resumed = train_and_evaluate(config, data, lambda e, r: seen.append((e, r.get("resumed_after"))),
+                                 eval_splits=(), verbose=False, checkpoint=checkpoint)
+    assert seen == [(1, 3), (2, 3), (3, 3), (4, None)]
+    whole = train_and_evaluate(config, data, eval_splits=(), verbose=False)
+    assert resumed.training.history == [{**h, "seconds": r["seconds"]}
+                                        for h, r in zip(whole.training.history, resumed.training.history)]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.training.model.get_weights(),
+                                                     whole.training.model.get_weights()))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scst_samples=0", "'scst_samples' must be at least 2"),
+    ("scst_baseline=best", "'scst_baseline' must be one of mean, greedy"),
+    ("scst_epochs=-1", "'scst_epochs' must be 0"),
+    ("scst_learning_rate=0", "'scst_learning_rate' must be positive"),
+    ("selection_metric=cidr", "'selection_metric' must be one of .*cider"),
+])
+def test_bad_scst_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
