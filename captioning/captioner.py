@@ -73,7 +73,10 @@ class Captioner:
     # ... or from images (paths, bytes, arrays, PIL images).
     def caption_alternatives(self, images: Sequence[ImageSource],
                              beam_width: int | None = None) -> list[list[tuple[str, float]]]:
-        features = self.encoder.encode([load_rgb(image) for image in images])
+        pixels = [load_rgb(image) for image in images]
+        features = self.encoder.encode(pixels)
+        if self.config.feature_flip and self.config.flip_mode == "average":  # as it was trained
+            features = (features + make_encoder(self.config, mirrored=True).encode(pixels)) / 2
         return self.decode_features(features, beam_width)
 
     def caption(self, images: Sequence[ImageSource] | ImageSource, beam_width: int | None = None):

@@ -45,7 +45,7 @@ class Config:
     # Self-critical sequence training (Rennie et al. 2017) after teacher forcing: reward CIDEr-D on train captions.
     scst_epochs: int = 0  # 0: off
     scst_samples: int = 5  # captions sampled per image and step
-    scst_learning_rate: float = 5e-5
+    scst_learning_rate: float = 2e-4  # for steps of batch_size images x scst_samples captions
     scst_baseline: str = "mean"  # mean: the mean reward of the image's other samples; greedy: the greedy caption's
     # Decoding.
     beam_width: int = 3

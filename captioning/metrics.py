@@ -69,8 +69,14 @@ def _notice(line: str) -> None:
         print(f"metrics: {line}", file=sys.stderr, flush=True)
 
 
-@lru_cache(maxsize=None)
 def java_available() -> bool:
+    """Whether the Java-based scorers run: `java` is on PATH and $CAPTIONING_JAVA_METRICS is not `off` (which skips
+    them on purpose, e.g. for quick tests: each process pays seconds to start METEOR)."""
+    return os.environ.get("CAPTIONING_JAVA_METRICS", "on").lower() != "off" and _java_on_path()
+
+
+@lru_cache(maxsize=None)
+def _java_on_path() -> bool:
     return shutil.which("java") is not None
 
 
@@ -97,7 +103,7 @@ def _quiet_stderr():
 def _spice_missing() -> str | None:
     """Why SPICE cannot run here, or None."""
     if not java_available():
-        return "SPICE skipped: it runs on Java and no `java` is on PATH"
+        return "SPICE skipped: it runs on Java, which is not on PATH or is turned off (CAPTIONING_JAVA_METRICS=off)"
     lib = _package_dir() / "spice" / "lib"
     if not (lib / "stanford-corenlp-3.6.0.jar").is_file() or not (lib / "stanford-corenlp-3.6.0-models.jar").is_file():
         return ("SPICE skipped: it needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads at first use (no "
@@ -116,6 +122,8 @@ def unavailable(metric: str) -> str | None:
     if name not in METRICS:
         raise MetricError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
     if name == "meteor" and not java_available():
+        if _java_on_path():
+            return "METEOR runs on Java, which CAPTIONING_JAVA_METRICS=off turns off"
         return "METEOR runs on Java and no `java` is on PATH (install a Java runtime, e.g. default-jre-headless)"
     if name == "spice":
         return _spice_missing()
@@ -151,6 +159,9 @@ def _tokenize(texts: dict[int, list[str]]) -> dict[int, list[str]]:
             return {k: tokens.get(k, []) + [""] * (len(texts[k]) - len(present[k])) for k in texts}
         except (OSError, ValueError) as exc:  # e.g. a read-only site-packages, where it writes its input file
             _notice(f"the PTB tokenizer failed ({exc}); using our own cleaned tokens")
+    elif _java_on_path():
+        _notice("METEOR and the PTB tokenizer skipped: CAPTIONING_JAVA_METRICS=off; BLEU, ROUGE-L and CIDEr-D use "
+                "our own cleaned tokens")
     else:
         _notice("METEOR and the PTB tokenizer skipped: no `java` on PATH (install a Java runtime, e.g. "
                 "default-jre-headless); BLEU, ROUGE-L and CIDEr-D use our own cleaned tokens")

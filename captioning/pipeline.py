@@ -25,6 +25,13 @@ class Prepared:
     dataset: Dataset
     features: dict[str, np.ndarray]  # split -> (images, dim), rows in dataset.splits[split] order
     stats: ExtractionStats
+    mirrored: dict[str, np.ndarray] | None = None  # the mirrored images' features, with feature_flip: augment
+
+
+def feature_key(config: Config) -> str:
+    """Equal keys, equal prepared features (the encoder's cache key, plus how mirrored features are used)."""
+    key = make_encoder(config).key
+    return f"{key}+flip-{config.flip_mode}" if config.feature_flip else key
 
 
 def load_and_report(data: Path, seed: int = 0, log: Callable[[str], None] = print) -> Dataset:
@@ -38,12 +45,21 @@ def load_and_report(data: Path, seed: int = 0, log: Callable[[str], None] = prin
 
 
 def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared:
-    encoder = make_encoder(config)
+    """Features of every image, from the cache or extracted; with feature_flip, of the mirrored images too, averaged
+    with the plain ones (flip_mode: average) or kept beside them for training (augment)."""
     names = sorted(dataset.images)  # every usable image, in a split or not, so that the cache is complete
-    matrix, stats = extract_features(names, dataset.images, dataset.info, encoder, progress=progress)
+    matrix, stats = extract_features(names, dataset.images, dataset.info, make_encoder(config), progress=progress)
+    mirrored = None
+    if config.feature_flip:
+        mirrored, more = extract_features(names, dataset.images, dataset.info, make_encoder(config, mirrored=True),
+                                          progress=progress)
+        stats = ExtractionStats(images=stats.images, cache_hits=stats.cache_hits + more.cache_hits,
+                                extracted=stats.extracted + more.extracted, seconds=stats.seconds + more.seconds)
+        if config.flip_mode == "average":
+            matrix, mirrored = (matrix + mirrored) / 2, None
     row = {name: i for i, name in enumerate(names)}
-    features = {split: matrix[[row[n] for n in dataset.splits[split]]] for split in SPLITS}
-    return Prepared(dataset, features, stats)
+    by_split = lambda m: {split: m[[row[n] for n in dataset.splits[split]]] for split in SPLITS}
+    return Prepared(dataset, by_split(matrix), stats, None if mirrored is None else by_split(mirrored))
 
 
 @dataclasses.dataclass
@@ -88,16 +104,21 @@ class RunResult:
 
 def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: EpochCallback | None = None,
                        eval_splits: tuple[str, ...] = ("dev", "test"), verbose: bool = True,
-                       checkpoint: Path | None = None) -> RunResult:
+                       checkpoint: Path | None = None,
+                       after_teacher_forcing: Callable[[Captioner], None] | None = None) -> RunResult:
     """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`.
-    `checkpoint`: a file that keeps the training's state after every epoch, and resumes it (see train_decoder)."""
+    `checkpoint`: a file that keeps the training's state after every epoch, and resumes it (see train_decoder).
+    `after_teacher_forcing`: called with the best teacher-forced captioner before a self-critical stage starts."""
     dataset = prepared.dataset
     start_java_scorers()  # METEOR's start takes seconds of loading: let it overlap with the training
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
     vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
     training = train_decoder(config, vocab, prepared.features["train"], [dataset.captions[n] for n in train_names],
                              prepared.features["dev"], [dataset.captions[n] for n in dev_names],
-                             epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint)
+                             epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint,
+                             train_mirrored=prepared.mirrored and prepared.mirrored["train"],
+                             after_teacher_forcing=after_teacher_forcing and (
+                                 lambda model: after_teacher_forcing(Captioner(config, vocab, model))))
     captioner = Captioner(config, vocab, training.model)
     widths = sorted({1, config.beam_width})
     evaluations = [evaluate(captioner, prepared, split, width) for split in eval_splits

@@ -40,8 +40,9 @@ class CaptionBatches:
     """
 
     def __init__(self, features: np.ndarray, captions: list[list[list[int]]], batch_size: int,
-                 shuffle: bool, seed: int):
+                 shuffle: bool, seed: int, mirrored: np.ndarray | None = None):
         self.features = features
+        self.mirrored = mirrored  # if given, each caption is paired with either image, drawn anew every epoch
         self.samples = [(i, ids) for i, image_caps in enumerate(captions) for ids in image_caps]
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.tokens = sum(len(ids) - 1 for _, ids in self.samples)
@@ -62,6 +63,8 @@ class CaptionBatches:
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self.batches = batches
+        if self.mirrored is not None:
+            self.flipped = np.random.default_rng([self.seed, self.epoch, 1]).random(len(self.samples)) < 0.5
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -69,7 +72,10 @@ class CaptionBatches:
     def __getitem__(self, index: int):
         picked = [self.samples[i] for i in self.batches[index]]
         ids = pad_batch([seq for _, seq in picked])
-        images = self.features[[i for i, _ in picked]]
+        rows = [i for i, _ in picked]
+        images = self.features[rows]
+        if self.mirrored is not None:
+            images = np.where(self.flipped[self.batches[index]][:, None], self.mirrored[rows], images)
         return (images, ids[:, :-1]), ids[:, 1:]
 
     def on_epoch_end(self) -> None:
@@ -253,7 +259,8 @@ class _DevSelection(keras.callbacks.Callback):
 def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
                   train_captions: list[list[list[str]]], dev_features: np.ndarray,
                   dev_captions: list[list[list[str]]], epoch_callback: EpochCallback | None = None,
-                  verbose: bool = True, checkpoint: Path | None = None) -> TrainResult:
+                  verbose: bool = True, checkpoint: Path | None = None, train_mirrored: np.ndarray | None = None,
+                  after_teacher_forcing: Callable[[keras.Model], None] | None = None) -> TrainResult:
     """Train on (features, cleaned captions) pairs; returns the model with its best dev-epoch weights.
 
     With `checkpoint`, the state after every epoch is kept in that file, and a run that finds the file of an
@@ -261,7 +268,8 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     epochs again (their records carry `resumed_after`), then the new ones, the same as without the interruption."""
     seed_everything(config.seed)
     encode = lambda caps: [[vocab.encode(c, config.max_length) for c in image_caps] for image_caps in caps]
-    train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed)
+    train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed,
+                           mirrored=train_mirrored)
     dev = CaptionBatches(dev_features, encode(dev_captions), config.batch_size, shuffle=False, seed=config.seed)
     model = build_decoder(config, len(vocab), train_features.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
@@ -293,6 +301,8 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         model.set_weights(selection.best_weights)  # the self-critical stage starts from the best of teacher forcing
         if scst is not None:
             selection.stage_start = len(selection.history)
+            if after_teacher_forcing is not None:
+                after_teacher_forcing(model)
     if scst is not None:
         selection.decoder = StepDecoder(model, vocab)  # (fit's on_train_begin made one; a resumed stage needs it)
         selection.stopped_early = scst.train(done_epochs=len(selection.history))

@@ -10,6 +10,9 @@ import pytest
 # Before captioning is imported anywhere: weights, features and datasets go to a per-session directory.
 os.environ["CAPTIONING_CACHE"] = tempfile.mkdtemp(prefix="captioning-test-cache-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The Java-based scorers (PTB tokenizer, METEOR) cost seconds per process and evaluation: tests of training and
+# searching skip them; tests/test_metrics.py turns them on and checks them against pycocoevalcap.
+os.environ["CAPTIONING_JAVA_METRICS"] = "off"
 
 from captioning.config import Config  # noqa: E402
 from captioning.synthetic import write_dataset  # noqa: E402

@@ -87,7 +87,8 @@ def test_coco_scores_match_pycocoevalcaps_scorers_on_our_tokens(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH: METEOR and the PTB tokenizer cannot run")
-def test_coco_scores_with_java_tokenize_and_score_meteor():
+def test_coco_scores_with_java_tokenize_and_score_meteor(monkeypatch):
+    monkeypatch.setenv("CAPTIONING_JAVA_METRICS", "on")
     refs = [["A dog runs on the grass.", "The brown dog is running!"], ["Two kids play in a park.", "Kids playing."]]
     hyps = ["a dog runs on the grass", "two kids play in the park"]
     scores = coco_scores(refs, hyps)

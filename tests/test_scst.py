@@ -31,16 +31,10 @@ def test_scst_raises_the_cider_reward_and_continues_the_selection(prepared):
     assert result.training.best_epoch == best["epoch"] and result.training.best == best
 
 
-def test_greedy_baseline_runs_with_one_sample(prepared):
-    config, data = prepared
-    result = train_and_evaluate(config.replace(epochs=1, scst_epochs=1, scst_samples=1, scst_baseline="greedy"),
-                                data, eval_splits=(), verbose=False)
-    assert result.training.history[-1]["stage"] == "scst" and np.isfinite(result.training.history[-1]["reward"])
-
-
 def test_an_interrupted_scst_stage_resumes_exactly(prepared, tmp_path):
     config, data = prepared
-    config = config.replace(epochs=2, scst_epochs=2)
+    # (With the greedy caption's reward as the baseline and one sample per image, the other baseline.)
+    config = config.replace(epochs=2, scst_epochs=2, scst_samples=1, scst_baseline="greedy")
     checkpoint = tmp_path / "trial.npz"
     seen = []
 
@@ -61,6 +55,8 @@ def test_an_interrupted_scst_stage_resumes_exactly(prepared, tmp_path):
                                         for h, r in zip(whole.training.history, resumed.training.history)]
     assert all(np.array_equal(a, b) for a, b in zip(resumed.training.model.get_weights(),
                                                      whole.training.model.get_weights()))
+    assert [h["stage"] for h in whole.training.history] == ["teacher", "teacher", "scst", "scst"]
+    assert all(np.isfinite(h["reward"]) for h in whole.training.history[2:])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -5,10 +5,16 @@ import dataclasses
 from pathlib import Path
 
 from captioning.config import ConfigError, read_experiment
+from captioning.metrics import METRICS as SCORES
+from captioning.metrics import unavailable
 from tuning.space import Param, parse_space
 
 ENGINES = ("optuna", "keras-tuner")
-METRICS = tuple(f"{split}{kind}_bleu{n}" for split in ("dev",) for kind in ("", "_greedy") for n in range(1, 5))
+# Every score of the dev split, with the config's beam width (dev_cider) or greedy (dev_greedy_cider).
+METRICS = tuple(f"dev{kind}_{score}" for kind in ("", "_greedy") for score in SCORES)
+# What the pruner watches after every epoch (greedy, on dev): the metric itself, or its closest per-epoch score.
+EPOCH_SCORES = {"coco_bleu1": "bleu1", "coco_bleu2": "bleu2", "coco_bleu3": "bleu3", "coco_bleu4": "bleu4",
+                "meteor": "cider", "rouge_l": "cider", "spice": "cider"}
 
 
 @dataclasses.dataclass
@@ -28,8 +34,10 @@ class SearchSettings:
 
     @property
     def epoch_metric(self) -> str:
-        """The per-epoch dev metric the pruner watches (greedy decoding, scored after every epoch)."""
-        return "dev_" + self.metric.rsplit("_", 1)[1]
+        """The per-epoch dev metric the pruner watches (greedy decoding, scored after every epoch: NLTK BLEU-1..4
+        and CIDEr-D; the Java-based and slower metrics are watched through CIDEr-D)."""
+        score = self.metric.removeprefix("dev_").removeprefix("greedy_")
+        return "dev_" + EPOCH_SCORES.get(score, score)
 
 
 def read_settings(experiment: Path, **options) -> SearchSettings:
@@ -47,7 +55,12 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     if settings.engine not in ENGINES:
         raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
     if settings.metric not in METRICS:
-        raise ConfigError(f"unknown metric {settings.metric!r}; choose one of {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {settings.metric!r} (--metric or search.metric); choose one of "
+                          f"{', '.join(METRICS)}")
+    why = unavailable(settings.metric)
+    if why is not None:
+        raise ConfigError(f"metric {settings.metric!r} (--metric or search.metric) cannot be computed here: {why}; "
+                          f"choose another, e.g. dev_cider or dev_bleu4")
     if not (settings.heartbeat_seconds >= 1 and settings.grace_seconds >= 2 * settings.heartbeat_seconds):
         raise ConfigError(f"search.grace_seconds ({settings.grace_seconds}) must be at least twice "
                           f"search.heartbeat_seconds ({settings.heartbeat_seconds}), which must be at least 1")

@@ -15,7 +15,7 @@ import mlflow
 
 from captioning.config import Config
 from captioning.data import Dataset
-from captioning.pipeline import Prepared, RunResult, prepare, train_and_evaluate
+from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train_and_evaluate
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
@@ -55,9 +55,7 @@ class TrialRunner:
 
     def prepared(self, config: Config) -> tuple[Prepared, int]:
         """Features for this config's encoder: extracted once, then shared by every trial (cache hits returned)."""
-        from captioning.encoders import make_encoder
-
-        key = make_encoder(config).key
+        key = feature_key(config)
         if key not in self._prepared:
             self._prepared[key] = prepare(config, self.dataset)
             return self._prepared[key], self._prepared[key].stats.cache_hits
@@ -87,7 +85,7 @@ class TrialRunner:
             prepared, hits = self.prepared(config)
             mlflow.log_metric("feature_cache_hits", hits)
             if self.progress is not None:
-                self.progress.start(number, config.epochs)
+                self.progress.start(number, config.epochs + config.scst_epochs)
 
             def on_epoch(epoch: int, record: dict) -> None:
                 if epoch == 1 and record.get("resumed_after"):
@@ -95,8 +93,9 @@ class TrialRunner:
                               f"{record['resumed_after']}")
                     mlflow.set_tag("resumed_after_epoch", str(record["resumed_after"]))
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
-                                    "learning_rate": record["learning_rate"],
-                                    **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)}},
+                                    "learning_rate": record["learning_rate"], "dev_epoch_cider": record["dev_cider"],
+                                    **{f"dev_epoch_bleu{n}": record[f"dev_bleu{n}"] for n in range(1, 5)},
+                                    **({"scst_reward": record["reward"]} if "reward" in record else {})},
                                    step=epoch)
                 if self.progress is not None:
                     self.progress.epoch(number, epoch, record)
