@@ -8,11 +8,13 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from captioning.metrics import METRICS
 from captioning.serving import redact
 
 ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
 BLEU = [f"bleu{n}" for n in range(1, 5)]
-CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (greedy)", "train_loss": "train loss"}
+CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (greedy)", "dev_epoch_cider": "dev CIDEr-D (greedy)",
+          "train_loss": "train loss"}
 
 
 class ReportError(LookupError):
@@ -99,9 +101,9 @@ def _row(client: MlflowClient, run, registry: dict[str, str]) -> dict:
            "model_uri": tags.get("model_uri"),
            "registry": registry.get(run.info.run_id, ""), "error": tags.get("error", "")}
     for split in ("dev", "test"):
-        for b in BLEU:
-            row[f"{split}_{b}"] = metrics.get(f"{split}_{b}", math.nan)
-            row[f"{split}_greedy_{b}"] = metrics.get(f"{split}_greedy_{b}", math.nan)
+        for score in METRICS:  # NLTK BLEU-1..4 and the COCO metrics (NaN where a trial did not log one)
+            row[f"{split}_{score}"] = metrics.get(f"{split}_{score}", math.nan)
+            row[f"{split}_greedy_{score}"] = metrics.get(f"{split}_greedy_{score}", math.nan)
     row["params"] = dict(run.data.params)
     return row
 

@@ -137,6 +137,10 @@ def leaderboard(selection: Selection):
     columns = {"study": "study", "trial": "trial", "state": "state", "registry": "registry"}
     columns.update({f"dev_{b}": f"dev {b.upper().replace('BLEU', 'BLEU-')}" for b in BLEU})
     columns.update({f"test_{b}": f"test {b.upper().replace('BLEU', 'BLEU-')}" for b in BLEU})
+    for score, title in (("cider", "CIDEr-D"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L")):
+        for split in ("dev", "test"):  # the COCO metrics that the trials logged (older runs have none)
+            if frame[f"{split}_{score}"].notna().any():
+                columns[f"{split}_{score}"] = f"{split} {title}"
     columns.update({"wall_seconds": "wall s", "best_epoch": "best epoch"})
     columns.update({p: p for p in selection.params})
     columns["run_id"] = "run"

@@ -34,7 +34,7 @@ def bleu_of_top(selection: Selection, top: int) -> plt.Figure:
 
 
 def learning_curves(selection: Selection, top: int) -> plt.Figure | None:
-    """Dev loss and dev BLEU-4 per epoch of the best trials."""
+    """Dev loss, dev BLEU-4 and dev CIDEr-D per epoch of the best trials."""
     labels = list(selection.top(top).label)
     data = selection.curves[selection.curves.label.isin(labels) & (selection.curves.measure != "train loss")]
     if data.empty:
