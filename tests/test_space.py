@@ -1,10 +1,12 @@
+import dataclasses
+
 import optuna
 import keras_tuner as kt
 import pytest
 
-from captioning.config import ConfigError
+from captioning.config import Config, ConfigError
 from tuning.settings import read_settings
-from tuning.space import define_keras_tuner, parse_space, suggest_optuna
+from tuning.space import base_values, define_keras_tuner, parse_space, suggest_optuna
 
 SPACE = {"units": {"choices": [32, 64]}, "lstm_layers": {"low": 1, "high": 3},
          "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.5}}
@@ -36,13 +38,46 @@ def test_bad_space_is_a_clear_error(space, message):
         parse_space(space)
 
 
+def test_base_values_are_the_searched_keys_of_the_base_config():
+    base = dataclasses.replace(Config(), units=64, lstm_layers=3, learning_rate=1e-4, dropout=0.5)
+    assert base_values(parse_space(SPACE), base) == {"units": 64, "lstm_layers": 3, "learning_rate": 1e-4,
+                                                     "dropout": 0.5}  # bounds included
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"units": 1024}, ["config.units = 1024", "units in [32, 64]", "add it to search.space.units",
+                       "change config.units"]),
+    ({"dropout": 0.7}, ["config.dropout = 0.7", "dropout in [0.0, 0.5]", "widen search.space.dropout",
+                        "change config.dropout"]),
+    ({"lstm_layers": 4}, ["config.lstm_layers = 4", "lstm_layers in [1, 3]"]),
+    ({"learning_rate": 0.05}, ["config.learning_rate = 0.05", "learning_rate in [0.0001, 0.01] (log)"]),
+    ({"units": 16, "dropout": 0.6}, ["config.units = 16", "config.dropout = 0.6"]),  # every key in one error
+])
+def test_a_base_value_outside_its_space_is_one_error_naming_key_value_and_space(changes, named):
+    base = dataclasses.replace(Config(), **{"units": 64, "lstm_layers": 1, "learning_rate": 1e-3, "dropout": 0.2,
+                                            **changes})
+    with pytest.raises(ConfigError) as error:
+        base_values(parse_space(SPACE), base)
+    for text in named:
+        assert text in str(error.value)
+
+
+def test_keras_tuner_defaults_are_the_given_base_values():
+    space = parse_space(SPACE)
+    base = {"units": 64, "lstm_layers": 2, "learning_rate": 1e-3, "dropout": 0.25}
+    hp = kt.HyperParameters()
+    assert define_keras_tuner(hp, space, base) == base  # a HyperParameters without values takes the defaults
+    assert {p.name: p.default for p in hp.space} == base
+    assert define_keras_tuner(kt.HyperParameters(), space)["units"] == 32  # Keras Tuner's own: the first choice
+
+
 def test_settings_from_file_then_options(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("search:\n  trials: 5\n  space:\n    units: {choices: [8, 16]}\n")
     settings = read_settings(path, trials=7, engine=None)
     assert settings.trials == 7 and settings.engine == "optuna" and settings.epoch_metric == "dev_bleu4"
     with pytest.raises(ConfigError, match="unknown metric"):
-        read_settings(path, metric="dev_cider")
+        read_settings(path, metric="dev_bleu5")
     path.write_text("search:\n  trails: 5\n  space:\n    units: {choices: [8, 16]}\n")
     with pytest.raises(ConfigError, match="unknown search setting"):
         read_settings(path)
@@ -54,5 +89,6 @@ def test_every_shipped_experiment_is_valid():
     from captioning.config import load_config
 
     for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")):
-        load_config(path)
-        assert read_settings(path).space
+        base = load_config(path)
+        space = read_settings(path).space
+        assert space and set(base_values(space, base)) == {p.name for p in space}  # the base lies in the space

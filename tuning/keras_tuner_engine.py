@@ -2,11 +2,15 @@
 
 The tuner's state lives in a directory next to the MLflow database; with overwrite=False a rerun reloads it,
 continues the trial numbering, and re-runs a trial that a killed process left unfinished.
+
+The first trial runs the base config (the space's defaults are the base values), as Optuna's trial 0 does; a
+reloaded tuner already holds that trial and does not run it again.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import keras_tuner as kt
 
@@ -14,15 +18,34 @@ from tuning.space import define_keras_tuner
 from tuning.trials import TrialRunner
 
 
-class CaptionTuner(kt.BayesianOptimization):
-    def __init__(self, runner: TrialRunner, settings, on_trial, **kwargs):
-        super().__init__(objective=kt.Objective(settings.metric, "max"), max_trials=settings.trials,
-                         seed=settings.seed, max_consecutive_failed_trials=settings.trials, **kwargs)
+class BaselineFirstOracle(kt.oracles.BayesianOptimizationOracle):
+    """Gaussian-process Bayesian optimisation whose first trial takes the space's defaults, not a random point."""
+
+    def populate_space(self, trial_id):
+        if not self.trials:
+            return {"status": kt.engine.trial.TrialStatus.RUNNING,
+                    "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
+        return super().populate_space(trial_id)
+
+
+class CaptionTuner(kt.Tuner):
+    def __init__(self, runner: TrialRunner, settings, on_trial, baseline: dict[str, Any] | None = None,
+                 log: Callable[[str], None] = print, **kwargs):
+        space = kt.HyperParameters()
+        define_keras_tuner(space, settings.space, baseline)  # declared now, so that the first trial has values
+        oracle = BaselineFirstOracle(objective=kt.Objective(settings.metric, "max"), max_trials=settings.trials,
+                                     seed=settings.seed, hyperparameters=space,
+                                     max_consecutive_failed_trials=settings.trials)
+        super().__init__(oracle=oracle, **kwargs)
         self.runner, self.settings, self.on_trial = runner, settings, on_trial
+        self.baseline, self.log = baseline, log
 
     def run_trial(self, trial, *args, **kwargs):
-        params = define_keras_tuner(trial.hyperparameters, self.settings.space)
+        params = define_keras_tuner(trial.hyperparameters, self.settings.space, self.baseline)
         number = int(trial.trial_id)
+        if self.baseline is not None and params == self.baseline:
+            self.log(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "
+                     "search's best is never worse on dev")
         try:
             metrics = self.runner.run(number, params)
         except Exception as exc:
@@ -44,8 +67,10 @@ class CaptionTuner(kt.BayesianOptimization):
         pass  # the model is logged to MLflow by the runner
 
 
-def open_tuner(directory: Path, study: str, runner: TrialRunner, settings, on_trial) -> CaptionTuner:
-    return CaptionTuner(runner, settings, on_trial, directory=str(directory), project_name=study, overwrite=False)
+def open_tuner(directory: Path, study: str, runner: TrialRunner, settings, on_trial,
+               baseline: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> CaptionTuner:
+    return CaptionTuner(runner, settings, on_trial, baseline, log, directory=str(directory), project_name=study,
+                        overwrite=False)
 
 
 def finished_trials(tuner: CaptionTuner) -> list:

@@ -5,6 +5,10 @@ Counting. A study "holds" a trial once it is complete, pruned or failed with an 
 (killed, machine lost) is failed without an error and does not count, so another trial runs in its place. Workers
 start a trial only while held and running trials are fewer than `--trials`, deciding under the study's lock, so a
 shared study ends with exactly the number asked for.
+
+Baseline. A new study (one that holds no trial at all, not even a queued one) gets the base config queued as its
+trial 0, so that the search's best is never worse on dev than the config it started from. The baseline is never
+pruned, and if it is interrupted or lost its values run again, like any interrupted trial's.
 """
 from __future__ import annotations
 
@@ -28,13 +32,24 @@ ERROR = "fail_reason"  # user attribute of a trial that failed with an error (a 
 WORKER = "worker"  # user attribute: host:pid of the process running the trial
 RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
 ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
+BASELINE = "baseline"  # user attribute (True): the trial runs the experiment's base config
 MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial], None]) -> optuna.Study:
+def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
+               baseline: dict | None = None) -> optuna.Study:
     """Create or load the study. On a database server, trials carry a heartbeat, and a trial whose heartbeat stops
-    for `grace_seconds` is failed by whichever worker notices, which calls on_lost(trial)."""
+    for `grace_seconds` is failed by whichever worker notices, which calls on_lost(trial).
+
+    `baseline` (the base values of the searched keys) is queued as trial 0 if the study holds no trial yet. The
+    caller holds the study's lock, so that of several workers opening a new study together only one queues it."""
+    def stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        if _requeue_baseline(study, trial):
+            on_lost(trial, rerun=True)
+        else:
+            on_lost(trial)
+
     if shared(storage):
         with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -42,7 +57,7 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial
                 storage, engine_kwargs={"pool_pre_ping": True, "connect_args": KEEPALIVE},
                 heartbeat_interval=settings.heartbeat_seconds,
                 grace_period=settings.grace_seconds,
-                heartbeat_stale_trial_callback=lambda study, trial: on_lost(trial))
+                heartbeat_stale_trial_callback=stale)
     else:  # two studies may share one SQLite file: wait for the other's writes rather than fail
         backend = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(study_name=name, storage=backend, direction="maximize", load_if_exists=True)
@@ -53,6 +68,8 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[[FrozenTrial
     # Epochs are reported as steps 1, 2, ...; Optuna may prune at step == n_warmup_steps.
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
                                                n_warmup_steps=settings.pruner_warmup_epochs + 1)
+    if baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(baseline, user_attrs={BASELINE: True})
     return study
 
 
@@ -62,21 +79,32 @@ def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
         values = trial.params or trial.system_attrs.get("fixed_params", {})
-        rerun = requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1))
+        rerun = requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1),
+                        baseline=trial.user_attrs.get(BASELINE, False))
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         on_lost(trial, rerun=rerun)
     return len(stale)
 
 
-def requeue(study: optuna.Study, number: int, values: dict, attempt: int) -> bool:
+def requeue(study: optuna.Study, number: int, values: dict, attempt: int, baseline: bool = False) -> bool:
     """Queue an interrupted trial's values to run next, where the new trial resumes its checkpoint; once per trial,
-    and at most MAX_ATTEMPTS times in a row, so that values which kill their process (out of memory) give way."""
+    and at most MAX_ATTEMPTS times in a row, so that values which kill their process (out of memory) give way.
+    The rerun of the baseline is the baseline."""
     if not values or attempt >= MAX_ATTEMPTS:
         return False
     if not any(t.user_attrs.get(RESUMES) == number for t in study.get_trials(deepcopy=False,
                                                                             states=(TrialState.WAITING,))):
-        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1})
+        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1,
+                                                **({BASELINE: True} if baseline else {})})
     return True
+
+
+def _requeue_baseline(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """On a server, a lost trial gives way to new values, except the baseline, whose values run again."""
+    if not trial.user_attrs.get(BASELINE):
+        return False
+    values = trial.params or trial.system_attrs.get("fixed_params", {})
+    return requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1), baseline=True)
 
 
 def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callable[[FrozenTrial], None]) -> None:
@@ -95,7 +123,10 @@ def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callabl
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue
-            on_lost(trial)
+            if _requeue_baseline(study, trial):
+                on_lost(trial, rerun=True)
+            else:
+                on_lost(trial)
 
 
 def held(trials: list[FrozenTrial]) -> int:
@@ -188,7 +219,7 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
             prune = retry(trial.should_prune, "reporting an epoch", log=log)
         except UpdateFinishedTrialError:
             raise TrialLost(f"trial {trial.number} was declared lost by another worker") from None
-        if prune:
+        if prune and not baseline:  # the baseline runs to the end: it is what the search must not fall below
             raise PruneTrial(f"pruned after epoch {epoch}")
 
     def finish(state: TrialState, value: float | None = None, error: str | None = None, run_id: str = "") -> bool:
@@ -206,17 +237,24 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         return final == state
 
     params: dict = {}
+    baseline = False
     try:
+        user_attrs = retry(lambda: trial.user_attrs, "starting a trial", log=log)
+        baseline = bool(user_attrs.get(BASELINE))
         params = retry(lambda: suggest_optuna(trial, settings.space), "starting a trial", log=log)
+        if baseline:
+            log(f"trial {trial.number:3d}  is the baseline: the experiment's base config, run first so that the "
+                "search's best is never worse on dev")
         with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
-            metrics = runner.run(trial.number, params, report, resumes=trial.user_attrs.get(RESUMES))
+            metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES))
     except UpdateFinishedTrialError:  # while suggesting: declared lost before it began
         lost()
     except TrialLost:
         lost()
     except KeyboardInterrupt:  # not counted; queued first, so that no other trial takes its place meanwhile
         values = params or study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
-        retry(lambda: requeue(study, trial.number, values, 0), "queueing a trial", log=log)  # Ctrl-C: always
+        # attempt 0: a Ctrl-C always queues its values
+        retry(lambda: requeue(study, trial.number, values, 0, baseline), "queueing a trial", log=log)
         finish(TrialState.FAIL)
         raise
     except PruneTrial as exc:

@@ -163,6 +163,7 @@ def search(args) -> dict:
     from tuning import tracking
     from tuning.progress import EpochProgress
     from tuning.settings import read_settings
+    from tuning.space import base_values
     from tuning.trials import TrialRunner
 
     experiment = _experiment_path(args.experiment, embedded=args.data is None)
@@ -170,6 +171,7 @@ def search(args) -> dict:
                              metric=args.metric, seed=args.seed, registered_model=args.registered_model)
     overrides = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
     base = load_config(experiment, overrides)
+    baseline = base_values(settings.space, base)  # a new study's first trial; outside the space: an error now
     if args.data is None:
         from captioning.synthetic import embedded_dataset
 
@@ -242,7 +244,7 @@ def search(args) -> dict:
             from tuning.optuna_engine import fail_interrupted_trials, open_study, run_optuna
 
             with _study_database(storage), guard.hold("opening the study"):  # a fresh database: create tables once
-                optuna_study = open_study(study, storage, settings, on_lost)
+                optuna_study = open_study(study, storage, settings, on_lost, baseline)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, on_lost)
             finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost,
@@ -250,7 +252,7 @@ def search(args) -> dict:
         else:
             from tuning.keras_tuner_engine import open_tuner
 
-            tuner = open_tuner(PROJECT / "keras_tuner", study, runner, settings, on_trial)
+            tuner = open_tuner(PROJECT / "keras_tuner", study, runner, settings, on_trial, baseline, progress.say)
             tuner.search()
             finished = True
         status = "FINISHED"

@@ -5,13 +5,16 @@
       lstm_layers: {low: 1, high: 2}            # int range (both bounds ints)
       dropout: {low: 0.1, high: 0.5}            # float range
       learning_rate: {low: 3.0e-4, high: 3.0e-3, log: true}
+
+Each searched key's base value (the experiment's config plus --set) must lie in its space: a new study runs the base
+config first, so that the search's best is never worse on dev than the config it started from.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from captioning.config import FIELDS, ConfigError, parse_overrides
+from captioning.config import FIELDS, Config, ConfigError, parse_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,11 @@ class Param:
         if self.choices is not None:
             return f"{self.name} in {list(self.choices)}"
         return f"{self.name} in [{self.low}, {self.high}]" + (" (log)" if self.log else "")
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return self.low <= value <= self.high
 
 
 def parse_space(section: dict[str, Any]) -> list[Param]:
@@ -57,6 +65,23 @@ def parse_space(section: dict[str, Any]) -> list[Param]:
     return params
 
 
+def base_values(space: list[Param], base: Config) -> dict[str, Any]:
+    """Each searched key at its base value: the first trial of a new study. One error naming every key whose base
+    value lies outside its space, before anything trains."""
+    values = {p.name: getattr(base, p.name) for p in space}
+    outside = [_outside(p, values[p.name]) for p in space if not p.contains(values[p.name])]
+    if outside:
+        raise ConfigError("the first trial of a new study runs the base config, but " + "; ".join(outside))
+    return values
+
+
+def _outside(p: Param, value: Any) -> str:
+    fix = (f"add it to search.space.{p.name}" if p.choices is not None else
+           f"widen search.space.{p.name} to include it")
+    return (f"config.{p.name} = {value!r} lies outside its search space ({p.describe()}): {fix} or change "
+            f"config.{p.name} (in the experiment file or with --set)")
+
+
 def suggest_optuna(trial, space: list[Param]) -> dict[str, Any]:
     values = {}
     for p in space:
@@ -69,13 +94,19 @@ def suggest_optuna(trial, space: list[Param]) -> dict[str, Any]:
     return values
 
 
-def define_keras_tuner(hp, space: list[Param]) -> dict[str, Any]:
+def define_keras_tuner(hp, space: list[Param], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Declare the space on Keras Tuner's `hp` (or read a trial's values from it). `defaults` (base_values()) become
+    the space's defaults, which the first trial runs (keras_tuner_engine.BaselineFirstOracle); without them Keras
+    Tuner's default is the first choice or the lower bound."""
+    defaults = defaults or {}
     values = {}
     for p in space:
+        default = defaults.get(p.name)
         if p.choices is not None:
-            values[p.name] = hp.Choice(p.name, list(p.choices))
+            values[p.name] = hp.Choice(p.name, list(p.choices), default=default)
         elif p.integer:
-            values[p.name] = hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear")
+            values[p.name] = hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear",
+                                    default=default)
         else:
-            values[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
+            values[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear", default=default)
     return values
