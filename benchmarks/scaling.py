@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROJECT))
 
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: 3, patience: 3}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3}
 search:
   trials: %d
   samples: 4

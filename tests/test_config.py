@@ -29,7 +29,7 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("pair, message", [
     ("units=many", "needs a int"), ("dropout=1.5", "dropout"), ("units", "key=value"),
-    ("encoder=resnet", "unknown encoder"), ("selection_metric=cider", "selection_metric"),
+    ("encoder=resnet", "unknown encoder"), ("selection_metric=cidr", "selection_metric"),
 ])
 def test_bad_values_are_clear_errors(pair, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,7 +13,7 @@ from tuning import search as search_cli  # noqa: E402
 
 TINY = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: 3, patience: 3}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3}
 search:
   trials: 3
   samples: 2

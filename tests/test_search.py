@@ -25,6 +25,7 @@ config:
   embedding_size: 32
   units: 64
   learning_rate: 0.01
+  dropout: 0.1
   epochs: 3
   patience: 3
 search:
@@ -106,7 +107,8 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_dir, capsys):
     tmp_path, experiment, uri = workspace
-    experiment.write_text(TINY % "{choices: [1.0e+12]}")  # the loss becomes NaN in every trial
+    # The loss becomes NaN in every trial (the base config, run first, has the same learning rate).
+    experiment.write_text((TINY % "{choices: [1.0e+12]}").replace("learning_rate: 0.01", "learning_rate: 1.0e+12"))
     assert _search(workspace, shapes_dir, "--study", "bad") == 0
     out = capsys.readouterr().out
     assert out.count("FAILED: TrainingError") == 2 and "no trial completed, so nothing was registered" in out

@@ -13,7 +13,7 @@ from tuning.infra import free_port
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: 2}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2}
 search:
   trials: 1
   samples: 2

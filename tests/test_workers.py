@@ -24,7 +24,7 @@ from tuning.optuna_engine import ERROR, WORKER, held  # noqa: E402
 
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, epochs: %d, patience: 20}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: %d, patience: 20}
 search:
   trials: %d
   samples: 2

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///FILE for one worker, "
                    "postgresql://USER:PASSWORD@HOST/DB for any number (default: $CAPTIONING_STORAGE, else "
                    "sqlite:///optuna.db in the project)")
-    p.add_argument("--metric", help="dev metric to maximise: dev_bleu1..4 (beam) or dev_greedy_bleu1..4 "
-                   "(default: dev_bleu4)")
+    p.add_argument("--metric", help="dev metric to maximise, with beam search: dev_bleu1..4 (NLTK), "
+                   "dev_coco_bleu1..4, dev_meteor, dev_rouge_l, dev_cider (CIDEr-D), dev_spice; or greedy: "
+                   "dev_greedy_bleu4 etc. (default: the experiment's, dev_bleu4)")
     p.add_argument("--seed", type=int, help="sampler seed and training seed (default: 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config value for every trial (repeatable)")
