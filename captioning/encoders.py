@@ -4,6 +4,10 @@
   the seed's 2048-d vector; a smaller `image_size` is several times faster, and `feature_grid` > 1 keeps a coarse
   spatial layout (a g x g grid of averages) that captions about positions need.
 - `pixels`: the image shrunk to a g x g colour grid. No weights, near-instant; for tests and quick sanity runs.
+
+`colour_grid` g > 0 appends to either a g x g grid of colour histograms of the same preprocessed image. ImageNet
+Xception's last block keeps shapes but hardly colours; a cell's histogram says which colours are where, and a cell
+that holds one object binds its colour to it.
 """
 from __future__ import annotations
 
@@ -17,33 +21,79 @@ from captioning.config import Config
 
 # Bumped whenever decoding or resizing changes what the same image file turns into, so old caches are not reused.
 PREPROCESSING = "jpeg-accurate-dct"
+# The colour part: per cell, the share of its pixels in each bin of a soft COLOUR_BINS^3 RGB histogram (each
+# channel's value split linearly between the two nearest of COLOUR_BINS evenly spaced levels), times COLOUR_SCALE so
+# that it is not drowned by the CNN part in the decoder's first layer. Bump COLOUR_VERSION when either changes.
+COLOUR_BINS = 4
+COLOUR_SCALE = 1.0
+COLOUR_VERSION = f"softrgb{COLOUR_BINS}x{COLOUR_SCALE:g}"
 
 
 class Encoder:
     name = ""
     weights_id = "none"
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, mirrored: bool = False):
         self.image_size = config.image_size
         self.grid = config.feature_grid
+        # The features of the horizontally mirrored image, with the grid cells mirrored back, so that cell (i, j)
+        # describes the same part of the scene as in the plain features and the two can be averaged.
+        self.mirrored = mirrored
+        self.colour_grid = config.colour_grid
 
     @property
     def key(self) -> str:
         """Identifies what the features mean: same key, interchangeable features."""
         text = f"{self.name}|{self.weights_id}|{self.image_size}|{self.grid}|{PREPROCESSING}"
-        return f"{self.name}-{self.image_size}px-g{self.grid}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        colour = mirror = ""
+        if self.colour_grid:  # only then, so that the keys of caches without colour stay as they were
+            text += f"|colour{self.colour_grid}|{COLOUR_VERSION}"
+            colour = f"-c{self.colour_grid}"
+        if self.mirrored:
+            text += "|mirrored"
+            mirror = "-mirrored"
+        return (f"{self.name}-{self.image_size}px-g{self.grid}{colour}{mirror}-"
+                + hashlib.sha256(text.encode()).hexdigest()[:12])
+
+    def _prepare(self, image: tf.Tensor) -> tf.Tensor:
+        return tf.image.flip_left_right(image) if self.mirrored else image
+
+    def _unmirror(self, features: tf.Tensor, grid: int | None = None) -> tf.Tensor:
+        """Mirror the grid cells of a mirrored image's features back (columns reversed; a 1 x 1 grid is itself)."""
+        grid = self.grid if grid is None else grid
+        if not self.mirrored or grid == 1:
+            return features
+        cells = tf.reshape(features, (tf.shape(features)[0], grid, grid, -1))
+        return tf.reshape(tf.reverse(cells, axis=[2]), tf.shape(features))
 
     @property
     def dim(self) -> int:
+        return self.base_dim + self.colour_grid ** 2 * COLOUR_BINS ** 3
+
+    @property
+    def base_dim(self) -> int:
+        """The encoder's own features, without the colour part."""
         raise NotImplementedError
 
     def preprocess(self, image: tf.Tensor) -> tf.Tensor:
         """One (H, W, 3) uint8 image -> the model's (S, S, 3) float32 input."""
         raise NotImplementedError
 
-    def encode_batch(self, images: tf.Tensor) -> tf.Tensor:
-        """A batch of preprocessed images -> (B, dim) float32 features."""
+    def unit_rgb(self, images: tf.Tensor) -> tf.Tensor:
+        """Preprocessed images back to RGB in [0, 1], for the colour part."""
         raise NotImplementedError
+
+    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
+        """A batch of preprocessed images -> (B, base_dim) features, cells mirrored back."""
+        raise NotImplementedError
+
+    def encode_batch(self, images: tf.Tensor) -> tf.Tensor:
+        """A batch of preprocessed images -> (B, dim) float32 features: the encoder's, then the colour part."""
+        features = self.encode_base(images)
+        if not self.colour_grid:
+            return features
+        colours = colour_histogram_grid(self.unit_rgb(images), self.colour_grid)
+        return tf.concat([features, self._unmirror(colours, self.colour_grid)], axis=1)
 
     def encode(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
         """RGB uint8 arrays of any size -> features, without the file pipeline (used when captioning)."""
@@ -67,12 +117,24 @@ def _grid_pool(maps: tf.Tensor, grid: int) -> tf.Tensor:
     return tf.reshape(pooled, (tf.shape(maps)[0], grid * grid * maps.shape[-1]))
 
 
+def colour_histogram_grid(images: tf.Tensor, grid: int) -> tf.Tensor:
+    """(B, S, S, 3) RGB in [0, 1] -> (B, grid * grid * COLOUR_BINS ** 3): each cell's soft colour histogram (shares of
+    its pixels, summing to 1) times COLOUR_SCALE. Soft bins, so that a colour near a bin edge does not flip bins."""
+    levels = tf.linspace(0.0, 1.0, COLOUR_BINS)
+    weights = tf.nn.relu(1.0 - tf.abs(tf.clip_by_value(images, 0.0, 1.0)[..., None] - levels) * (COLOUR_BINS - 1))
+    red, green, blue = weights[..., 0, :], weights[..., 1, :], weights[..., 2, :]  # each (B, S, S, bins)
+    joint = red[..., :, None, None] * green[..., None, :, None] * blue[..., None, None, :]
+    shape = tf.shape(images)
+    joint = tf.reshape(joint, (shape[0], shape[1], shape[2], COLOUR_BINS ** 3))
+    return COLOUR_SCALE * _grid_pool(joint, grid)
+
+
 class XceptionEncoder(Encoder):
     name = "xception"
     min_size = 71  # Xception's smallest input
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, mirrored: bool = False):
+        super().__init__(config, mirrored)
         if self.image_size < self.min_size:
             from captioning.config import ConfigError
 
@@ -84,7 +146,7 @@ class XceptionEncoder(Encoder):
         self._call = None
 
     @property
-    def dim(self) -> int:
+    def base_dim(self) -> int:
         return 2048 * self.grid * self.grid
 
     def _build(self):
@@ -97,12 +159,16 @@ class XceptionEncoder(Encoder):
         model.set_weights(xception_weights())
         model.trainable = False
         self._model = model
-        self._call = tf.function(lambda x: _grid_pool(model(x, training=False), self.grid), reduce_retracing=True)
+        self._call = tf.function(lambda x: self._unmirror(_grid_pool(model(x, training=False), self.grid)),
+                                 reduce_retracing=True)
 
     def preprocess(self, image: tf.Tensor) -> tf.Tensor:
-        return _resize(image, self.image_size) / 127.5 - 1.0  # Xception's scaling to [-1, 1]
+        return _resize(self._prepare(image), self.image_size) / 127.5 - 1.0  # Xception's scaling to [-1, 1]
 
-    def encode_batch(self, images: tf.Tensor) -> tf.Tensor:
+    def unit_rgb(self, images: tf.Tensor) -> tf.Tensor:
+        return (images + 1.0) / 2.0
+
+    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
         if self._call is None:
             self._build()
         return self._call(images)
@@ -112,18 +178,21 @@ class PixelEncoder(Encoder):
     name = "pixels"
 
     @property
-    def dim(self) -> int:
+    def base_dim(self) -> int:
         return self.grid * self.grid * 3
 
     def preprocess(self, image: tf.Tensor) -> tf.Tensor:
-        return _resize(image, self.image_size) / 255.0
+        return _resize(self._prepare(image), self.image_size) / 255.0
 
-    def encode_batch(self, images: tf.Tensor) -> tf.Tensor:
-        return _grid_pool(images, self.grid)
+    def unit_rgb(self, images: tf.Tensor) -> tf.Tensor:
+        return images
+
+    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
+        return self._unmirror(_grid_pool(images, self.grid))
 
 
 ENCODERS = {"xception": XceptionEncoder, "pixels": PixelEncoder}
 
 
-def make_encoder(config: Config) -> Encoder:
-    return ENCODERS[config.encoder](config)
+def make_encoder(config: Config, mirrored: bool = False) -> Encoder:
+    return ENCODERS[config.encoder](config, mirrored)

@@ -106,3 +106,82 @@ def test_grid_features_average_to_the_globally_pooled_vector():
     assert grid.shape == (1, 4 * 2048) and pooled.shape == (1, 2048)
     np.testing.assert_allclose(grid.reshape(4, 2048).mean(axis=0), pooled[0], rtol=1e-4, atol=1e-5)
     assert np.linalg.norm(grid.reshape(4, 2048).std(axis=0)) > 0.1 * np.linalg.norm(pooled)  # the cells differ
+
+
+def _halves(left, right, size=(72, 72)) -> np.ndarray:
+    """An image whose left half is one RGB colour and right half another."""
+    image = np.zeros((*size, 3), np.uint8)
+    image[:, : size[1] // 2], image[:, size[1] // 2:] = left, right
+    return image
+
+
+def _colour_cells(encoder, images) -> np.ndarray:
+    """The colour part of the features, as (images, g, g, bins)."""
+    from captioning.encoders import COLOUR_BINS
+
+    g = encoder.colour_grid
+    return encoder.encode(images)[:, encoder.base_dim:].reshape(len(images), g, g, COLOUR_BINS ** 3)
+
+
+def test_colour_grid_tells_red_from_blue_where_they_are():
+    """Xception's colour part: a red and a blue image differ; in a red|blue image the left cells are the red ones."""
+    from captioning.encoders import COLOUR_SCALE
+
+    encoder = make_encoder(Config(image_size=72, feature_grid=1, colour_grid=2))
+    red, blue = (220, 40, 40), (40, 80, 220)
+    cells = _colour_cells(encoder, [_halves(red, red), _halves(blue, blue), _halves(red, blue)])
+    np.testing.assert_allclose(cells.sum(axis=-1), COLOUR_SCALE, rtol=1e-4)  # each cell: shares of its pixels
+    red_cells, blue_cells, halves = cells[0].reshape(4, -1), cells[1].reshape(4, -1), cells[2]
+    np.testing.assert_allclose(red_cells, red_cells[[0]].repeat(4, 0), atol=1e-5)  # a plain image: equal cells
+    unit = lambda v: v / np.linalg.norm(v)
+    assert unit(red_cells[0]) @ unit(blue_cells[0]) < 0.05  # different bins, not just other amounts
+    for row in range(2):
+        np.testing.assert_allclose(halves[row, 0], red_cells[0], atol=1e-4)
+        np.testing.assert_allclose(halves[row, 1], blue_cells[0], atol=1e-4)
+
+
+def test_colour_grid_is_in_key_and_dim_only_when_on():
+    import hashlib
+
+    from captioning.encoders import COLOUR_BINS, PREPROCESSING
+
+    plain = make_encoder(Config(encoder="pixels", image_size=16, feature_grid=2))
+    text = f"pixels|none|16|2|{PREPROCESSING}"  # the key caches had before colour_grid existed
+    assert plain.key == "pixels-16px-g2-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    keys = {plain.key}
+    for g in (1, 2, 3):
+        config = Config(encoder="pixels", image_size=16, feature_grid=2, colour_grid=g)
+        encoder = make_encoder(config)
+        assert encoder.dim == 2 * 2 * 3 + g * g * COLOUR_BINS ** 3
+        assert encoder.encode([_halves((250, 0, 0), (0, 0, 250))]).shape == (1, encoder.dim)
+        keys |= {encoder.key, make_encoder(config, mirrored=True).key}
+    assert len(keys) == 7  # off, and three grids each plain and mirrored
+
+
+@pytest.mark.parametrize("encoder_name", ["pixels", "xception"])
+def test_mirrored_colour_grid_is_mirrored_back(encoder_name):
+    """The mirrored image's colour cells, mirrored back, are the plain image's (and without that they would not be)."""
+    config = Config(encoder=encoder_name, image_size=72, feature_grid=2, colour_grid=2)
+    image = _halves((220, 40, 40), (40, 170, 60))
+    plain = _colour_cells(make_encoder(config), [image])
+    mirrored = _colour_cells(make_encoder(config, mirrored=True), [image])
+    np.testing.assert_allclose(mirrored, plain, atol=1e-4)
+    assert not np.allclose(plain[:, :, 0], plain[:, :, 1], atol=1e-2)  # left and right cells do differ
+
+
+@pytest.mark.parametrize("encoder_name", ["pixels", "xception"])
+def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shapes_dir, encoder_name):
+    """The cache (file pipeline, extract_features) and Encoder.encode (captioning) give the same colour features."""
+    root = tmp_path / "few"
+    (root / "Images").mkdir(parents=True)
+    names = sorted(p.name for p in (shapes_dir / "Images").iterdir())[:4]
+    for name in names:
+        shutil.copy(shapes_dir / "Images" / name, root / "Images" / name)
+    (root / "captions.txt").write_text("image,caption\n" + "".join(f"{n},a picture\n" for n in names))
+    dataset = load_dataset(root)
+    for mirrored in (False, True):
+        encoder = make_encoder(Config(encoder=encoder_name, image_size=96, feature_grid=2, colour_grid=3), mirrored)
+        extracted, _ = extract_features(names, dataset.images, dataset.info, encoder, progress=False)
+        direct = encoder.encode([load_rgb(root / "Images" / n) for n in names])
+        assert extracted.shape == direct.shape == (4, encoder.dim)
+        np.testing.assert_allclose(extracted, direct, rtol=1e-4, atol=1e-4)
