@@ -57,8 +57,10 @@ def scene_objects(references: list[list[str]]) -> collections.Counter:
 
 
 def colour_word_scores(captions: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
-    """Shares of the captions' colour words that are right (see the module docstring), and counts."""
+    """Shares of the captions' colour words that are right (see the module docstring), and counts; per colour word:
+    [in the scene, said]."""
     words = in_scene = on_shape = 0
+    per_colour = {colour: [0, 0] for colour in COLOURS}
     for caption, refs in zip(captions, references):
         truth = scene_objects(refs)
         colours = collections.Counter()
@@ -67,10 +69,17 @@ def colour_word_scores(captions: list[list[str]], references: list[list[list[str
         mentioned = named_objects(caption)
         words += len(mentioned)
         in_scene += sum(colour in colours for colour, _ in mentioned)
+        for colour, _ in mentioned:
+            per_colour[colour][0] += colour in colours
+            per_colour[colour][1] += 1
         pairs = collections.Counter(m for m in mentioned if m[1] is not None)
         on_shape += sum(min(n, truth[pair]) for pair, n in pairs.items())
     return {"colour_words": words, "colour_in_scene": in_scene / max(words, 1),
-            "colour_on_shape": on_shape / max(words, 1)}
+            "colour_on_shape": on_shape / max(words, 1), "per_colour": per_colour}
+
+
+def _listing(raw_captions: list[str]) -> str:
+    return next((c.strip() for c in raw_captions if " shapes on a " in c), raw_captions[0].strip())
 
 
 def main() -> None:
@@ -106,10 +115,12 @@ def main() -> None:
               **colour_word_scores(captions, references),
               **{f"test_{k}": v for k, v in corpus_bleu_scores(references, captions).items()},
               "caption_seconds": seconds,
-              "samples": [{"image": n, "caption": " ".join(c), "reference": dataset.raw_captions[n][2].strip()}
+              "samples": [{"image": n, "caption": " ".join(c), "reference": _listing(dataset.raw_captions[n])}
                           for n, c in zip(names[:args.samples], captions)]}
     print(f"{result['colour_words']} colour words in {len(names)} test captions (beam-{result['beam_width']}): "
           f"{result['colour_in_scene']:.1%} in the scene, {result['colour_on_shape']:.1%} on the right shape")
+    print("in the scene, by colour word: " + ", ".join(f"{c} {right}/{said}" for c, (right, said) in
+                                                         result["per_colour"].items()))
     print("test BLEU-1..4: " + " ".join(f"{result[f'test_bleu{n}']:.3f}" for n in range(1, 5)))
     for sample in result["samples"]:
         print(f"  {sample['image']}: {sample['caption']}\n    listing reference: {sample['reference']}")

@@ -108,36 +108,47 @@ def test_grid_features_average_to_the_globally_pooled_vector():
     assert np.linalg.norm(grid.reshape(4, 2048).std(axis=0)) > 0.1 * np.linalg.norm(pooled)  # the cells differ
 
 
-def _halves(left, right, size=(72, 72)) -> np.ndarray:
-    """An image whose left half is one RGB colour and right half another."""
-    image = np.zeros((*size, 3), np.uint8)
-    image[:, : size[1] // 2], image[:, size[1] // 2:] = left, right
+def _scene(colours, size=72, background=(128, 128, 128)) -> np.ndarray:
+    """A plain background with a square of each colour in {(row, column) cell of a 2 x 2 layout: colour}."""
+    image = np.full((size, size, 3), background, np.uint8)
+    half, pad = size // 2, size // 8
+    for (row, column), colour in colours.items():
+        image[row * half + pad:(row + 1) * half - pad, column * half + pad:(column + 1) * half - pad] = colour
     return image
 
 
-def _colour_cells(encoder, images) -> np.ndarray:
-    """The colour part of the features, as (images, g, g, bins)."""
+def _colour_part(encoder, images) -> tuple[np.ndarray, np.ndarray]:
+    """The colour part of the features: the cells (images, g, g, bins + 1) and the background (images, bins)."""
     from captioning.encoders import COLOUR_BINS
 
-    g = encoder.colour_grid
-    return encoder.encode(images)[:, encoder.base_dim:].reshape(len(images), g, g, COLOUR_BINS ** 3)
+    g, bins = encoder.colour_grid, COLOUR_BINS ** 3
+    colour = encoder.encode(images)[:, encoder.base_dim:]
+    assert colour.shape[1] == g * g * (bins + 1) + bins
+    return colour[:, :-bins].reshape(len(images), g, g, bins + 1), colour[:, -bins:]
 
 
-def test_colour_grid_tells_red_from_blue_where_they_are():
-    """Xception's colour part: a red and a blue image differ; in a red|blue image the left cells are the red ones."""
+RED, BLUE, GREEN = (220, 40, 40), (40, 80, 220), (40, 170, 60)
+
+
+def test_colour_part_tells_red_from_blue_and_where():
+    """Xception with colour_grid: a red and a blue shape differ in their cell, a red and a blue image in the
+    background part; empty cells are near zero; the features distinguish what Xception's alone barely do."""
     from captioning.encoders import COLOUR_SCALE
 
     encoder = make_encoder(Config(image_size=72, feature_grid=1, colour_grid=2))
-    red, blue = (220, 40, 40), (40, 80, 220)
-    cells = _colour_cells(encoder, [_halves(red, red), _halves(blue, blue), _halves(red, blue)])
-    np.testing.assert_allclose(cells.sum(axis=-1), COLOUR_SCALE, rtol=1e-4)  # each cell: shares of its pixels
-    red_cells, blue_cells, halves = cells[0].reshape(4, -1), cells[1].reshape(4, -1), cells[2]
-    np.testing.assert_allclose(red_cells, red_cells[[0]].repeat(4, 0), atol=1e-5)  # a plain image: equal cells
+    images = [_scene({(0, 0): RED}), _scene({(0, 0): BLUE}), _scene({(0, 0): RED, (1, 1): BLUE}),
+              _scene({}, background=RED), _scene({}, background=BLUE)]
+    cells, background = _colour_part(encoder, images)
     unit = lambda v: v / np.linalg.norm(v)
-    assert unit(red_cells[0]) @ unit(blue_cells[0]) < 0.05  # different bins, not just other amounts
-    for row in range(2):
-        np.testing.assert_allclose(halves[row, 0], red_cells[0], atol=1e-4)
-        np.testing.assert_allclose(halves[row, 1], blue_cells[0], atol=1e-4)
+    red_cell, blue_cell = cells[0, 0, 0, :-1], cells[1, 0, 0, :-1]  # histogram without the share
+    assert unit(red_cell) @ unit(blue_cell) < 0.05  # other bins, not just other amounts
+    np.testing.assert_allclose(cells[2, 0, 0], cells[0, 0, 0], rtol=1e-3, atol=1e-3)  # where the red square is
+    np.testing.assert_allclose(cells[2, 1, 1], cells[1, 0, 0], rtol=1e-3, atol=1e-3)  # where the blue one is
+    assert np.abs(cells[2, 0, 1]).max() < 1e-3 * COLOUR_SCALE and np.abs(cells[2, 1, 0]).max() < 1e-3 * COLOUR_SCALE
+    np.testing.assert_allclose(cells[0, 0, 0, -1], 0.25 * COLOUR_SCALE, rtol=1e-3)  # the square's share of its cell
+    assert np.abs(cells[3:]).max() < 1e-3 * COLOUR_SCALE  # a plain image has no foreground ...
+    assert unit(background[3]) @ unit(background[4]) < 0.05  # ... but its colour is the background's
+    np.testing.assert_allclose(background[0], background[2], atol=1e-4)  # the grey one, shapes or not
 
 
 def test_colour_grid_is_in_key_and_dim_only_when_on():
@@ -147,13 +158,13 @@ def test_colour_grid_is_in_key_and_dim_only_when_on():
 
     plain = make_encoder(Config(encoder="pixels", image_size=16, feature_grid=2))
     text = f"pixels|none|16|2|{PREPROCESSING}"  # the key caches had before colour_grid existed
-    assert plain.key == "pixels-16px-g2-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert plain.key == "pixels-16px-g2-" + hashlib.sha256(text.encode()).hexdigest()[:12] and plain.dim == 12
     keys = {plain.key}
     for g in (1, 2, 3):
         config = Config(encoder="pixels", image_size=16, feature_grid=2, colour_grid=g)
         encoder = make_encoder(config)
-        assert encoder.dim == 2 * 2 * 3 + g * g * COLOUR_BINS ** 3
-        assert encoder.encode([_halves((250, 0, 0), (0, 0, 250))]).shape == (1, encoder.dim)
+        assert encoder.dim == 2 * 2 * 3 + g * g * (COLOUR_BINS ** 3 + 1) + COLOUR_BINS ** 3
+        assert encoder.encode([_scene({(0, 1): RED}, size=16)]).shape == (1, encoder.dim)
         keys |= {encoder.key, make_encoder(config, mirrored=True).key}
     assert len(keys) == 7  # off, and three grids each plain and mirrored
 
@@ -162,16 +173,17 @@ def test_colour_grid_is_in_key_and_dim_only_when_on():
 def test_mirrored_colour_grid_is_mirrored_back(encoder_name):
     """The mirrored image's colour cells, mirrored back, are the plain image's (and without that they would not be)."""
     config = Config(encoder=encoder_name, image_size=72, feature_grid=2, colour_grid=2)
-    image = _halves((220, 40, 40), (40, 170, 60))
-    plain = _colour_cells(make_encoder(config), [image])
-    mirrored = _colour_cells(make_encoder(config, mirrored=True), [image])
-    np.testing.assert_allclose(mirrored, plain, atol=1e-4)
-    assert not np.allclose(plain[:, :, 0], plain[:, :, 1], atol=1e-2)  # left and right cells do differ
+    image = _scene({(0, 0): RED, (1, 1): GREEN})
+    colours = lambda encoder, image: np.concatenate([part.ravel() for part in _colour_part(encoder, [image])])
+    plain = colours(make_encoder(config), image)
+    np.testing.assert_allclose(colours(make_encoder(config, mirrored=True), image), plain, rtol=1e-4, atol=1e-4)
+    flipped = colours(make_encoder(config), np.ascontiguousarray(image[:, ::-1]))
+    assert not np.allclose(flipped, plain, atol=1e-2)  # the mirrored image's own cells are elsewhere
 
 
 @pytest.mark.parametrize("encoder_name", ["pixels", "xception"])
 def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shapes_dir, encoder_name):
-    """The cache (file pipeline, extract_features) and Encoder.encode (captioning) give the same colour features."""
+    """The cache (file pipeline, extract_features) and Encoder.encode (captioning) give the same features."""
     root = tmp_path / "few"
     (root / "Images").mkdir(parents=True)
     names = sorted(p.name for p in (shapes_dir / "Images").iterdir())[:4]
@@ -185,3 +197,4 @@ def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shape
         direct = encoder.encode([load_rgb(root / "Images" / n) for n in names])
         assert extracted.shape == direct.shape == (4, encoder.dim)
         np.testing.assert_allclose(extracted, direct, rtol=1e-4, atol=1e-4)
+        assert np.abs(extracted[:, encoder.base_dim:]).max() > 1.0  # the colour part is there, not all zeros
