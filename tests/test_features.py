@@ -111,7 +111,7 @@ def test_grid_features_average_to_the_globally_pooled_vector():
 def _scene(colours, size=72, background=(128, 128, 128)) -> np.ndarray:
     """A plain background with a square of each colour in {(row, column) cell of a 2 x 2 layout: colour}."""
     image = np.full((size, size, 3), background, np.uint8)
-    half, pad = size // 2, size // 8
+    half, pad = size // 2, size // 9  # even edges at 72 px, so that the colour part's 2 x 2 averages mix no edge
     for (row, column), colour in colours.items():
         image[row * half + pad:(row + 1) * half - pad, column * half + pad:(column + 1) * half - pad] = colour
     return image
@@ -145,7 +145,7 @@ def test_colour_part_tells_red_from_blue_and_where():
     np.testing.assert_allclose(cells[2, 0, 0], cells[0, 0, 0], rtol=1e-3, atol=1e-3)  # where the red square is
     np.testing.assert_allclose(cells[2, 1, 1], cells[1, 0, 0], rtol=1e-3, atol=1e-3)  # where the blue one is
     assert np.abs(cells[2, 0, 1]).max() < 1e-3 * COLOUR_SCALE and np.abs(cells[2, 1, 0]).max() < 1e-3 * COLOUR_SCALE
-    np.testing.assert_allclose(cells[0, 0, 0, -1], 0.25 * COLOUR_SCALE, rtol=1e-3)  # the square's share of its cell
+    np.testing.assert_allclose(cells[0, 0, 0, -1], (20 / 36) ** 2 * COLOUR_SCALE, rtol=1e-3)  # the square's share
     assert np.abs(cells[3:]).max() < 1e-3 * COLOUR_SCALE  # a plain image has no foreground ...
     assert unit(background[3]) @ unit(background[4]) < 0.05  # ... but its colour is the background's
     np.testing.assert_allclose(background[0], background[2], atol=1e-4)  # the grey one, shapes or not
