@@ -111,7 +111,7 @@ def test_grid_features_average_to_the_globally_pooled_vector():
 def _scene(colours, size=72, background=(128, 128, 128)) -> np.ndarray:
     """A plain background with a square of each colour in {(row, column) cell of a 2 x 2 layout: colour}."""
     image = np.full((size, size, 3), background, np.uint8)
-    half, pad = size // 2, size // 9  # even edges at 72 px, so that the colour part's 2 x 2 averages mix no edge
+    half, pad = size // 2, size // 9
     for (row, column), colour in colours.items():
         image[row * half + pad:(row + 1) * half - pad, column * half + pad:(column + 1) * half - pad] = colour
     return image
