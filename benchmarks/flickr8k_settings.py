@@ -38,6 +38,11 @@ def _scores(captioner, prepared) -> dict:
     return out
 
 
+def _by_decoding(evaluations) -> dict:
+    """{"dev_greedy": scores, "test_beam3": scores, ...} from a run's evaluations."""
+    return {f"{ev.split}_{'greedy' if ev.beam_width == 1 else f'beam{ev.beam_width}'}": ev.scores for ev in evaluations}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -82,8 +87,7 @@ def main() -> None:
         history = result.training.history
         if not args.scst_epochs:  # no self-critical stage: the final model is the teacher-forced one
             rows[name] = {"config": config.to_dict(), "date": datetime.date.today().isoformat(),
-                          **{f"{ev.split}_{'greedy' if ev.beam_width == 1 else f'beam{ev.beam_width}'}": ev.scores
-                             for ev in result.evaluations}}
+                          **_by_decoding(result.evaluations)}
         teacher = sum(h["seconds"] for h in history if h["stage"] == "teacher")
         scst = sum(h["seconds"] for h in history if h["stage"] == "scst")
         if name in rows:
@@ -95,8 +99,7 @@ def main() -> None:
             continue
         rows[f"{name}+scst"] = {"config": config.to_dict(), "history": history, "best_epoch": result.training.best_epoch,
                                 "train_seconds": teacher + scst, "scst_seconds": scst,
-                                **{f"{ev.split}_{'greedy' if ev.beam_width == 1 else f'beam{ev.beam_width}'}":
-                                   ev.scores for ev in result.evaluations},
+                                **_by_decoding(result.evaluations),
                                 "date": datetime.date.today().isoformat()}
         result.captioner.save(out_dir / f"{name}+scst")
         save()

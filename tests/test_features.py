@@ -132,7 +132,7 @@ RED, BLUE, GREEN = (220, 40, 40), (40, 80, 220), (40, 170, 60)
 
 def test_colour_part_tells_red_from_blue_and_where():
     """Xception with colour_grid: a red and a blue shape differ in their cell, a red and a blue image in the
-    background part; empty cells are near zero; the features distinguish what Xception's alone barely do."""
+    background part; empty cells are near zero; a cell's share is the square's area."""
     from captioning.encoders import COLOUR_SCALE
 
     encoder = make_encoder(Config(image_size=72, feature_grid=1, colour_grid=2))
