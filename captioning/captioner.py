@@ -20,7 +20,7 @@ from captioning.config import Config
 from captioning.decode import beam_search, greedy_search
 from captioning.encoders import Encoder, make_encoder
 from captioning.images import ImageSource, load_rgb
-from captioning.model import StepDecoder
+from captioning.model import make_step_decoder
 from captioning.text import Vocabulary
 
 FILES = ("config.json", "vocab.json", "decoder.keras")
@@ -33,7 +33,7 @@ class BundleError(FileNotFoundError):
 class Captioner:
     def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model):
         self.config, self.vocab, self.model = config, vocab, model
-        self.decoder = StepDecoder(model, vocab)
+        self.decoder = make_step_decoder(model, vocab)
         self._encoder: Encoder | None = None
 
     @property
@@ -57,27 +57,62 @@ class Captioner:
         if missing:
             raise BundleError(f"{directory} is not a captioner bundle (missing {', '.join(missing)}); "
                               "train one with: python -m captioning train --out DIR")
+        import captioning.attention  # noqa: F401  (registers the attention decoder's layers for loading)
+
         model = keras.saving.load_model(directory / "decoder.keras", compile=False, safe_mode=True)
         return cls(Config.load(directory / "config.json"), Vocabulary.load(directory / "vocab.json"), model)
 
+    @property
+    def has_attention(self) -> bool:
+        return self.decoder.has_attention
+
     # From features (training, evaluation) ...
-    def decode_features(self, features: np.ndarray, beam_width: int | None = None) -> list[list[tuple[str, float]]]:
-        """For each feature vector, captions with scores, best first (one caption when greedy)."""
+    def decode_features(self, inputs, beam_width: int | None = None, with_attention: bool = False):
+        """For each image's inputs (feature vectors; for the attention decoder ImageInputs), captions with scores,
+        best first (one caption when greedy). With `with_attention` (attention decoder only), also the best
+        caption's attention per image: (words, positions)."""
         width = self.config.beam_width if beam_width is None else beam_width
+        with_attention = with_attention and self.has_attention
         if width <= 1:
-            return [[(" ".join(self.vocab.decode(ids)), float("nan"))]
-                    for ids in greedy_search(self.decoder, features, self.config.max_length)]
-        beams = beam_search(self.decoder, features, self.config.max_length, width, self.config.length_penalty)
-        return [[(" ".join(self.vocab.decode(ids)), score) for ids, score in image_beams] for image_beams in beams]
+            found = greedy_search(self.decoder, inputs, self.config.max_length, with_attention=with_attention)
+            ids, attention = found if with_attention else (found, None)
+            captions = [[(" ".join(self.vocab.decode(row)), float("nan"))] for row in ids]
+        else:
+            found = beam_search(self.decoder, inputs, self.config.max_length, width, self.config.length_penalty,
+                                with_attention=with_attention)
+            beams, attention = found if with_attention else (found, None)
+            captions = [[(" ".join(self.vocab.decode(ids)), score) for ids, score in image_beams]
+                        for image_beams in beams]
+        return (captions, attention) if with_attention else captions
 
     # ... or from images (paths, bytes, arrays, PIL images).
+    def encode_images(self, images: Sequence[ImageSource]):
+        """What the decoder reads for these images, computed as the feature cache computes it."""
+        pixels = [load_rgb(image) for image in images]
+        features, maps = self.encoder.encode_inputs(pixels)
+        if self.config.feature_flip and self.config.flip_mode == "average":  # as it was trained
+            mirrored, mirrored_maps = make_encoder(self.config, mirrored=True).encode_inputs(pixels)
+            features = (features + mirrored) / 2
+            maps = (maps.astype(np.float32) + mirrored_maps.astype(np.float32)) / 2
+        if not self.has_attention:
+            return features
+        from captioning.features import ImageInputs
+
+        return ImageInputs(features, maps.reshape(len(maps), -1, maps.shape[-1]).astype(np.float32))
+
     def caption_alternatives(self, images: Sequence[ImageSource],
                              beam_width: int | None = None) -> list[list[tuple[str, float]]]:
-        pixels = [load_rgb(image) for image in images]
-        features = self.encoder.encode(pixels)
-        if self.config.feature_flip and self.config.flip_mode == "average":  # as it was trained
-            features = (features + make_encoder(self.config, mirrored=True).encode(pixels)) / 2
-        return self.decode_features(features, beam_width)
+        return self.decode_features(self.encode_images(images), beam_width)
+
+    def caption_with_attention(self, image: ImageSource, beam_width: int | None = None):
+        """One image's best caption and where the decoder looked for each of its words: (words, h, w) weights that
+        sum to 1 per word; None for a merge decoder, which has no attention."""
+        inputs = self.encode_images([image])
+        if not self.has_attention:
+            return self.decode_features(inputs, beam_width)[0][0][0], None
+        captions, attention = self.decode_features(inputs, beam_width, with_attention=True)
+        side = int(round(np.sqrt(attention[0].shape[1])))
+        return captions[0][0][0], attention[0].reshape(-1, side, side)
 
     def caption(self, images: Sequence[ImageSource] | ImageSource, beam_width: int | None = None):
         """A caption for each image; a single image (not in a list) gives a single string."""

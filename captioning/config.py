@@ -29,11 +29,15 @@ class Config:
     # Text.
     vocab_min_count: int = 5
     max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
-    # Decoder (the seed's merge model).
+    # Decoder: merge (the seed's: the pooled vector added after the LSTM) or attention (Show-Attend-Tell soft
+    # attention over the encoder's spatial map; see captioning.attention).
+    decoder: str = "merge"
     embedding_size: int = 256
     units: int = 512
-    lstm_layers: int = 1
+    lstm_layers: int = 1  # merge only (the attention decoder has one LSTM)
     dropout: float = 0.5
+    attention_units: int = 256  # attention only: the size of the attention MLP
+    attention_penalty: float = 1.0  # attention only: weight of the doubly stochastic attention regulariser
     # Training.
     learning_rate: float = 1e-3
     batch_size: int = 64
@@ -69,6 +73,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")
+DECODERS = ("merge", "attention")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -93,7 +98,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _check(config: Config) -> Config:
     positive = ("image_size", "feature_grid", "vocab_min_count", "embedding_size", "units", "lstm_layers",
-                "batch_size", "epochs", "beam_width")
+                "batch_size", "epochs", "beam_width", "attention_units")
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {getattr(config, key)}")
@@ -105,6 +110,13 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
     if not 0.0 < config.lr_decay <= 1.0:
         raise ConfigError(f"config key 'lr_decay' must be in (0, 1] (1: constant learning rate), got {config.lr_decay}")
+    if config.decoder not in DECODERS:
+        raise ConfigError(f"config key 'decoder' must be one of {', '.join(DECODERS)}, got {config.decoder!r}")
+    if config.decoder == "attention" and config.lstm_layers != 1:
+        raise ConfigError(f"config key 'lstm_layers' is {config.lstm_layers}, but the attention decoder has one LSTM; "
+                          "set lstm_layers=1 (or decoder=merge)")
+    if config.attention_penalty < 0:
+        raise ConfigError(f"config key 'attention_penalty' must be 0 (off) or more, got {config.attention_penalty}")
     if config.colour_grid < 0:
         raise ConfigError(f"config key 'colour_grid' must be 0 (off) or more, got {config.colour_grid}")
     if config.flip_mode not in FLIP_MODES:

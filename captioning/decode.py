@@ -1,4 +1,10 @@
-"""Greedy and beam search, batched: one call of the step decoder per word for all images (and beams) at once."""
+"""Greedy and beam search, batched: one call of the step decoder per word for all images (and beams) at once.
+
+Both work with either decoder (captioning.model.StepDecoder, captioning.attention.AttentionStepDecoder): `inputs` is
+whatever the decoder's `start` reads (feature vectors, or ImageInputs for attention), sliced into batches. With
+`with_attention`, an attention decoder's weights come back too: per caption, one (positions,) row per word, where
+the decoder looked when it chose that word.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,54 +13,76 @@ import tensorflow as tf
 from captioning.model import StepDecoder
 
 
-def greedy_search(decoder: StepDecoder, features: np.ndarray, max_length: int,
-                  batch_size: int = 2048) -> list[list[int]]:
-    """The most likely next word at each step; word ids without start and end tokens."""
-    out: list[list[int]] = []
-    for start in range(0, len(features), batch_size):
-        out += _greedy_batch(decoder, features[start:start + batch_size], max_length)
-    return out
+def _batch_size(decoder, rows: int) -> int:
+    """Images per batch: an attention decoder's per-image context is P times larger, so it takes fewer."""
+    return max(1, rows // 8) if decoder.has_attention else rows
 
 
-def _greedy_batch(decoder: StepDecoder, features: np.ndarray, max_length: int) -> list[list[int]]:
-    n = len(features)
-    image = decoder.image_vectors(features)
-    states = decoder.initial_states(n)
+def greedy_search(decoder: StepDecoder, inputs, max_length: int, batch_size: int = 2048,
+                  with_attention: bool = False):
+    """The most likely next word at each step; word ids without start and end tokens (and, with `with_attention`,
+    a list of (words, positions) attention arrays beside them; None each for a decoder without attention)."""
+    out, maps = [], []
+    collect = with_attention and decoder.has_attention
+    batch_size = _batch_size(decoder, batch_size)
+    for start in range(0, len(inputs), batch_size):
+        words, attention = _greedy_batch(decoder, inputs[start:start + batch_size], max_length, collect)
+        out += words
+        maps += attention if collect else [None] * len(words)
+    return (out, maps) if with_attention else out
+
+
+def _greedy_batch(decoder: StepDecoder, inputs, max_length: int, with_attention: bool):
+    context, states = decoder.start(inputs)
+    n = len(inputs)
     tokens = np.full(n, decoder.start_id, np.int32)
     words = np.zeros((n, max_length), np.int32)
     finished = np.zeros(n, bool)
+    alphas = []
     for t in range(max_length - 2):  # start + words + end fit in max_length, as in training
-        _, top, states = _step_live(decoder, tokens, states, image, ~finished, 1)
+        _, top, states, alpha = _step_live(decoder, tokens, states, context, ~finished, 1,
+                                           with_attention=with_attention)
+        alphas.append(alpha)
         tokens = top[:, 0].astype(np.int32)
         words[:, t] = np.where(finished, 0, tokens)
         finished |= tokens == decoder.end_id
         if finished.all():
             break
-    return [_strip(row, decoder.end_id) for row in words]
+    captions = [_strip(row, decoder.end_id) for row in words]
+    if not with_attention:
+        return captions, []
+    stacked = np.stack(alphas, axis=1)  # (n, steps, P)
+    return captions, [stacked[i, :len(ids)] for i, ids in enumerate(captions)]
 
 
-def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor], image: tf.Tensor,
-               live: np.ndarray, k: int, end_only: bool = False):
+def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor], context: tuple[tf.Tensor, ...],
+               live: np.ndarray, k: int, end_only: bool = False, with_attention: bool = False):
     """The top-k next words of the live rows only (unfinished hypotheses), so that the few long captions at the end
-    of a batch do not cost a step for every row. Other rows get -inf candidates and keep their states.
-    With `end_only`, the one candidate is the end token."""
+    of a batch do not cost a step for every row. Other rows get -inf candidates and keep their states (and zero
+    attention). With `end_only`, the one candidate is the end token."""
     values = np.full((len(tokens), k), -np.inf, np.float32)
     ids = np.zeros((len(tokens), k), np.int32)
+    alpha = None
+    if with_attention:
+        alpha = np.zeros((len(tokens), int(context[0].shape[1])), np.float32)
     index = np.flatnonzero(live)
     if index.size == 0:
-        return values, ids, states
+        return values, ids, states, alpha
     everyone = index.size == len(tokens)
     sub_states = states if everyone else [tf.gather(s, index) for s in states]
-    sub_image = image if everyone else tf.gather(image, index)
+    sub_context = context if everyone else tuple(tf.gather(c, index) for c in context)
     if end_only:
-        logp, new_states = decoder.step(tokens[index], sub_states, sub_image)
+        logp, new_states = decoder.step(tokens[index], sub_states, sub_context)
         values[index, 0] = logp.numpy()[:, decoder.end_id]
         ids[index] = decoder.end_id
+    elif with_attention:
+        values[index], ids[index], new_states, alpha[index] = decoder.step_top(
+            tokens[index], sub_states, sub_context, k, with_attention=True)
     else:
-        values[index], ids[index], new_states = decoder.step_top(tokens[index], sub_states, sub_image, k)
+        values[index], ids[index], new_states = decoder.step_top(tokens[index], sub_states, sub_context, k)
     if not everyone:
         new_states = [tf.tensor_scatter_nd_update(s, index[:, None], new) for s, new in zip(states, new_states)]
-    return values, ids, new_states
+    return values, ids, new_states, alpha
 
 
 def _strip(row: np.ndarray, end_id: int) -> list[int]:
@@ -66,25 +94,33 @@ def _strip(row: np.ndarray, end_id: int) -> list[int]:
     return ids
 
 
-def beam_search(decoder: StepDecoder, features: np.ndarray, max_length: int, width: int,
-                length_penalty: float, batch_size: int = 512) -> list[list[tuple[list[int], float]]]:
-    """For each image, `width` captions (word ids) with their scores, best first.
+def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, length_penalty: float,
+                batch_size: int = 512, with_attention: bool = False):
+    """For each image, `width` captions (word ids) with their scores, best first (and, with `with_attention`, the
+    best caption's attention per image, as greedy_search gives it).
 
     A hypothesis scores sum(log p) / length ** length_penalty (length counts the end token), which is also how
     beams are ranked at every step, so that short captions do not win merely by being short. A width above the
     vocabulary size is the vocabulary size.
     """
     width = min(width, int(decoder.banned.shape[0]))
-    out: list[list[tuple[list[int], float]]] = []
-    for start in range(0, len(features), batch_size):
-        out += _beam_batch(decoder, features[start:start + batch_size], max_length, width, length_penalty)
-    return out
+    out, maps = [], []
+    collect = with_attention and decoder.has_attention
+    batch_size = _batch_size(decoder, batch_size)
+    for start in range(0, len(inputs), batch_size):
+        beams, attention = _beam_batch(decoder, inputs[start:start + batch_size], max_length, width, length_penalty,
+                                       collect)
+        out += beams
+        maps += attention if collect else [None] * len(beams)
+    return (out, maps) if with_attention else out
 
 
-def _beam_batch(decoder, features, max_length, k, alpha):
-    n = len(features)
-    image = tf.repeat(decoder.image_vectors(features), k, axis=0)
-    states = decoder.initial_states(n * k)
+def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention):
+    n = len(inputs)
+    context, states = decoder.start(inputs)
+    context = tuple(tf.repeat(c, k, axis=0) for c in context)
+    states = [tf.repeat(s, k, axis=0) for s in states]
+    seen = np.zeros((n, k, 0, int(context[0].shape[1]) if with_attention else 0), np.float32)
     tokens = np.full(n * k, decoder.start_id, np.int32)
     scores = np.full((n, k), -np.inf, np.float64)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step yields k distinct words
@@ -97,7 +133,9 @@ def _beam_batch(decoder, features, max_length, k, alpha):
         # are ranked (a beam's length, hence its normalisation, is the same for all its continuations).
         live = (~finished & np.isfinite(scores)).reshape(-1)
         # The last position holds the end token, as in training.
-        values, ids, states = _step_live(decoder, tokens, states, image, live, k, end_only=t == max_length - 2)
+        values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, k,
+                                                     end_only=t == max_length - 2,
+                                                     with_attention=with_attention and t < max_length - 2)
         values = values.astype(np.float64).reshape(n, k, k)
         ids = ids.reshape(n, k, k)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.
@@ -114,15 +152,21 @@ def _beam_batch(decoder, features, max_length, k, alpha):
         lengths = new_lengths[rows, beam]
         finished = finished[rows, beam] | (word == decoder.end_id)
         words = np.concatenate([words[rows, beam], word[:, :, None]], axis=2)
+        if with_attention:
+            if step_alpha is None:  # the forced end token: its weights are not computed
+                step_alpha = np.zeros((n * k, seen.shape[3]), np.float32)
+            seen = np.concatenate([seen[rows, beam], step_alpha.reshape(n, k, -1)[rows, beam][:, :, None]], axis=2)
         gather = (rows * k + beam).reshape(-1)
         states = [tf.gather(s, gather) for s in states]
         tokens = word.reshape(-1)
         if finished.all():
             break
     final = scores / np.maximum(lengths, 1) ** alpha
-    results = []
+    results, attention = [], []
     for i in range(n):
         order = np.argsort(-final[i])
         results.append([(_strip(words[i, b], decoder.end_id), float(final[i, b])) for b in order
                         if np.isfinite(final[i, b])])
-    return results
+        if with_attention:
+            attention.append(seen[i, order[0], :len(results[-1][0][0])])
+    return results, attention

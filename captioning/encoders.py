@@ -1,9 +1,15 @@
-"""Image encoders: a named, configurable choice that turns RGB images into one feature vector each.
+"""Image encoders: a named, configurable choice that turns RGB images into a spatial feature map each, and the
+feature vector derived from it.
 
-- `xception`: the seed's encoder, ImageNet Xception without its top. At 299 px with global average pooling it gives
-  the seed's 2048-d vector; a smaller `image_size` is several times faster, and `feature_grid` > 1 keeps a coarse
-  spatial layout (a g x g grid of averages) that captions about positions need.
-- `pixels`: the image shrunk to a g x g colour grid. No weights, near-instant; for tests and quick sanity runs.
+- `xception`: the seed's encoder, ImageNet Xception without its top. Its map at 299 px is 10 x 10 x 2048; global
+  average pooling gives the seed's 2048-d vector, `feature_grid` > 1 a coarse spatial layout (a g x g grid of
+  averages) that captions about positions need, and the attention decoder attends over the whole map. A smaller
+  `image_size` is several times faster.
+- `pixels`: the image shrunk to an 8 x 8 colour map (`feature_grid` g: a g x g grid of it). No weights, near-instant;
+  for tests and quick sanity runs.
+
+The map is what the cache keeps (float16, see captioning.features), so the pooled vector, every grid and the
+attention decoder's input come from one extraction. `map_key` names what a map means; `key` the derived vector.
 
 `colour_grid` g > 0 appends to either encoder's features a g x g grid of the colours of the image's foreground (the
 pixels unlike its border) and the colour of its background, computed from the same preprocessed image. ImageNet
@@ -22,6 +28,7 @@ from captioning.config import Config
 
 # Bumped whenever decoding or resizing changes what the same image file turns into, so old caches are not reused.
 PREPROCESSING = "jpeg-accurate-dct"
+PIXEL_MAP = 8  # the pixel encoder's map: the image area-averaged to at most 8 x 8
 # The colour part. Per cell: a soft COLOUR_BINS^3 RGB histogram of the foreground pixels (each channel split linearly
 # between the two nearest of COLOUR_BINS evenly spaced levels), divided by the cell's foreground share (+ 0.02, so an
 # empty cell stays near zero), then that share. Foreground: the largest channel difference from the background (the
@@ -63,16 +70,31 @@ class Encoder:
         return (f"{self.name}-{self.image_size}px-g{self.grid}{colour}{mirror}-"
                 + hashlib.sha256(text.encode()).hexdigest()[:12])
 
+    @property
+    def map_key(self) -> str:
+        """Identifies what the cached maps mean (the grid and the colour part are derived, not part of it)."""
+        text = f"{self.name}|{self.weights_id}|{self.image_size}|{PREPROCESSING}|map" + ("|mirrored" if self.mirrored else "")
+        return (f"{self.name}-{self.image_size}px{'-mirrored' if self.mirrored else ''}-"
+                + hashlib.sha256(text.encode()).hexdigest()[:12])
+
+    @property
+    def colour_key(self) -> str:
+        """Identifies the cached colour parts (colour_grid > 0 only)."""
+        text = f"{self.key}|colour-part"
+        return f"colour-{self.image_size}px-c{self.colour_grid}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def _prepare(self, image: tf.Tensor) -> tf.Tensor:
         return tf.image.flip_left_right(image) if self.mirrored else image
 
-    def _unmirror(self, features: tf.Tensor, grid: int | None = None) -> tf.Tensor:
+    def _unmirror(self, features: tf.Tensor, grid: int) -> tf.Tensor:
         """Mirror the grid cells of a mirrored image's features back (columns reversed; a 1 x 1 grid is itself)."""
-        grid = self.grid if grid is None else grid
         if not self.mirrored or grid == 1:
             return features
         cells = tf.reshape(features, (tf.shape(features)[0], grid, grid, -1))
         return tf.reshape(tf.reverse(cells, axis=[2]), tf.shape(features))
+
+    def _unmirror_maps(self, maps: tf.Tensor) -> tf.Tensor:
+        return tf.reverse(maps, axis=[2]) if self.mirrored else maps
 
     @property
     def dim(self) -> int:
@@ -93,25 +115,37 @@ class Encoder:
         """Preprocessed images back to RGB in [0, 1], for the colour part."""
         raise NotImplementedError
 
-    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
-        """A batch of preprocessed images -> (B, base_dim) features, cells mirrored back."""
+    def encode_maps(self, images: tf.Tensor) -> tf.Tensor:
+        """A batch of preprocessed images -> (B, h, w, channels) float32 maps, columns mirrored back."""
         raise NotImplementedError
 
-    def encode_batch(self, images: tf.Tensor) -> tf.Tensor:
-        """A batch of preprocessed images -> (B, dim) float32 features: the encoder's, then the colour part."""
-        features = self.encode_base(images)
-        if not self.colour_grid:
-            return features
+    def encode_colour(self, images: tf.Tensor) -> tf.Tensor:
+        """A batch of preprocessed images -> (B, colour_dim) colour parts, cells mirrored back."""
         cells, background = colour_features(self.unit_rgb(images), self.colour_grid)
-        return tf.concat([features, self._unmirror(cells, self.colour_grid), background], axis=1)
+        return tf.concat([self._unmirror(cells, self.colour_grid), background], axis=1)
 
-    def encode(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
-        """RGB uint8 arrays of any size -> features, without the file pipeline (used when captioning)."""
-        out = []
+    def derive(self, maps: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        """Maps (as cached: float16) and colour parts -> (B, dim) float32 feature vectors."""
+        features = _grid_pool(tf.cast(tf.convert_to_tensor(maps), tf.float32), self.grid).numpy()
+        return features if colour is None else np.concatenate([features, colour], axis=1)
+
+    def encode_inputs(self, images: list[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 arrays of any size -> (feature vectors, float16 maps), without the file pipeline (used when
+        captioning). The maps are rounded to float16 as the cache keeps them, so both paths see the same values."""
+        vectors, maps = [], []
         for start in range(0, len(images), batch_size):
             batch = tf.stack([self.preprocess(tf.convert_to_tensor(im)) for im in images[start:start + batch_size]])
-            out.append(self.encode_batch(batch).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            batch_maps = self.encode_maps(batch).numpy().astype(np.float16)
+            colour = self.encode_colour(batch).numpy() if self.colour_grid else None
+            vectors.append(self.derive(batch_maps, colour))
+            maps.append(batch_maps)
+        if not vectors:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 1, 1, 1), np.float16)
+        return np.concatenate(vectors), np.concatenate(maps)
+
+    def encode(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """RGB uint8 arrays of any size -> feature vectors (see encode_inputs)."""
+        return self.encode_inputs(images, batch_size)[0]
 
 
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -182,8 +216,7 @@ class XceptionEncoder(Encoder):
         model.set_weights(xception_weights())
         model.trainable = False
         self._model = model
-        self._call = tf.function(lambda x: self._unmirror(_grid_pool(model(x, training=False), self.grid)),
-                                 reduce_retracing=True)
+        self._call = tf.function(lambda x: self._unmirror_maps(model(x, training=False)), reduce_retracing=True)
 
     def preprocess(self, image: tf.Tensor) -> tf.Tensor:
         return _resize(self._prepare(image), self.image_size) / 127.5 - 1.0  # Xception's scaling to [-1, 1]
@@ -191,7 +224,7 @@ class XceptionEncoder(Encoder):
     def unit_rgb(self, images: tf.Tensor) -> tf.Tensor:
         return (images + 1.0) / 2.0
 
-    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
+    def encode_maps(self, images: tf.Tensor) -> tf.Tensor:
         if self._call is None:
             self._build()
         return self._call(images)
@@ -210,8 +243,9 @@ class PixelEncoder(Encoder):
     def unit_rgb(self, images: tf.Tensor) -> tf.Tensor:
         return images
 
-    def encode_base(self, images: tf.Tensor) -> tf.Tensor:
-        return self._unmirror(_grid_pool(images, self.grid))
+    def encode_maps(self, images: tf.Tensor) -> tf.Tensor:
+        size = min(PIXEL_MAP, self.image_size)
+        return self._unmirror_maps(tf.image.resize(images, (size, size), method="area"))
 
 
 ENCODERS = {"xception": XceptionEncoder, "pixels": PixelEncoder}

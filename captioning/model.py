@@ -41,7 +41,13 @@ def masked_cross_entropy(targets, logits):
 
 
 class StepDecoder:
-    """Runs the trained layers one word at a time, carrying the LSTM state, for a whole batch of images at once."""
+    """Runs the trained layers one word at a time, carrying the LSTM state, for a whole batch of images at once.
+
+    The interface the decoding functions use, shared with captioning.attention.AttentionStepDecoder:
+    start(inputs) -> (per-image context tensors, initial states); step / step_top(tokens, states, context).
+    """
+
+    has_attention = False
 
     def __init__(self, model: keras.Model, vocab: Vocabulary):
         self.image_dense = model.get_layer("image_dense")
@@ -62,15 +68,17 @@ class StepDecoder:
         self._step = tf.function(self._step_impl, reduce_retracing=True)
         self._top = tf.function(self._top_impl, reduce_retracing=True)
         self._image = tf.function(lambda f: self.image_dense(f, training=False), reduce_retracing=True)
+        self.training_signature = [tf.TensorSpec((None, self.image_dense.kernel.shape[0]), tf.float32),
+                                   tf.TensorSpec((None, None), tf.int32)]
+        self.signature = None  # (the merge decoder's steps trace per shape pattern, see reduce_retracing)
 
-    def image_vectors(self, features: np.ndarray) -> tf.Tensor:
-        return self._image(tf.convert_to_tensor(features, tf.float32))
+    def start(self, features: np.ndarray) -> tuple[tuple[tf.Tensor, ...], list[tf.Tensor]]:
+        """The images' projected vectors (the context every step adds) and zero initial states."""
+        zeros = tf.zeros((len(features), self.units))
+        return (self._image(tf.convert_to_tensor(features, tf.float32)),), [zeros] * (2 * len(self.cells))
 
-    def initial_states(self, batch: int) -> list[tf.Tensor]:
-        zeros = tf.zeros((batch, self.units))
-        return [zeros for _ in range(2 * len(self.cells))]
-
-    def _step_impl(self, tokens, states, image_vectors):
+    def _step_impl(self, tokens, states, context):
+        image_vectors, = context
         x = self.embedding(tokens)
         new_states = []
         for layer, cell in enumerate(self.cells):
@@ -79,17 +87,31 @@ class StepDecoder:
         logits = self.logits(self.merge_dense(image_vectors + x))
         return tf.nn.log_softmax(logits + self.banned), new_states
 
-    def _top_impl(self, tokens, states, image_vectors, k):
-        logp, new_states = self._step_impl(tokens, states, image_vectors)
+    def _top_impl(self, tokens, states, context, k):
+        logp, new_states = self._step_impl(tokens, states, context)
         values, ids = tf.math.top_k(logp, k)
         return values, ids, new_states
 
-    def step(self, tokens: np.ndarray, states: list[tf.Tensor], image_vectors: tf.Tensor):
+    def step(self, tokens: np.ndarray, states: list[tf.Tensor], context: tuple[tf.Tensor, ...]):
         """Log-probabilities of the next word (batch, vocab) and the new states."""
-        return self._step(tf.convert_to_tensor(tokens, tf.int32), states, image_vectors)
+        return self._step(tf.convert_to_tensor(tokens, tf.int32), states, context)
 
-    def step_top(self, tokens: np.ndarray, states: list[tf.Tensor], image_vectors: tf.Tensor, k: int):
+    def step_top(self, tokens: np.ndarray, states: list[tf.Tensor], context: tuple[tf.Tensor, ...], k: int,
+                 with_attention: bool = False):
         """The k most likely next words: log-probabilities (batch, k) and ids (batch, k), best first, and the new
-        states. Only these leave the graph, not the whole (batch, vocab) matrix."""
-        values, ids, new_states = self._top(tf.convert_to_tensor(tokens, tf.int32), states, image_vectors, k)
+        states. Only these leave the graph, not the whole (batch, vocab) matrix. (No attention weights here.)"""
+        values, ids, new_states = self._top(tf.convert_to_tensor(tokens, tf.int32), states, context, k)
         return values.numpy(), ids.numpy(), new_states
+
+    def training_inputs(self, features: np.ndarray, owner: np.ndarray, tokens: np.ndarray) -> list:
+        """The model's inputs for captions `tokens` of the images `features` (caption i is of image owner[i])."""
+        return [tf.constant(np.asarray(features, np.float32)[owner]), tf.constant(tokens, tf.int32)]
+
+
+def make_step_decoder(model: keras.Model, vocab: Vocabulary):
+    """The step decoder for a trained model of either decoder."""
+    if model.name == "attention_decoder":
+        from captioning.attention import AttentionStepDecoder
+
+        return AttentionStepDecoder(model, vocab)
+    return StepDecoder(model, vocab)

@@ -12,7 +12,7 @@ from captioning.captioner import Captioner
 from captioning.config import Config
 from captioning.data import SPLITS, DataError, Dataset, load_dataset
 from captioning.encoders import make_encoder
-from captioning.features import ExtractionStats, extract_features
+from captioning.features import ExtractionStats, ImageInputs, MapView, extract
 from captioning.metrics import coco_scores, corpus_bleu_scores, start_java_scorers
 from captioning.text import Vocabulary
 from captioning.train import EpochCallback, TrainResult, train_decoder
@@ -26,6 +26,15 @@ class Prepared:
     features: dict[str, np.ndarray]  # split -> (images, dim), rows in dataset.splits[split] order
     stats: ExtractionStats
     mirrored: dict[str, np.ndarray] | None = None  # the mirrored images' features, with feature_flip: augment
+    maps: dict[str, MapView] | None = None  # split -> the images' spatial maps, read when indexed
+    mirrored_maps: dict[str, MapView] | None = None  # with feature_flip: augment
+
+    def inputs(self, split: str, decoder: str, mirrored: bool = False):
+        """What a decoder reads for a split's images: the feature vectors (merge), or them and the maps."""
+        features = (self.mirrored if mirrored else self.features)[split]
+        if decoder != "attention":
+            return features
+        return ImageInputs(features, (self.mirrored_maps if mirrored else self.maps)[split])
 
 
 def feature_key(config: Config) -> str:
@@ -48,18 +57,22 @@ def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared
     """Features of every image, from the cache or extracted; with feature_flip, of the mirrored images too, averaged
     with the plain ones (flip_mode: average) or kept beside them for training (augment)."""
     names = sorted(dataset.images)  # every usable image, in a split or not, so that the cache is complete
-    matrix, stats = extract_features(names, dataset.images, dataset.info, make_encoder(config), progress=progress)
-    mirrored = None
+    matrix, maps, stats = extract(names, dataset.images, dataset.info, make_encoder(config), progress=progress)
+    mirrored = mirrored_maps = None
     if config.feature_flip:
-        mirrored, more = extract_features(names, dataset.images, dataset.info, make_encoder(config, mirrored=True),
-                                          progress=progress)
+        mirrored, mirrored_maps, more = extract(names, dataset.images, dataset.info,
+                                                make_encoder(config, mirrored=True), progress=progress)
         stats = ExtractionStats(images=stats.images, cache_hits=stats.cache_hits + more.cache_hits,
                                 extracted=stats.extracted + more.extracted, seconds=stats.seconds + more.seconds)
         if config.flip_mode == "average":
             matrix, mirrored = (matrix + mirrored) / 2, None
+            maps, mirrored_maps = MapView(maps.parts + mirrored_maps.parts), None
     row = {name: i for i, name in enumerate(names)}
-    by_split = lambda m: {split: m[[row[n] for n in dataset.splits[split]]] for split in SPLITS}
-    return Prepared(dataset, by_split(matrix), stats, None if mirrored is None else by_split(mirrored))
+    rows = {split: np.array([row[n] for n in dataset.splits[split]], np.int64) for split in SPLITS}
+    by_split = lambda m: {split: m[rows[split]] for split in SPLITS}
+    view = lambda v: {split: MapView([(array, indices[rows[split]]) for array, indices in v.parts]) for split in SPLITS}
+    return Prepared(dataset, by_split(matrix), stats, None if mirrored is None else by_split(mirrored),
+                    view(maps), None if mirrored_maps is None else view(mirrored_maps))
 
 
 @dataclasses.dataclass
@@ -77,7 +90,7 @@ def evaluate(captioner: Captioner, prepared: Prepared, split: str, beam_width: i
     if not names:
         raise DataError(f"the {split} split of {dataset.root} has no usable images; score another --split")
     start = time.perf_counter()
-    decoded = captioner.decode_features(prepared.features[split], beam_width)
+    decoded = captioner.decode_features(prepared.inputs(split, captioner.config.decoder), beam_width)
     seconds = time.perf_counter() - start
     hypotheses = [alternatives[0][0].split() for alternatives in decoded]
     scores = corpus_bleu_scores([dataset.captions[name] for name in names], hypotheses)
@@ -113,10 +126,12 @@ def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: Epoch
     start_java_scorers()  # METEOR's start takes seconds of loading: let it overlap with the training
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
     vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
-    training = train_decoder(config, vocab, prepared.features["train"], [dataset.captions[n] for n in train_names],
-                             prepared.features["dev"], [dataset.captions[n] for n in dev_names],
+    mirrored = prepared.mirrored is not None
+    training = train_decoder(config, vocab, prepared.inputs("train", config.decoder),
+                             [dataset.captions[n] for n in train_names], prepared.inputs("dev", config.decoder),
+                             [dataset.captions[n] for n in dev_names],
                              epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint,
-                             train_mirrored=prepared.mirrored and prepared.mirrored["train"],
+                             train_mirrored=prepared.inputs("train", config.decoder, mirrored=True) if mirrored else None,
                              after_teacher_forcing=after_teacher_forcing and (
                                  lambda model: after_teacher_forcing(Captioner(config, vocab, model))))
     captioner = Captioner(config, vocab, training.model)

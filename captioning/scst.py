@@ -21,7 +21,7 @@ import tensorflow as tf
 from captioning.config import Config
 from captioning.decode import greedy_search
 from captioning.metrics import CiderD
-from captioning.model import StepDecoder
+from captioning.model import make_step_decoder
 from captioning.text import Vocabulary, pad_batch
 
 BANNED = -1e9  # logit offset of padding, start and <unk>, which sampling never draws (finite: 0 * it is 0)
@@ -34,13 +34,18 @@ class SelfCritical:
         self.features, self.dev_batches, self.selection = train_features, dev_batches, selection
         self.cider = CiderD(train_captions)
         self.optimizer = keras.optimizers.Adam(config.scst_learning_rate)
-        self.decoder = StepDecoder(model, vocab)
+        self.optimizer.build(model.trainable_variables)  # now, so that the train step is traced once, not twice
+        self.decoder = make_step_decoder(model, vocab)
         self.banned = tf.maximum(self.decoder.banned, BANNED)
-        dim = train_features.shape[1]
-        self._sample_step = tf.function(self._sample_step_impl, reduce_retracing=True)
+        if self.decoder.signature is None:
+            self._sample_step = tf.function(self._sample_step_impl, reduce_retracing=True)
+        else:
+            signature = self.decoder.signature
+            self._sample_step = tf.function(self._sample_step_impl, input_signature=[
+                tf.TensorSpec((None,), tf.int32), signature["states"], signature["context"],
+                tf.TensorSpec((2,), tf.int32)])
         self._train_step = tf.function(self._train_step_impl, input_signature=[
-            tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((None, None), tf.int32),
-            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32)])
+            self.decoder.training_signature, tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32)])
 
     # --- One epoch -----------------------------------------------------------------------------------------------
 
@@ -72,14 +77,14 @@ class SelfCritical:
 
     def step(self, images: np.ndarray, seed: tuple[int, int]) -> tuple[float, float]:
         samples = self.config.scst_samples
-        features = np.repeat(self.features[images], samples, axis=0)
+        batch = self.features[images]
         owners = np.repeat(images, samples)
-        ids = self.sample(features, seed)
+        ids = self.sample(batch, seed)
         rewards = self.cider.scores([self.vocab.decode(row) for row in ids], owners)
         advantages = rewards - self.baseline(rewards, images)
         tokens = pad_batch([[self.vocab.start_id, *row, self.vocab.end_id] for row in ids])
-        loss = self._train_step(tf.constant(features), tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:]),
-                                tf.constant(advantages, tf.float32))
+        inputs = self.decoder.training_inputs(batch, np.repeat(np.arange(len(images)), samples), tokens[:, :-1])
+        loss = self._train_step(inputs, tf.constant(tokens[:, 1:]), tf.constant(advantages, tf.float32))
         return float(loss), float(rewards.mean())
 
     def baseline(self, rewards: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -93,16 +98,19 @@ class SelfCritical:
 
     # --- Sampling and the policy-gradient step --------------------------------------------------------------------
 
-    def sample(self, features: np.ndarray, seed: tuple[int, int]) -> list[list[int]]:
-        """One caption per row, drawn word by word from the model's distribution (word ids, no start or end)."""
-        n = len(features)
-        image = self.decoder.image_vectors(features)
-        states = self.decoder.initial_states(n)
+    def sample(self, images, seed: tuple[int, int]) -> list[list[int]]:
+        """scst_samples captions per image, drawn word by word from the model's distribution (word ids, no start or
+        end), image by image: [image 0's samples, image 1's, ...]."""
+        context, states = self.decoder.start(images)
+        samples = self.config.scst_samples
+        context = tuple(tf.repeat(c, samples, axis=0) for c in context)
+        states = [tf.repeat(s, samples, axis=0) for s in states]
+        n = len(images) * samples
         tokens = tf.fill((n,), self.vocab.start_id)
         words = np.zeros((n, self.config.max_length - 2), np.int32)
         finished = np.zeros(n, bool)
         for t in range(self.config.max_length - 2):  # start + words + end fit in max_length, as in training
-            tokens, states = self._sample_step(tokens, states, image, tf.constant([seed[0], seed[1] * 1000 + t]))
+            tokens, states = self._sample_step(tokens, states, context, tf.constant([seed[0], seed[1] * 1000 + t]))
             drawn = tokens.numpy()
             words[:, t] = np.where(finished, 0, drawn)
             finished |= drawn == self.vocab.end_id
@@ -114,16 +122,17 @@ class SelfCritical:
             out.append(row[: ends[0] if ends.size else len(row)].tolist())
         return out
 
-    def _sample_step_impl(self, tokens, states, image, seed):
-        logp, states = self.decoder._step_impl(tokens, states, image)
+    def _sample_step_impl(self, tokens, states, context, seed):
+        logp, states = self.decoder._step_impl(tokens, states, context)[:2]
         drawn = tf.random.stateless_categorical(logp, 1, seed, dtype=tf.int32)[:, 0]
         return drawn, states
 
-    def _train_step_impl(self, features, inputs, targets, advantages):
+    def _train_step_impl(self, inputs, targets, advantages):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            # Without dropout: the gradient is that of the policy the captions were sampled from.
-            logits = self.model([features, inputs], training=False) + self.banned
+            # Without dropout: the gradient is that of the policy the captions were sampled from. (The attention
+            # penalty is not part of this loss: the reward alone decides.)
+            logits = self.model(inputs, training=False) + self.banned
             mask = tf.cast(tf.not_equal(targets, 0), logits.dtype)
             log_p = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
             loss = -tf.reduce_sum(advantages[:, None] * log_p * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)

@@ -18,7 +18,7 @@ from captioning.cache import atomic_write
 from captioning.config import Config
 from captioning.decode import greedy_search
 from captioning.metrics import CiderD, corpus_bleu_scores
-from captioning.model import StepDecoder, build_decoder, masked_cross_entropy
+from captioning.model import build_decoder, make_step_decoder, masked_cross_entropy
 from captioning.text import Vocabulary, pad_batch
 
 EpochCallback = Callable[[int, dict], None]
@@ -37,24 +37,38 @@ class CaptionBatches:
 
     Captions of similar length are batched together (sorted within shuffled pools of 50 batches), so little time
     goes to padding; the batch order is reshuffled every epoch from the seed.
+
+    With `by_image` (the attention decoder), a batch holds all the captions of about batch_size / (captions per
+    image) images (images of similar longest caption together), and yields (maps, feature vectors, each caption's
+    image row, input ids) -> target ids, so that each image's projection is computed once per batch.
     """
 
-    def __init__(self, features: np.ndarray, captions: list[list[list[int]]], batch_size: int,
-                 shuffle: bool, seed: int, mirrored: np.ndarray | None = None):
+    def __init__(self, features, captions: list[list[list[int]]], batch_size: int,
+                 shuffle: bool, seed: int, mirrored=None, by_image: bool = False):
         self.features = features
-        self.mirrored = mirrored  # if given, each caption is paired with either image, drawn anew every epoch
+        self.mirrored = mirrored  # if given, each caption (image) is paired with either image, drawn anew every epoch
+        self.by_image, self.captions = by_image, captions
         self.samples = [(i, ids) for i, image_caps in enumerate(captions) for ids in image_caps]
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.tokens = sum(len(ids) - 1 for _, ids in self.samples)
+        if by_image:
+            per_image = len(self.samples) / max(1, sum(1 for caps in captions if caps))
+            self.batch_size = max(1, round(batch_size / per_image))
         self._plan()
 
     def _plan(self) -> None:
-        order = np.arange(len(self.samples))
+        units = self.captions if self.by_image else self.samples  # what a batch is made of: images or captions
+        order = np.arange(len(units))
+        if self.by_image:
+            order = np.array([i for i in order if self.captions[i]], np.int64)
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             order = rng.permutation(order)
         pool = self.batch_size * 50
-        lengths = np.array([len(ids) for _, ids in self.samples])
+        if self.by_image:
+            lengths = np.array([max((len(ids) for ids in caps), default=0) for caps in self.captions])
+        else:
+            lengths = np.array([len(ids) for _, ids in self.samples])
         chunks = [order[i:i + pool] for i in range(0, len(order), pool)]
         batches = []
         for chunk in chunks:
@@ -64,12 +78,14 @@ class CaptionBatches:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self.batches = batches
         if self.mirrored is not None:
-            self.flipped = np.random.default_rng([self.seed, self.epoch, 1]).random(len(self.samples)) < 0.5
+            self.flipped = np.random.default_rng([self.seed, self.epoch, 1]).random(len(units)) < 0.5
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int):
+        if self.by_image:
+            return self._image_batch(self.batches[index])
         picked = [self.samples[i] for i in self.batches[index]]
         ids = pad_batch([seq for _, seq in picked])
         rows = [i for i, _ in picked]
@@ -77,6 +93,18 @@ class CaptionBatches:
         if self.mirrored is not None:
             images = np.where(self.flipped[self.batches[index]][:, None], self.mirrored[rows], images)
         return (images, ids[:, :-1]), ids[:, 1:]
+
+    def _image_batch(self, images: np.ndarray):
+        images = np.sort(images)
+        inputs = self.features[images]
+        if self.mirrored is not None and self.flipped[images].any():
+            flip = np.flatnonzero(self.flipped[images])
+            mirrored = self.mirrored[images[flip]]
+            inputs.features[flip], inputs.maps[flip] = mirrored.features, mirrored.maps
+        owner = np.array([row for row, i in enumerate(images) for _ in self.captions[i]], np.int32)
+        ids = pad_batch([seq for i in images for seq in self.captions[i]])
+        maps = inputs.maps.reshape(len(images), -1, inputs.maps.shape[-1])
+        return (maps, inputs.features.astype(np.float32), owner, ids[:, :-1]), ids[:, 1:]
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -94,8 +122,13 @@ class CaptionBatches:
             for index in range(len(self)):
                 yield self[index]
 
-        signature = ((tf.TensorSpec((None, self.features.shape[1]), tf.float32), tf.TensorSpec((None, None), tf.int32)),
-                     tf.TensorSpec((None, None), tf.int32))
+        ids = tf.TensorSpec((None, None), tf.int32)
+        if self.by_image:
+            _, dim, positions, channels = self.features.shape
+            signature = ((tf.TensorSpec((None, positions, channels), tf.float32), tf.TensorSpec((None, dim), tf.float32),
+                          tf.TensorSpec((None,), tf.int32), ids), ids)
+        else:
+            signature = ((tf.TensorSpec((None, self.features.shape[1]), tf.float32), ids), ids)
         dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
         return dataset.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
 
@@ -114,7 +147,7 @@ class TrainResult:
         return sum(h["seconds"] for h in self.history)
 
 
-def evaluate_greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray,
+def evaluate_greedy(decoder, vocab: Vocabulary, features,
                     references: list[list[list[str]]], max_length: int,
                     cider: CiderD | None = None) -> dict[str, float]:
     """Greedy captions scored with NLTK BLEU-1..4 and, given a scorer of these references, CIDEr-D."""
@@ -208,7 +241,7 @@ class _DevSelection(keras.callbacks.Callback):
         self.stopped_early = False
 
     def on_train_begin(self, logs=None):
-        self.decoder = StepDecoder(self.model, self.vocab)  # shares the model's layers, so it sees every update
+        self.decoder = make_step_decoder(self.model, self.vocab)  # shares the model's layers: sees every update
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -268,10 +301,17 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     epochs again (their records carry `resumed_after`), then the new ones, the same as without the interruption."""
     seed_everything(config.seed)
     encode = lambda caps: [[vocab.encode(c, config.max_length) for c in image_caps] for image_caps in caps]
+    attention = config.decoder == "attention"
     train = CaptionBatches(train_features, encode(train_captions), config.batch_size, shuffle=True, seed=config.seed,
-                           mirrored=train_mirrored)
-    dev = CaptionBatches(dev_features, encode(dev_captions), config.batch_size, shuffle=False, seed=config.seed)
-    model = build_decoder(config, len(vocab), train_features.shape[1])
+                           mirrored=train_mirrored, by_image=attention)
+    dev = CaptionBatches(dev_features, encode(dev_captions), config.batch_size, shuffle=False, seed=config.seed,
+                         by_image=attention)
+    if attention:
+        from captioning.attention import build_attention_decoder
+
+        model = build_attention_decoder(config, len(vocab), *train_features.shape[1:])
+    else:
+        model = build_decoder(config, len(vocab), train_features.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
                   jit_compile=False)
     saver = None
@@ -304,7 +344,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
             if after_teacher_forcing is not None:
                 after_teacher_forcing(model)
     if scst is not None:
-        selection.decoder = StepDecoder(model, vocab)  # (fit's on_train_begin made one; a resumed stage needs it)
+        selection.decoder = make_step_decoder(model, vocab)  # (fit's on_train_begin made one; a resumed stage needs it)
         selection.stopped_early = scst.train(done_epochs=len(selection.history))
         model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,

@@ -1,33 +1,52 @@
 import itertools
 
+import keras
+
 import numpy as np
 import pytest
 
+from captioning.attention import build_attention_decoder
 from captioning.config import Config
 from captioning.decode import beam_search, greedy_search
-from captioning.model import StepDecoder, build_decoder
+from captioning.features import ImageInputs
+from captioning.model import build_decoder, make_step_decoder
 from captioning.text import Vocabulary
 from captioning.train import seed_everything
 
 
-@pytest.fixture(scope="module")
-def tiny():
+@pytest.fixture(scope="module", params=["merge", "attention"])
+def tiny(request):
+    """Either decoder, small, with random weights; `features` is what its decoding reads for 6 images."""
     seed_everything(0)
     vocab = Vocabulary(["red", "blue", "circle"])
-    config = Config(encoder="pixels", embedding_size=8, units=16, lstm_layers=2, dropout=0.0)
-    model = build_decoder(config, len(vocab), feature_dim=5)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 5)).astype(np.float32)
+    if request.param == "merge":
+        config = Config(encoder="pixels", embedding_size=8, units=16, lstm_layers=2, dropout=0.0)
+        model = build_decoder(config, len(vocab), feature_dim=5)
+    else:
+        config = Config(encoder="pixels", embedding_size=8, units=16, attention_units=6, dropout=0.0,
+                        decoder="attention")
+        model = build_attention_decoder(config, len(vocab), feature_dim=5, positions=4, channels=3)
+        features = ImageInputs(features, rng.normal(size=(6, 4, 3)).astype(np.float32))
     for weights in model.weights:  # larger random weights, so that the distributions are far from uniform
         weights.assign(weights.numpy() * 3)
-    features = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
-    return vocab, model, StepDecoder(model, vocab), features
+    return vocab, model, make_step_decoder(model, vocab), features
+
+
+def _model_inputs(model, features, tokens):
+    """Teacher-forcing inputs: caption row i belongs to image i."""
+    if model.name == "attention_decoder":
+        return [features.maps, features.features, np.arange(len(tokens), dtype=np.int32), tokens]
+    return [features, tokens]
 
 
 def test_stepping_with_carried_state_equals_teacher_forcing(tiny):
     vocab, model, decoder, features = tiny
     tokens = np.array([[vocab.start_id, 4, 5, 6, 4]] * len(features), np.int32)
-    full = model([features, tokens], training=False).numpy()
+    full = model(_model_inputs(model, features, tokens), training=False).numpy()
     banned = decoder.banned.numpy()
-    states, image = decoder.initial_states(len(features)), decoder.image_vectors(features)
+    image, states = decoder.start(features)
     for t in range(tokens.shape[1]):
         logp, states = decoder.step(tokens[:, t], states, image)
         expected = full[:, t] + banned
@@ -37,7 +56,7 @@ def test_stepping_with_carried_state_equals_teacher_forcing(tiny):
 
 
 def _sequence_logp(decoder, feature, words, end_id):
-    states, image = decoder.initial_states(1), decoder.image_vectors(feature[None])
+    image, states = decoder.start(feature)
     token, total = decoder.start_id, 0.0
     for word in [*words, end_id]:
         logp, states = decoder.step(np.array([token], np.int32), states, image)
@@ -52,7 +71,8 @@ def test_beam_search_finds_the_exhaustive_best_with_length_normalisation(tiny):
     words = [4, 5, 6]
     for alpha in (0.0, 1.0):
         beams = beam_search(decoder, features, max_length, width=len(vocab), length_penalty=alpha)
-        for i, feature in enumerate(features):
+        for i in range(len(features)):
+            feature = features[[i]]
             candidates = [list(c) for n in range(0, 3) for c in itertools.product(words + [vocab.end_id], repeat=n)
                           if vocab.end_id not in c]
             scored = {tuple(c): _sequence_logp(decoder, feature, c, vocab.end_id) / (len(c) + 1) ** alpha
@@ -82,8 +102,8 @@ def test_batches_give_the_same_captions_as_one_call(tiny):
 
 def _reference_beam(decoder, feature, max_length, k, alpha, end_id):
     """Plain beam search for one image, every word of the vocabulary considered at every step."""
-    image = decoder.image_vectors(feature[None])
-    beams = [([], 0.0, decoder.initial_states(1), False)]  # words (end included), log-probability, states, done
+    image, states = decoder.start(feature)
+    beams = [([], 0.0, states, False)]  # words (end included), log-probability, states, done
     rank = lambda beam: beam[1] / len(beam[0]) ** alpha
     for t in range(max_length - 1):
         candidates = []
@@ -107,8 +127,8 @@ def _reference_beam(decoder, feature, max_length, k, alpha, end_id):
 def test_pruned_beam_search_equals_a_full_vocabulary_beam(tiny, width):
     vocab, _, decoder, features = tiny
     beams = beam_search(decoder, features, 6, width, 0.5)
-    for feature, found in zip(features, beams):
-        expected = _reference_beam(decoder, feature, 6, width, 0.5, vocab.end_id)
+    for i, found in enumerate(beams):
+        expected = _reference_beam(decoder, features[[i]], 6, width, 0.5, vocab.end_id)
         assert [ids for ids, _ in found] == [ids for ids, _ in expected]
         np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
 
@@ -116,3 +136,29 @@ def test_pruned_beam_search_equals_a_full_vocabulary_beam(tiny, width):
 def test_a_beam_wider_than_the_vocabulary_is_the_vocabulary(tiny):
     vocab, _, decoder, features = tiny
     assert beam_search(decoder, features, 5, 50, 0.5) == beam_search(decoder, features, 5, len(vocab), 0.5)
+
+
+def test_attention_weights_of_decoding_equal_teacher_forcing_and_images_are_projected_once(tiny):
+    """Greedy and beam return, per caption, the attention the model computes for that caption under teacher
+    forcing (a distribution over positions per word); captions that share an image through
+    `owner` get what they get with a copy of the image each."""
+    vocab, model, decoder, features = tiny
+    if model.name != "attention_decoder":
+        assert greedy_search(decoder, features, 6, with_attention=True)[1] == [None] * len(features)
+        assert beam_search(decoder, features, 6, 2, 0.5, with_attention=True)[1] == [None] * len(features)
+        return
+    attention_model = keras.Model(model.inputs, model.get_layer("attention_lstm").output[2])
+    for captions, maps in (greedy_search(decoder, features, 6, with_attention=True),
+                           beam_search(decoder, features, 6, 3, 0.5, with_attention=True)):
+        for i, (ids, weights) in enumerate(zip(captions, maps)):
+            ids = ids if isinstance(ids[0] if ids else 0, (int, np.integer)) else ids[0][0]
+            tokens = np.array([[vocab.start_id, *ids]], np.int32)
+            expected = attention_model(_model_inputs(model, features[[i]], tokens), training=False).numpy()[0]
+            assert weights.shape == (len(ids), 4)
+            np.testing.assert_allclose(weights, expected[:len(ids)], atol=1e-5)
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    tokens = np.array([[vocab.start_id, 4, 5], [vocab.start_id, 6, 4], [vocab.start_id, 5, 5]], np.int32)
+    shared = model([features.maps[:2], features.features[:2], np.array([0, 1, 0], np.int32), tokens], training=False)
+    copied = model([features.maps[[0, 1, 0]], features.features[[0, 1, 0]], np.arange(3, dtype=np.int32), tokens],
+                   training=False)
+    np.testing.assert_allclose(shared.numpy(), copied.numpy(), atol=1e-5)

@@ -198,3 +198,47 @@ def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shape
         assert extracted.shape == direct.shape == (4, encoder.dim)
         np.testing.assert_allclose(extracted, direct, rtol=1e-4, atol=1e-4)
         assert np.abs(extracted[:, encoder.base_dim:]).max() > 1.0  # the colour part is there, not all zeros
+
+
+def test_one_extraction_serves_every_grid_and_the_maps_are_float16_memory_maps(tmp_path, shapes_dir, monkeypatch):
+    """The cache keeps each image's map once; the pooled vector and other grids are derived from it without
+    extracting again, and equal what the encoder computes from the same (float16) map."""
+    from captioning.features import MapStore, extract
+
+    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "cache"))
+    dataset = load_dataset(shapes_dir)
+    names = sorted(dataset.images)[:12]
+    config = Config(encoder="pixels", image_size=32, feature_grid=4)
+    grid4, maps, stats = extract(names, dataset.images, dataset.info, make_encoder(config), progress=False)
+    assert stats.extracted == 12 and isinstance(maps.parts[0][0], np.memmap) and maps.parts[0][0].dtype == np.float16
+    assert maps.read().shape == (12, 64, 3)  # 8 x 8 positions
+    for grid in (1, 2):
+        encoder = make_encoder(config.replace(feature_grid=grid))
+        derived, _, again = extract(names, dataset.images, dataset.info, encoder, progress=False)
+        assert again.extracted == 0 and again.cache_hits == 12 and derived.shape == (12, 3 * grid * grid)
+        direct = encoder.encode([load_rgb(dataset.images[n]) for n in names])
+        np.testing.assert_allclose(derived, direct, atol=1e-6)
+    store = MapStore(tmp_path / "cache" / "maps" / make_encoder(config).map_key)
+    assert len(store.rows) == 12 and store.data.stat().st_size == 12 * 64 * 3 * 2
+
+
+def test_an_interrupted_append_is_overwritten_and_rows_stay_aligned(tmp_path):
+    """Rows written without their index line (an extraction killed in between) are dropped by the next append;
+    a half-written index line is not read."""
+    from captioning.features import MapStore
+
+    store = MapStore(tmp_path / "store")
+    with store.lock():
+        store.append(["a", "b"], np.full((2, 2, 2, 1), [[[[1]]], [[[2]]]], np.float16))
+    with open(store.data, "ab") as f:  # the rows of an append cut short ...
+        f.write(np.full((3, 2, 2, 1), 9, np.float16).tobytes())
+    with open(store.index_file, "a") as f:  # ... and a line cut short
+        f.write("c-partial")
+    reopened = MapStore(tmp_path / "store")
+    assert reopened.rows == {"a": 0, "b": 1}
+    with reopened.lock():
+        reopened.append(["c"], np.full((1, 2, 2, 1), 3, np.float16))
+    final = MapStore(tmp_path / "store")
+    assert final.rows == {"a": 0, "b": 1, "c": 2}
+    np.testing.assert_array_equal(final.array()[:, 0, 0, 0], [1, 2, 3])
+    assert final.data.stat().st_size == 3 * 4 * 2

@@ -69,3 +69,22 @@ def test_an_interrupted_scst_stage_resumes_exactly(prepared, tmp_path):
 def test_bad_scst_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_the_attention_decoder_trains_both_stages_and_its_bundle_captions_with_attention(prepared, tmp_path,
+                                                                                         shapes_dir):
+    """decoder: attention through teacher forcing and the self-critical stage, far beyond an untrained model;
+    its bundle loads (Keras safe mode) and gives the same captions, with one attention map per word."""
+    from captioning.captioner import Captioner
+
+    config, data = prepared
+    config = config.replace(decoder="attention", attention_units=16, epochs=2, scst_epochs=1, scst_samples=2)
+    result = train_and_evaluate(config, data, eval_splits=("dev",), verbose=False)
+    assert [h["stage"] for h in result.training.history] == ["teacher", "teacher", "scst"]
+    assert result.metrics()["dev_bleu4"] > 0.2 and np.isfinite(result.training.history[-1]["reward"])
+    loaded = Captioner.load(result.captioner.save(tmp_path / "bundle"))
+    images = [str(shapes_dir / "Images" / name) for name in data.dataset.split("test")[:3]]
+    assert loaded.caption(images) == result.captioner.caption(images)
+    caption, attention = loaded.caption_with_attention(images[0])
+    assert attention.shape == (len(caption.split()), 8, 8)  # the pixel encoder's 8 x 8 map
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)

@@ -32,6 +32,12 @@ def test_both_engines_read_the_same_declaration():
     ({"units": {"choices": ["many"]}}, "needs a int"),
     ({"units": {"low": 8, "high": 64, "step": 8}}, "unknown field"),
     ({}, "search.space must map"),
+    ({"units": {"choices": [8], "when": {"decoder": "attention"}}}, "must be an earlier key of the space"),
+    ({"dropout": {"low": 0.1, "high": 0.2}, "units": {"choices": [8], "when": {"dropout": 0.1}}},
+     "earlier key of the space with choices"),
+    ({"decoder": {"choices": ["merge"]}, "units": {"choices": [8], "when": {"decoder": "attention"}}},
+     "decoder never takes"),
+    ({"decoder": {"choices": ["merge"]}, "units": {"choices": [8], "when": "decoder"}}, "when must map"),
 ])
 def test_bad_space_is_a_clear_error(space, message):
     with pytest.raises(ConfigError, match=message):
@@ -92,3 +98,34 @@ def test_every_shipped_experiment_is_valid():
         base = load_config(path)
         space = read_settings(path).space
         assert space and set(base_values(space, base)) == {p.name for p in space}  # the base lies in the space
+
+
+CONDITIONAL = {"decoder": {"choices": ["merge", "attention"]},
+               "lstm_layers": {"low": 1, "high": 2, "when": {"decoder": "merge"}},
+               "attention_units": {"choices": [16, 32], "when": {"decoder": ["attention"]}},
+               "dropout": {"low": 0.1, "high": 0.5}}
+
+
+def test_conditional_keys_are_sampled_only_when_their_parent_matches():
+    """Optuna and Keras Tuner sample attention-only keys only for the attention decoder, and the base values
+    hold only the keys whose condition the base config meets."""
+    space = parse_space(CONDITIONAL)
+    assert space[2].describe() == "attention_units in [16, 32] when decoder in ['attention']"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        values = suggest_optuna(study.ask(), space)
+        expected = {"decoder", "dropout", "lstm_layers" if values["decoder"] == "merge" else "attention_units"}
+        assert set(values) == expected
+        seen.add(values["decoder"])
+    assert seen == {"merge", "attention"}
+    merge = dataclasses.replace(Config(), dropout=0.3, attention_units=999)  # outside its space, but not sampled
+    assert base_values(space, merge) == {"decoder": "merge", "lstm_layers": 1, "dropout": 0.3}
+    attention = dataclasses.replace(Config(), decoder="attention", attention_units=32, lstm_layers=7, dropout=0.3)
+    assert base_values(space, attention) == {"decoder": "attention", "attention_units": 32, "dropout": 0.3}
+    with pytest.raises(ConfigError, match="config.attention_units = 64"):
+        base_values(space, dataclasses.replace(attention, attention_units=64))
+    for base in (base_values(space, merge), base_values(space, attention)):
+        hp = kt.HyperParameters()
+        assert define_keras_tuner(hp, space, base) == base
+    assert set(define_keras_tuner(kt.HyperParameters(), space)) == {"decoder", "lstm_layers", "dropout"}  # merge

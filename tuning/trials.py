@@ -157,7 +157,7 @@ class TrialRunner:
             return
         dev = prepared.dataset.split("dev")
         rows = [dev.index(name) for name in self.sample_names]
-        captions = result.captioner.decode_features(prepared.features["dev"][rows])
+        captions = result.captioner.decode_features(prepared.inputs("dev", result.captioner.config.decoder)[rows])
         table = {"image": self.sample_names, "caption": [c[0][0] for c in captions],
                  "references": [" | ".join(self.dataset.raw_captions[n]) for n in self.sample_names]}
         mlflow.log_table(table, "samples.json")
