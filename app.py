@@ -15,12 +15,14 @@ import os
 import urllib.request
 
 import mlflow
+import numpy as np
 import pandas as pd
 import streamlit as st
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from captioning.attention import spotlight
 from captioning.captioner import BundleError, Captioner
 from captioning.images import ImageError, load_rgb
 from captioning.serving import ModelNotFound, download_bundle, redact, resolve_tracking_uri
@@ -104,7 +106,10 @@ def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) 
             st.error(f"{name} is not an image this app can read; upload a JPEG, PNG or WebP photo.")
         return
     with st.spinner("Captioning..."):
-        alternatives = captioner.caption_alternatives([rgb], beam_width)[0]
+        inputs = captioner.encode_images([rgb])
+        found = captioner.decode_features(inputs, beam_width, with_attention=True)
+        alternatives, attention = found if captioner.has_attention else (found, [None])
+        alternatives = alternatives[0]
     picture, text = st.columns(2)
     preview = Image.fromarray(rgb)
     preview.thumbnail((1024, 1024))  # a 50-megapixel photo need not travel to the browser at full size
@@ -117,6 +122,20 @@ def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) 
         text.table(beams.style.format({"score": "{:.3f}"}), hide_index=True)
     else:
         text.caption("Greedy decoding")
+    show_attention(rgb, alternatives[0][0], attention[0])
+
+
+def show_attention(rgb, caption: str, attention) -> None:
+    """Where the decoder looked for each word of the caption: a strip of small spotlights under it."""
+    st.markdown("**Where the model looked, word by word**")
+    if attention is None:
+        st.caption("This model has no attention maps: it is a merge decoder, which sees the image as one pooled "
+                   "vector. Models trained with `decoder: attention` show a map per word here.")
+        return
+    words = caption.split()
+    side = int(round(np.sqrt(attention.shape[1])))
+    maps = [spotlight(rgb, weights.reshape(side, side), size=128) for weights in attention[:len(words)]]
+    st.image(maps, caption=words, width=128)
 
 
 st.set_page_config(page_title="Image captioner", layout="wide")

@@ -1,4 +1,5 @@
-"""The Streamlit app, driven by Streamlit's AppTest against a real MLflow registry holding one tiny searched model."""
+"""The Streamlit app against a real MLflow registry holding a tiny searched attention model (version 1, @champion)
+and a tiny merge model (version 2): driven by Streamlit's AppTest, and once in a real browser (headless Chromium)."""
 import io
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ APP = str(PROJECT / "app.py")
 MODEL_HEADER = "Model @champion (version 1)"
 TINY = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24, embedding_size: 32,
-         units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3, beam_width: 3}
+         units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3, beam_width: 3, decoder: attention,
+         attention_units: 16}
 search: {trials: 1, samples: 4, pruner_startup_trials: 1, space: {dropout: {low: 0.0, high: 0.3}}}
 """
 
@@ -36,7 +38,26 @@ def registry(tmp_path_factory, shapes_dir) -> str:
         patch.setattr(search_cli, "PROJECT", root)
         assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(root / "tiny.yaml"),
                                 "--tracking-uri", uri, "--storage", f"sqlite:///{root / 'optuna.db'}"]) == 0
+        _register_a_merge_model(uri, shapes_dir, root)
     return uri
+
+
+def _register_a_merge_model(uri: str, shapes_dir: Path, root: Path) -> None:
+    """Version 2 of `captioner`: a merge decoder trained for one epoch, without an alias."""
+    from captioning.config import Config
+    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+    from captioning.serving import log_captioner
+
+    config = Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
+                    embedding_size=16, units=32, epochs=1)
+    result = train_and_evaluate(config, prepare(config, load_and_report(shapes_dir, log=lambda line: None),
+                                                 progress=False), eval_splits=(), verbose=False)
+    from tuning import tracking
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("merge")):  # artifacts beside the database
+        info = log_captioner(result.captioner.save(root / "merge" / "captioner"))
+    mlflow.register_model(info.model_uri, "captioner")
 
 
 def _app(monkeypatch, tracking_uri: str) -> AppTest:
@@ -56,7 +77,7 @@ def _png(path: Path, mode: str) -> bytes:
 
 def test_uploaded_image_gets_the_champions_caption_with_beam_and_greedy(registry, shapes_dir, monkeypatch):
     app = _app(monkeypatch, registry)
-    assert app.selectbox[0].options == ["@champion (version 1)", "version 1"]
+    assert app.selectbox[0].options == ["@champion (version 1)", "version 2", "version 1"]
     bleu, tags = (table.value for table in app.table)
     assert tags.loc["metric", "value"] == "dev_bleu4" and "data_fingerprint" in tags.index
     assert list(bleu.columns) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"] and "test, beam 3" in bleu.index
@@ -71,6 +92,8 @@ def test_uploaded_image_gets_the_champions_caption_with_beam_and_greedy(registry
     beams = app.table[0].value
     assert beams["caption"].tolist() == [caption for caption, _ in expected]
     assert beams["score"].tolist() == pytest.approx([score for _, score in expected], abs=1e-3)
+    assert any("Where the model looked" in m.value for m in app.markdown)
+    assert not any("no attention maps" in c.value for c in app.caption)
 
     app.radio[0].set_value("greedy").run()
     greedy = Captioner.load(download_bundle("models:/captioner/1")).caption(image, beam_width=1)
@@ -98,3 +121,95 @@ def test_a_file_that_is_not_an_image_or_too_large_gets_a_clear_error(registry, m
                                             "WebP photo."]
     app.file_uploader[0].set_value(("huge.png", b"\0" * (21 * 2**20), "image/png")).run()
     assert [e.value for e in app.error] == ["huge.png is 21.0 MB; this app takes images up to 20 MB."]
+
+
+def test_a_merge_model_says_it_has_no_attention_maps(registry, shapes_dir, monkeypatch):
+    app = _app(monkeypatch, registry)
+    app.selectbox[0].set_value("version 2").run()
+    app.file_uploader[0].upload("scene.jpg", (shapes_dir / "Images" / "scene_00002.jpg").read_bytes(),
+                                "image/jpeg").run()
+    assert not app.exception and not app.error and len(app.subheader) == 2
+    assert any("no attention maps: it is a merge decoder" in c.value for c in app.caption)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps(registry, shapes_dir, tmp_path):
+    """`streamlit run app.py` on a free loopback port, driven by headless Chromium (Selenium): upload a photo, wait
+    for the caption and one spotlight image per word. The screenshot goes to $CAPTIONING_SCREENSHOT if set (the
+    README's figure), else into the test's temporary folder."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        if os.environ.get("CAPTIONING_REQUIRE_BROWSER"):
+            pytest.fail("headless Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
+        pytest.skip("no chromium/chromedriver on PATH (CI installs them: .ci/run)")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "MLFLOW_UI_URL": "http://127.0.0.1:9"}
+    log = open(tmp_path / "streamlit.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
+                               "--server.address", "127.0.0.1", "--server.port", str(port),
+                               "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    driver = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):  # the server is up when its health endpoint answers
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+        driver.get(url)
+        waiter = WebDriverWait(driver, 180)
+
+        class wait:  # on a timeout, say what the page and the server showed
+            @staticmethod
+            def until(condition):
+                try:
+                    return waiter.until(condition)
+                except TimeoutException:
+                    driver.save_screenshot(str(tmp_path / "timeout.png"))
+                    pytest.fail(f"timed out in the browser; the page reads:\n{driver.find_element(By.TAG_NAME, 'body').text}"
+                                f"\nthe server's log ends:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
+
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
+        upload.send_keys(str(shapes_dir / "Images" / "scene_00002.jpg"))
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Where the model looked"))
+        mlflow.set_tracking_uri(registry)
+        expected = Captioner.load(download_bundle("models:/captioner@champion")).caption(
+            shapes_dir / "Images" / "scene_00002.jpg")
+        wait.until(lambda d: expected in [h.text for h in d.find_elements(By.TAG_NAME, "h3")])
+        words = expected.split()
+        painted = "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+        wait.until(lambda d: d.execute_script(painted) >= len(words) + 1)  # the photo and a spotlight per word
+        shot = Path(os.environ.get("CAPTIONING_SCREENSHOT") or tmp_path / "app.png")
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
