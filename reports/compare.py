@@ -67,6 +67,9 @@ def param_importances(selection: Selection, storage: str | None) -> tuple[dict, 
     return values, notes
 
 
+ATTENTION_IMAGES = 3  # test images whose attention maps the report shows
+
+
 def gallery_captions(selection: Selection, count: int, model_name: str):
     """Test images of the first study's data, their references, and the captions of the champion and the best
     trial of each study. Returns (images, names, references, {model label: captions}) or None with a note."""
@@ -99,15 +102,17 @@ def gallery_captions(selection: Selection, count: int, model_name: str):
             missing.append(label)
     if not models:
         return None, "no caption gallery: none of the models could be fetched"
-    features, captions = {}, {}
+    captions, attention = {}, None
     for label, bundle in models.items():
         captioner = Captioner.load(bundle)
-        key = captioner.encoder.key
-        if key not in features:
-            features[key] = captioner.encoder.encode(images)
-        captions[label] = [alts[0][0] for alts in captioner.decode_features(np.asarray(features[key]))]
+        inputs = captioner.encode_images(images)  # as the model was trained (flip averaging included)
+        decoded, maps = captioner.decode_features(inputs, with_attention=True) if captioner.has_attention else \
+            (captioner.decode_features(inputs), None)
+        captions[label] = [alts[0][0] for alts in decoded]
+        if maps is not None and attention is None:  # the first attention model's maps (the champion's, if it has)
+            attention = (label, [(captions[label][i], maps[i]) for i in range(min(ATTENTION_IMAGES, len(images)))])
     note = f"gallery: could not fetch the model of {', '.join(missing)}" if missing else None
-    return (images, names, [dataset.raw_captions[n] for n in names], captions), note
+    return (images, names, [dataset.raw_captions[n] for n in names], captions, attention), note
 
 
 # --- rendering ------------------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ def render(selection: Selection, figures: dict[str, bytes], gallery, notes: list
     captions = {"bleu_top": "BLEU-1..4 of the top trials", "learning_curves": "Learning curves of the top trials",
                 "metric_by_parameter": f"{selection.metric} against each hyperparameter",
                 "history": "Optimisation history", "importances": "Hyperparameter importances",
-                "gallery": "Caption gallery"}
+                "gallery": "Caption gallery", "attention": "Where the model looked"}
     md = [f"# {title}", "", f"Written {when} from `{uri}`. Ranked by `{selection.metric}`.", "",
           _markdown_table(studies), ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
@@ -234,7 +239,7 @@ def render(selection: Selection, figures: dict[str, bytes], gallery, notes: list
         body += [f"<h2>{captions[name]}</h2>",
                  f'<img class="figure" alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">']
     if gallery is not None:
-        images, names, references, model_captions = gallery
+        images, names, references, model_captions, _ = gallery
         md += ["## Caption gallery", "", "![Caption gallery](gallery.png)", ""]
         rows = []
         for i, (image, name, refs) in enumerate(zip(images, names, references)):
@@ -292,7 +297,9 @@ def make_report(args) -> Path:
                "history": draw.optimisation_history(selection),
                "importances": draw.importances(importances)}
     if gallery is not None:
-        figures["gallery"] = draw.gallery(*gallery)
+        figures["gallery"] = draw.gallery(*gallery[:4])
+        if gallery[4] is not None:
+            figures["attention"] = draw.attention_maps(gallery[0], *gallery[4])
     pngs = {name: _png(figure) for name, figure in figures.items() if figure is not None}
     out = Path(args.out) if args.out else PROJECT / "reports" / selection.name
     return render(selection, pngs, gallery, notes, out, redact(uri))

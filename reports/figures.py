@@ -132,3 +132,27 @@ def gallery(images: list[np.ndarray], names: list[str], references: list[list[st
         axes[row, 1].axis("off")
     figure.tight_layout()
     return figure
+
+
+def attention_maps(images: list[np.ndarray], label: str, captioned: list[tuple[str, np.ndarray]]) -> plt.Figure:
+    """For each of the first images: the photo, then a spotlight of where the model looked for each word."""
+    from captioning.attention import spotlight
+
+    columns = 1 + max(len(caption.split()) for caption, _ in captioned)
+    figure, axes = plt.subplots(len(captioned), columns, figsize=(1.3 * columns, 1.55 * len(captioned)),
+                                squeeze=False)
+    for row, (caption, weights) in enumerate(captioned):
+        side = int(round(np.sqrt(weights.shape[1])))
+        axes[row, 0].imshow(images[row])
+        axes[row, 0].set_title("photo", fontsize=7)
+        words = caption.split()
+        for column in range(1, columns):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column <= len(words):
+                axis.imshow(spotlight(images[row], weights[column - 1].reshape(side, side), size=96))
+                axis.set_title(words[column - 1], fontsize=8)
+        axes[row, 0].axis("off")
+    figure.suptitle(f"{label}: attention per word", fontsize=9)
+    figure.tight_layout()
+    return figure

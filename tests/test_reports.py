@@ -13,11 +13,12 @@ from tuning import search as search_cli  # noqa: E402
 
 TINY = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2, patience: 3,
+         decoder: attention, attention_units: 16}
 search:
-  trials: 3
+  trials: 2
   samples: 2
-  pruner_startup_trials: 3
+  pruner_startup_trials: 2
   space:
     units: {choices: [32, 64]}
     dropout: {low: 0.0, high: 0.3}
@@ -65,15 +66,16 @@ def test_report_of_two_studies_side_by_side(searched, capsys):
     figures = [src for src in page.images if src.startswith("data:image/png;base64,")]
     assert len(figures) == len(page.images) and len(figures) >= 5 + 3  # the figures and the gallery thumbnails
     text = (out / "report.html").read_text()
-    assert text.count('<tr class="') == 6  # one leaderboard row per trial of both studies
-    assert "champion (v1)" in text
+    assert text.count('<tr class="') == 4  # one leaderboard row per trial of both studies
+    assert "champion (v2)" in text  # the Keras Tuner study's best beat the first champion
     studies = (out / "report.md").read_text().split("## Leaderboard")[0]
     assert "| opt | optuna | tiny |" in studies and "| kt | keras-tuner | tiny |" in studies
-    for name in ("bleu_top", "learning_curves", "metric_by_parameter", "history", "importances", "gallery"):
+    for name in ("bleu_top", "learning_curves", "metric_by_parameter", "history", "importances", "gallery",
+                 "attention"):  # (attention: the champion's maps on the first three test images)
         assert (out / f"{name}.png").stat().st_size > 5000, name
         assert f"({name}.png)" in (out / "report.md").read_text()
     board = (out / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
-    assert board.count("| complete |") + board.count("| pruned |") == 6
+    assert board.count("| complete |") + board.count("| pruned |") == 4
 
 
 def test_default_report_is_the_latest_study_of_the_experiment(searched, capsys):
