@@ -147,6 +147,12 @@ class _FileLock:
         self.file.close()
 
 
+# float16 -> float32 by table look-up: about 3x faster here than NumPy's or TensorFlow's own conversion, which made
+# reading the maps of the 1,000 test images take longer than decoding them.
+HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+READ_CHUNK = 32  # rows converted at a time, so that each block is still in the cache when it is added
+
+
 class MapView:
     """Rows of memory-mapped maps in a given order, read (as float32, positions flattened: (n, P, C)) only when
     indexed with an array; slicing gives another view. With several parts (the plain and the mirrored images'
@@ -174,12 +180,15 @@ class MapView:
         if isinstance(index, slice):
             return MapView([(array, rows[index]) for array, rows in self.parts])
         index = np.asarray(index)
-        total = np.zeros((len(index), self.positions, self.channels), np.float32)
+        out = np.zeros((len(index), self.positions, self.channels), np.float32)
         for array, rows in self.parts:
             rows = rows[index]
             order = np.argsort(rows, kind="stable")  # sorted reads from the memory map
-            total[order] += array[rows[order]].reshape(len(rows), self.positions, self.channels)
-        return total / len(self.parts) if len(self.parts) > 1 else total
+            for start in range(0, len(order), READ_CHUNK):
+                chunk = order[start:start + READ_CHUNK]
+                block = np.take(HALF_TO_FLOAT, array[rows[chunk]].view(np.uint16))
+                out[chunk] += block.reshape(len(chunk), self.positions, self.channels)
+        return out / len(self.parts) if len(self.parts) > 1 else out
 
     def read(self) -> np.ndarray:
         return self[np.arange(len(self))]
