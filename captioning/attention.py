@@ -26,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from captioning.config import Config
-from captioning.text import PAD, START, UNK, Vocabulary
+from captioning.text import END, PAD, SPECIALS, START, UNK, Vocabulary
 
 PACKAGE = "captioning"
+END_ID = SPECIALS.index(END)  # every Vocabulary's id of the end token
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -116,7 +117,9 @@ class AttentionLSTM(keras.layers.Layer):
         zs.set_shape((None, None, annotations.shape[-1]))
         alphas.set_shape((None, None, keys.shape[1]))
         if self.penalty:
-            mask = tf.cast(tf.not_equal(tokens, 0), tf.float32)  # (B, T)
+            # The steps that predict a word or the end token: input neither padding nor the end token (which a
+            # caption shorter than its batch's longest has as input before its padding targets).
+            mask = tf.cast((tokens != 0) & (tokens != END_ID), tf.float32)  # (B, T)
             seen = tf.reduce_sum(alphas * mask[:, :, None], axis=1)  # (B, P)
             tau = tf.reduce_sum(mask, axis=1, keepdims=True) / tf.cast(positions, tf.float32)
             self.add_loss(self.penalty * tf.reduce_mean(tf.reduce_sum(tf.square(tau - seen), axis=1)))
@@ -180,7 +183,7 @@ class AttentionStepDecoder:
         self.training_signature = [spec(None, None, channels), spec(None, dim), spec(None, dtype=tf.int32),
                                    spec(None, None, dtype=tf.int32)]
 
-    # The decoder's inputs: ImageInputs (feature vectors and maps) or a tuple of the two arrays.
+    # The decoder's inputs: ImageInputs (feature vectors and maps).
     def start(self, inputs) -> tuple[tuple[tf.Tensor, ...], list[tf.Tensor]]:
         """Per-image context (annotations, keys) and the initial states [h, c]."""
         features, maps = inputs.features, inputs.maps

@@ -80,7 +80,7 @@ class Encoder:
     @property
     def colour_key(self) -> str:
         """Identifies the cached colour parts (colour_grid > 0 only)."""
-        text = f"{self.key}|colour-part"
+        text = f"{self.map_key}|colour{self.colour_grid}|{COLOUR_VERSION}"
         return f"colour-{self.image_size}px-c{self.colour_grid}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def _prepare(self, image: tf.Tensor) -> tf.Tensor:

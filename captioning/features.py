@@ -77,7 +77,8 @@ class MapStore:
         self.directory = Path(directory)
         self.data, self.index_file = self.directory / "maps.f16", self.directory / "index.txt"
         self.shape: tuple[int, ...] | None = None
-        self.rows: dict[str, int] = {}
+        self.rows: dict[str, int] = {}  # image sha256 -> its row
+        self.count = 0  # rows with an index line (a hash is never appended twice, but count lines, not hashes)
         self.refresh()
 
     def refresh(self) -> None:
@@ -92,6 +93,7 @@ class MapStore:
             return
         self.shape = tuple(int(n) for n in lines[0].split("x"))
         self.rows = {sha: row for row, sha in enumerate(lines[1:])}
+        self.count = len(lines) - 1
 
     @property
     def row_bytes(self) -> int:
@@ -99,9 +101,9 @@ class MapStore:
 
     def array(self) -> np.ndarray:
         """All rows with an index line, memory-mapped read-only: (rows, *shape) float16."""
-        if not self.rows:
+        if not self.count:
             return np.zeros((0, *(self.shape or (1, 1, 1))), np.float16)
-        return np.memmap(self.data, np.float16, mode="r", shape=(len(self.rows), *self.shape))
+        return np.memmap(self.data, np.float16, mode="r", shape=(self.count, *self.shape))
 
     def append(self, sha256s: list[str], maps: np.ndarray) -> None:
         """Add the maps of images (one per sha256; the caller holds the lock)."""
@@ -114,8 +116,8 @@ class MapStore:
         if tuple(maps.shape[1:]) != self.shape:
             raise ValueError(f"map shape {maps.shape[1:]} does not match the store's {self.shape} ({self.directory})")
         with open(self.data, "ab") as f:
-            f.truncate(len(self.rows) * self.row_bytes)  # drop rows of an interrupted append that have no line
-            f.seek(len(self.rows) * self.row_bytes)
+            f.truncate(self.count * self.row_bytes)  # drop rows of an interrupted append that have no line
+            f.seek(self.count * self.row_bytes)
             f.write(maps.tobytes())
             f.flush()
             os.fsync(f.fileno())
@@ -125,7 +127,8 @@ class MapStore:
             f.seek(0, os.SEEK_END)
             f.write("".join(f"{sha}\n" for sha in sha256s).encode())
         for sha in sha256s:
-            self.rows[sha] = len(self.rows)
+            self.rows[sha] = self.count
+            self.count += 1
 
     def lock(self):
         """An exclusive lock on the store (a context manager), so that two extracting processes do not interleave."""
@@ -238,22 +241,24 @@ def extract(names: list[str], paths: dict[str, Path], info: dict[str, ImageInfo]
         with store.lock():
             store.refresh()  # another process may have extracted some meanwhile
             todo = sorted(n for sha, n in missing.items() if not complete(sha))
-            dataset = image_pipeline([paths[n] for n in todo], [info[n].needs_pil for n in todo], encoder, batch_size)
-            bar = tqdm(total=len(todo), desc=f"features ({encoder.name} {encoder.image_size}px)", unit="img",
-                       disable=not progress, mininterval=2.0)
             done = 0
-            for batch in dataset:
-                batch_names = todo[done:done + len(batch)]
-                shas = [info[n].sha256 for n in batch_names]
-                new = [i for i, sha in enumerate(shas) if sha not in store.rows]
-                if new:
-                    store.append([shas[i] for i in new], encoder.encode_maps(tf.gather(batch, new)).numpy())
-                if colour_dir is not None:
-                    for sha, vector in zip(shas, encoder.encode_colour(batch).numpy()):
-                        atomic_write(_cache_path(colour_dir, sha), lambda tmp, v=vector: np.save(tmp, v))
-                done += len(batch)
-                bar.update(len(batch))
-            bar.close()
+            if todo:
+                dataset = image_pipeline([paths[n] for n in todo], [info[n].needs_pil for n in todo], encoder,
+                                         batch_size)
+                bar = tqdm(total=len(todo), desc=f"features ({encoder.name} {encoder.image_size}px)", unit="img",
+                           disable=not progress, mininterval=2.0)
+                for batch in dataset:
+                    batch_names = todo[done:done + len(batch)]
+                    shas = [info[n].sha256 for n in batch_names]
+                    new = [i for i, sha in enumerate(shas) if sha not in store.rows]
+                    if new:
+                        store.append([shas[i] for i in new], encoder.encode_maps(tf.gather(batch, new)).numpy())
+                    if colour_dir is not None:
+                        for sha, vector in zip(shas, encoder.encode_colour(batch).numpy()):
+                            atomic_write(_cache_path(colour_dir, sha), lambda tmp, v=vector: np.save(tmp, v))
+                    done += len(batch)
+                    bar.update(len(batch))
+                bar.close()
         stats.extracted = done
         stats.seconds = time.perf_counter() - start
     maps = MapView([(store.array(), np.array([store.rows[info[n].sha256] for n in names], np.int64))])

@@ -314,6 +314,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         model = build_decoder(config, len(vocab), train_features.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
                   jit_compile=False)
+    model.optimizer.build(model.trainable_variables)  # now: fit's step would otherwise be traced twice
     saver = None
     if checkpoint is not None:
         saver = Checkpoint(checkpoint, {"config": config.to_dict(), "vocabulary": vocab.words,

@@ -170,7 +170,7 @@ def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps
                               stdout=log, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1500"):
         options.add_argument(flag)
     driver = None
     try:

@@ -16,7 +16,7 @@ import mlflow
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 12, patience: 12}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 6, patience: 6}
 search:
   trials: 2
   samples: 2
@@ -124,7 +124,7 @@ def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_rerun_resumes_that_trial(tmp_p
     study = optuna.load_study(study_name="k", storage=storage)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert study.trials[1].params == interrupted.params and study.trials[1].user_attrs["resumes"] == 0
-    assert len(client.get_metric_history(resumed.info.run_id, "dev_loss")) == 12  # the whole curve, in one run
+    assert len(client.get_metric_history(resumed.info.run_id, "dev_loss")) == 6  # the whole curve, in one run
     assert not checkpoints.exists()  # the finished study leaves no checkpoint behind
 
 

@@ -26,7 +26,7 @@ config:
   units: 64
   learning_rate: 0.01
   dropout: 0.1
-  epochs: 3
+  epochs: 2
   patience: 3
 search:
   trials: 2
@@ -78,7 +78,7 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     for key in ("dev_bleu1", "dev_bleu4", "test_bleu4", "dev_greedy_bleu4", "wall_seconds", "feature_cache_hits"):
         assert key in run.data.metrics
     assert run.data.params["units"] in ("32", "64") and run.data.params["encoder"] == "pixels"
-    assert len(client.get_metric_history(run.info.run_id, "dev_loss")) == 3  # one point per epoch
+    assert len(client.get_metric_history(run.info.run_id, "dev_loss")) == 2  # one point per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples.json", "gallery.png"} <= artifacts
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
@@ -98,7 +98,7 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     # Asking for more continues the numbering; completed trials stay as they were.
     assert _search(workspace, shapes_dir, "--study", "s1", "--trials", "3", "--verbose") == 0
     out = capsys.readouterr().out
-    assert "trial   2  epoch  1/3  loss " in out  # --verbose: a line per epoch
+    assert "trial   2  epoch  1/2  loss " in out  # --verbose: a line per epoch
     assert "trial   2" in out and "trial   0 " not in out.split("resuming")[-1]
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{workspace[0] / 'optuna.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2]

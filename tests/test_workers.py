@@ -159,7 +159,7 @@ def test_three_workers_share_one_study_through_a_database_restart(servers, tmp_p
 
 
 def test_a_worker_killed_mid_trial_is_replaced_and_its_run_closed(servers, tmp_path, shapes_dir):
-    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (8, 4))
+    (tmp_path / "workers.yaml").write_text(EXPERIMENT % (6, 4))
     victim, other = (_worker(servers, tmp_path, shapes_dir, "killed") for _ in range(2))
     workers = [victim, other]
     try:
