@@ -103,7 +103,7 @@ def cmd_caption(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=(
-        "Train, evaluate and use CNN+LSTM image captioners (Xception features, merge LSTM decoder)."))
+        "Train, evaluate and use CNN+LSTM image captioners (Xception features; merge or attention LSTM decoder)."))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_options(p):

@@ -7,6 +7,8 @@ the decoder looked when it chose that word.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,8 +16,26 @@ from captioning.model import StepDecoder
 
 
 def _batch_size(decoder, rows: int) -> int:
-    """Images per batch: an attention decoder's per-image context is P times larger, so it takes fewer."""
-    return max(1, rows // 8) if decoder.has_attention else rows
+    """Images per batch: an attention decoder's per-image context is P times larger, so it takes fewer (and smaller
+    batches let reading the next one overlap more of the decoding)."""
+    return max(1, min(rows // 8, 128)) if decoder.has_attention else rows
+
+
+def _batches(inputs, batch_size: int):
+    """The inputs in batches; maps read from the cache are read one batch ahead, in a thread, while the current
+    batch decodes (reading and converting the float16 maps costs about as much as decoding them)."""
+    starts = range(0, len(inputs), batch_size)
+    if not hasattr(inputs, "load"):
+        yield from (inputs[start:start + batch_size] for start in starts)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead = None
+        for start in starts:
+            current = ahead.result() if ahead is not None else inputs[start:start + batch_size].load()
+            following = start + batch_size
+            ahead = pool.submit(lambda s=following: inputs[s:s + batch_size].load()) if following < len(inputs) \
+                else None
+            yield current
 
 
 def greedy_search(decoder: StepDecoder, inputs, max_length: int, batch_size: int = 2048,
@@ -24,9 +44,8 @@ def greedy_search(decoder: StepDecoder, inputs, max_length: int, batch_size: int
     a list of (words, positions) attention arrays beside them; None each for a decoder without attention)."""
     out, maps = [], []
     collect = with_attention and decoder.has_attention
-    batch_size = _batch_size(decoder, batch_size)
-    for start in range(0, len(inputs), batch_size):
-        words, attention = _greedy_batch(decoder, inputs[start:start + batch_size], max_length, collect)
+    for batch in _batches(inputs, _batch_size(decoder, batch_size)):
+        words, attention = _greedy_batch(decoder, batch, max_length, collect)
         out += words
         maps += attention if collect else [None] * len(words)
     return (out, maps) if with_attention else out
@@ -106,10 +125,8 @@ def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, lengt
     width = min(width, int(decoder.banned.shape[0]))
     out, maps = [], []
     collect = with_attention and decoder.has_attention
-    batch_size = _batch_size(decoder, batch_size)
-    for start in range(0, len(inputs), batch_size):
-        beams, attention = _beam_batch(decoder, inputs[start:start + batch_size], max_length, width, length_penalty,
-                                       collect)
+    for batch in _batches(inputs, _batch_size(decoder, batch_size)):
+        beams, attention = _beam_batch(decoder, batch, max_length, width, length_penalty, collect)
         out += beams
         maps += attention if collect else [None] * len(beams)
     return (out, maps) if with_attention else out

@@ -215,6 +215,10 @@ class ImageInputs:
     def __getitem__(self, index) -> "ImageInputs":
         return ImageInputs(self.features[index], self.maps[index])
 
+    def load(self) -> "ImageInputs":
+        """The same rows with their maps read into memory (float32)."""
+        return self if isinstance(self.maps, np.ndarray) else ImageInputs(self.features, self.maps.read())
+
 
 def extract_features(names: list[str], paths: dict[str, Path], info: dict[str, ImageInfo], encoder: Encoder,
                      batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, ExtractionStats]:
