@@ -1,4 +1,5 @@
-"""`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment)."""
+"""`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment).
+The served champion is an attention decoder (tests/test_search.py loads a merge one through pyfunc)."""
 import base64
 import json
 import os
@@ -13,7 +14,8 @@ from tuning.infra import free_port
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2}
+         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2, decoder: attention,
+         attention_units: 16}
 search:
   trials: 1
   samples: 2
