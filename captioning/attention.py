@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from captioning.config import Config
-from captioning.text import END, PAD, SPECIALS, START, UNK, Vocabulary
+from captioning.model import banned_logits
+from captioning.text import END, SPECIALS, Vocabulary
 
 PACKAGE = "captioning"
 END_ID = SPECIALS.index(END)  # every Vocabulary's id of the end token
@@ -102,7 +103,7 @@ class AttentionLSTM(keras.layers.Layer):
         words, annotations, keys, h0, c0, tokens = inputs
         gates = tf.transpose(self.word_gates(words), (1, 0, 2))  # (T, B, 4U), time major for the loop
         steps = tf.shape(gates)[0]
-        batch, positions, features = tf.shape(h0)[0], tf.shape(keys)[1], tf.shape(annotations)[2]
+        positions = tf.shape(keys)[1]
         outputs = [tf.TensorArray(tf.float32, size=steps) for _ in range(3)]
 
         def body(t, h, c, hs, zs, alphas):
@@ -123,7 +124,6 @@ class AttentionLSTM(keras.layers.Layer):
             seen = tf.reduce_sum(alphas * mask[:, :, None], axis=1)  # (B, P)
             tau = tf.reduce_sum(mask, axis=1, keepdims=True) / tf.cast(positions, tf.float32)
             self.add_loss(self.penalty * tf.reduce_mean(tf.reduce_sum(tf.square(tau - seen), axis=1)))
-        del batch, features
         return hs, zs, alphas
 
 
@@ -166,9 +166,7 @@ class AttentionStepDecoder:
         self.embedding, self.cell = layer("embedding"), layer("attention_lstm")
         self.out_h, self.out_z, self.logits = layer("out_h"), layer("out_z"), layer("logits")
         self.units = self.cell.units
-        banned = np.zeros(len(vocab), np.float32)
-        banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -np.inf
-        self.banned = tf.constant(banned)
+        self.banned = banned_logits(vocab)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
         # Fixed signatures: one trace each, whatever the batch, the number of live rows or the map size.
         spec = lambda *shape, dtype=tf.float32: tf.TensorSpec(shape, dtype)

@@ -40,6 +40,13 @@ def masked_cross_entropy(targets, logits):
     return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def banned_logits(vocab: Vocabulary) -> tf.Tensor:
+    """Added to the logits of every decoding step: never generate padding, the start token or <unk>."""
+    banned = np.zeros(len(vocab), np.float32)
+    banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -np.inf
+    return tf.constant(banned)
+
+
 class StepDecoder:
     """Runs the trained layers one word at a time, carrying the LSTM state, for a whole batch of images at once.
 
@@ -60,10 +67,7 @@ class StepDecoder:
         self.units = self.cells[0].units
         self.merge_dense = model.get_layer("merge_dense")
         self.logits = model.get_layer("logits")
-        # Never generate padding, the start token or <unk>.
-        banned = np.zeros(len(vocab), np.float32)
-        banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -np.inf
-        self.banned = tf.constant(banned)
+        self.banned = banned_logits(vocab)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
         self._step = tf.function(self._step_impl, reduce_retracing=True)
         self._top = tf.function(self._top_impl, reduce_retracing=True)
