@@ -23,6 +23,7 @@ from captioning.decode import greedy_search
 from captioning.metrics import CiderD
 from captioning.model import make_step_decoder
 from captioning.text import Vocabulary, pad_batch
+from captioning.train import run_pass
 
 BANNED = -1e9  # logit offset of padding, start and <unk>, which sampling never draws (finite: 0 * it is 0)
 
@@ -58,7 +59,7 @@ class SelfCritical:
                 return True
             started = time.perf_counter()
             loss, reward = self.epoch(epoch)
-            dev_loss = self.model.evaluate(self.dev_batches.dataset(), verbose=0)
+            dev_loss = run_pass(self.model, self.dev_batches, train=False)
             selection.end_epoch(self.model, epoch, loss, float(dev_loss), self.optimizer, started, stage="scst",
                                 extra={"reward": reward})
         return selection.done(last)

@@ -7,12 +7,12 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from captioning.cache import atomic_write
 from captioning.config import Config
@@ -111,26 +111,29 @@ class CaptionBatches:
             self.epoch += 1
             self._plan()
 
-    def dataset(self) -> tf.data.Dataset:
-        """The batches as a tf.data pipeline whose caption length varies from batch to batch."""
-        passes = []
-
-        def generate():  # one pass per epoch; each pass after the first reshuffles (Keras may not exhaust a pass)
-            if passes:
-                self.on_epoch_end()
-            passes.append(1)
+    def ahead(self):
+        """One pass over the batches; each next batch is read (from the memory-mapped cache) in a thread while the
+        model steps on the current one."""
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.__getitem__, 0) if len(self) else None
             for index in range(len(self)):
-                yield self[index]
+                batch = pending.result()
+                if index + 1 < len(self):
+                    pending = pool.submit(self.__getitem__, index + 1)
+                yield batch
 
-        ids = tf.TensorSpec((None, None), tf.int32)
-        if self.by_image:
-            _, dim, positions, channels = self.features.shape
-            signature = ((tf.TensorSpec((None, positions, channels), tf.float32), tf.TensorSpec((None, dim), tf.float32),
-                          tf.TensorSpec((None,), tf.int32), ids), ids)
-        else:
-            signature = ((tf.TensorSpec((None, self.features.shape[1]), tf.float32), ids), ids)
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+
+def run_pass(model: keras.Model, batches: CaptionBatches, train: bool) -> float:
+    """One pass of `batches` through the compiled model, training on them or not; the mean loss per caption.
+
+    A plain loop over `train_on_batch` rather than `fit` on a tf.data pipeline: fed from tf.data, the attention
+    decoder's step ran at half speed here, with as much system time as user time (page faults in the step)."""
+    step = model.train_on_batch if train else model.test_on_batch
+    total, rows = 0.0, 0
+    for x, y in batches.ahead():
+        total += float(step(x, y)) * len(y)
+        rows += len(y)
+    return total / max(rows, 1)
 
 
 @dataclasses.dataclass
@@ -225,13 +228,12 @@ class Checkpoint:
         return state["epoch"], stage
 
 
-class _DevSelection(keras.callbacks.Callback):
+class _DevSelection:
     """Scores the dev split after each epoch, keeps the best weights, multiplies the learning rate by `lr_decay`
     after an epoch that does not improve, and stops after `patience` such epochs in a row. The self-critical stage
     goes on with the same selection (its epochs continue the numbering; its patience counts from its start)."""
 
     def __init__(self, config, vocab, dev_features, dev_references, epoch_callback, verbose, checkpoint=None):
-        super().__init__()
         self.config, self.vocab, self.checkpoint = config, vocab, checkpoint
         self.dev_features, self.dev_references = dev_features, dev_references
         self.dev_cider = CiderD(dev_references)  # document frequencies of the dev references, counted once
@@ -239,20 +241,6 @@ class _DevSelection(keras.callbacks.Callback):
         self.history, self.best, self.best_epoch, self.best_weights = [], None, -1, None
         self.stage_start = 0  # epochs finished before the current stage began
         self.stopped_early = False
-
-    def on_train_begin(self, logs=None):
-        self.decoder = make_step_decoder(self.model, self.vocab)  # shares the model's layers: sees every update
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.end_epoch(self.model, epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
-                       self.model.optimizer, self.started)
-        if self.done(epoch + 1):
-            self.stopped_early = True
-            self.model.stop_training = True
 
     def end_epoch(self, model, epoch: int, loss: float, dev_loss: float, optimizer, started: float,
                   stage: str = "teacher", extra: dict | None = None) -> None:
@@ -314,7 +302,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         model = build_decoder(config, len(vocab), train_features.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
                   jit_compile=False)
-    model.optimizer.build(model.trainable_variables)  # now: fit's step would otherwise be traced twice
+    model.optimizer.build(model.trainable_variables)  # now: the first step would otherwise be traced twice
     saver = None
     if checkpoint is not None:
         saver = Checkpoint(checkpoint, {"config": config.to_dict(), "vocabulary": vocab.words,
@@ -335,8 +323,15 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
             train.epoch = done  # the batch order of the epoch it resumes at
             train._plan()
         if done < config.epochs and not selection.done(done):
-            model.fit(train.dataset(), validation_data=dev.dataset(), epochs=config.epochs, initial_epoch=done,
-                      callbacks=[selection], verbose=0, shuffle=False)  # CaptionBatches shuffles, by seed
+            selection.decoder = make_step_decoder(model, vocab)  # shares the model's layers: sees every update
+            for epoch in range(done + 1, config.epochs + 1):
+                started = time.perf_counter()
+                loss = run_pass(model, train, train=True)
+                train.on_epoch_end()  # the next epoch's order
+                selection.end_epoch(model, epoch, loss, run_pass(model, dev, train=False), model.optimizer, started)
+                if selection.done(epoch):
+                    selection.stopped_early = True
+                    break
         else:
             selection.stopped_early = selection.done(done)
         model.set_weights(selection.best_weights)  # the self-critical stage starts from the best of teacher forcing
@@ -345,7 +340,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
             if after_teacher_forcing is not None:
                 after_teacher_forcing(model)
     if scst is not None:
-        selection.decoder = make_step_decoder(model, vocab)  # (fit's on_train_begin made one; a resumed stage needs it)
+        selection.decoder = make_step_decoder(model, vocab)
         selection.stopped_early = scst.train(done_epochs=len(selection.history))
         model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
