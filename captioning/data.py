@@ -2,7 +2,8 @@
 
 Kaggle layout: `Images/` + `captions.txt` (CSV with header `image,caption`).
 Original layout: `Flicker8k_Dataset/` (or `Images/`) + `Flickr8k.token.txt` (`name#n<TAB>caption`).
-Either may have the official split files `Flickr_8k.{train,dev,test}Images.txt`.
+Either may have the official split files `Flickr_8k.{train,dev,test}Images.txt`. Text files are read as UTF-8 with
+or without a byte-order mark (spreadsheet tools on Windows save one).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class DataReport:
 
     problems: dict[str, list[str]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     converted: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    outside_splits: list[str] = dataclasses.field(default_factory=list)  # usable, but in no official split file
 
     def add(self, reason: str, item: str) -> None:
         self.problems[reason].append(item)
@@ -43,15 +45,26 @@ class DataReport:
     def skipped(self) -> int:
         return sum(len(items) for items in self.problems.values())
 
+    def skipped_lines(self) -> list[str]:
+        return [f"skipped {len(items)} {reason}: {_examples(items)}" for reason, items in sorted(self.problems.items())]
+
     def lines(self) -> list[str]:
-        out = []
-        for reason, items in sorted(self.problems.items()):
-            shown = ", ".join(items[:EXAMPLES_SHOWN]) + (", ..." if len(items) > EXAMPLES_SHOWN else "")
-            out.append(f"skipped {len(items)} {reason}: {shown}")
+        out = self.skipped_lines()
         if self.converted:
             modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self.converted.items()))
             out.append(f"converted {sum(self.converted.values())} non-RGB images to RGB ({modes})")
+        if self.outside_splits:
+            out.append(f"left out {len(self.outside_splits)} usable images listed in no split file (neither trained "
+                       f"on nor scored): {_examples(self.outside_splits)}")
         return out
+
+    def skipped_summary(self) -> str:
+        """What was skipped and why, for an error about too few usable images."""
+        return "; ".join(self.skipped_lines()) or "nothing was skipped"
+
+
+def _examples(items: list[str]) -> str:
+    return ", ".join(items[:EXAMPLES_SHOWN]) + (", ..." if len(items) > EXAMPLES_SHOWN else "")
 
 
 @dataclasses.dataclass
@@ -92,7 +105,7 @@ def _image_dir(root: Path) -> Path:
 
 def _read_kaggle(path: Path, report: DataReport) -> list[tuple[str, str]]:
     rows = []
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -107,7 +120,7 @@ def _read_kaggle(path: Path, report: DataReport) -> list[tuple[str, str]]:
 
 def _read_token_file(path: Path, report: DataReport) -> list[tuple[str, str]]:
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
@@ -148,6 +161,23 @@ def _inspect_all(paths: dict[str, Path], report: DataReport) -> dict[str, ImageI
     return info
 
 
+def _read_official_split(split_paths: dict[str, Path]) -> dict[str, set[str]]:
+    """The names each split file lists; an image listed in two splits would be trained on and scored on."""
+    listed = {split: {line.strip() for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+                      if line.strip()} for split, path in split_paths.items()}
+    overlaps = []
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1:]:
+            shared = sorted(listed[first] & listed[second])
+            if shared:
+                overlaps.append(f"{split_paths[first].name} and {split_paths[second].name} share {len(shared)} "
+                                f"({_examples(shared)})")
+    if overlaps:
+        raise DataError(f"the official split files in {split_paths['train'].parent} overlap: {'; '.join(overlaps)}; "
+                        "list each image in one split file only")
+    return listed
+
+
 def _seeded_split(names: list[str], seed: int) -> dict[str, list[str]]:
     order = np.random.default_rng(seed).permutation(len(names))
     shuffled = [names[i] for i in order]
@@ -182,25 +212,27 @@ def load_dataset(root: Path, seed: int = 0) -> Dataset:
             report.add("images with no captions", name)
     info = _inspect_all({name: image_dir / name for name in raw if name in on_disk}, report)
     if not info:
-        raise DataError(f"no usable images in {root}: " + ("; ".join(report.lines()) or "the dataset is empty"))
+        raise DataError(f"no usable images in {root}: "
+                        + (report.skipped_summary() if report.skipped else "the dataset is empty"))
 
     usable = sorted(info)
     split_paths = {split: root / filename for split, filename in SPLIT_FILES.items()}
     official = all(path.is_file() for path in split_paths.values())
     if official:
-        splits = {}
-        for split, path in split_paths.items():
-            listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            splits[split] = sorted(name for name in set(listed) if name in info)
+        listed = _read_official_split(split_paths)
+        splits = {split: sorted(names & info.keys()) for split, names in listed.items()}
+        report.outside_splits = sorted(info.keys() - set().union(*listed.values()))
     else:
         warnings.warn(f"{root} has no official split files ({', '.join(SPLIT_FILES.values())}); using a seeded "
                       f"random split by image (seed {seed}), which is not the official split", stacklevel=2)
         splits = _seeded_split(usable, seed)
     if not official and len(usable) < 3:
-        raise DataError(f"{root} has {len(usable)} usable image(s); a train/dev/test split needs at least 3")
+        raise DataError(f"{root} has {len(usable)} usable image(s); a train/dev/test split needs at least 3 "
+                        f"({report.skipped_summary()})")
     for split in ("train", "dev"):
         if not splits[split]:
-            raise DataError(f"the {split} split of {root} has no usable images; check {SPLIT_FILES[split]}")
+            raise DataError(f"the {split} split of {root} has no usable images; check {SPLIT_FILES[split]} "
+                            f"({report.skipped_summary()})")
     return Dataset(root=root, images={name: image_dir / name for name in usable}, info=info,
                    captions={name: [clean_caption(c) for c in raw[name]] for name in usable},
                    raw_captions={name: raw[name] for name in usable}, splits=splits,

@@ -9,7 +9,9 @@ feature vector derived from it.
   for tests and quick sanity runs.
 
 The map is what the cache keeps (float16, see captioning.features), so the pooled vector, every grid and the
-attention decoder's input come from one extraction. `map_key` names what a map means; `key` the derived vector.
+attention decoder's input come from one extraction. `map_key` names what a map means; `key` the derived vector. Both
+hold the installed versions of the libraries that decode, resize and encode the images (`Encoder.libraries`), since
+an upgrade of any of them can change what the same file turns into.
 
 `colour_grid` g > 0 appends to either encoder's features a g x g grid of the colours of the image's foreground (the
 pixels unlike its border) and the colour of its background, computed from the same preprocessed image. ImageNet
@@ -19,6 +21,7 @@ the cell it covers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +29,8 @@ import tensorflow as tf
 from captioning.config import Config
 
 
-# Bumped whenever decoding or resizing changes what the same image file turns into, so old caches are not reused.
+# Bumped whenever our decoding or resizing changes what the same image file turns into, so old caches are not reused
+# (a new version of a library that does it changes the keys by itself: see library_versions).
 PREPROCESSING = "jpeg-accurate-dct"
 PIXEL_MAP = 8  # the pixel encoder's map: the image area-averaged to at most 8 x 8
 # The colour part. Per cell: a soft COLOUR_BINS^3 RGB histogram of the foreground pixels (each channel split linearly
@@ -44,9 +48,17 @@ COLOUR_SCALE = 40.0
 COLOUR_VERSION = f"fg{FOREGROUND[0]:g}-{FOREGROUND[1]:g}-rgb{COLOUR_BINS}-x{COLOUR_SCALE:g}"
 
 
+def library_versions(modules: tuple[str, ...]) -> str:
+    """The installed versions of the given modules, as they enter the cache keys: 'PIL-13.0.0|tensorflow-2.21.0'."""
+    return "|".join(f"{module}-{importlib.import_module(module).__version__}" for module in modules)
+
+
 class Encoder:
     name = ""
     weights_id = "none"
+    # Decoding: TensorFlow (plain JPEG and PNG) and Pillow (everything else, see captioning.images); resizing and the
+    # colour part: TensorFlow. NumPy only carries the decoded pixels, unchanged, so it is not among them.
+    libraries = ("PIL", "tensorflow")
 
     def __init__(self, config: Config, mirrored: bool = False):
         self.image_size = config.image_size
@@ -60,6 +72,7 @@ class Encoder:
     def key(self) -> str:
         """Identifies what the features mean: same key, interchangeable features."""
         text = f"{self.name}|{self.weights_id}|{self.image_size}|{self.grid}|{PREPROCESSING}"
+        text += f"|{library_versions(self.libraries)}"
         colour = mirror = ""
         if self.colour_grid:  # only then, so that the keys of caches without colour stay as they were
             text += f"|colour{self.colour_grid}|{COLOUR_VERSION}"
@@ -74,6 +87,7 @@ class Encoder:
     def map_key(self) -> str:
         """Identifies what the cached maps mean (the grid and the colour part are derived, not part of it)."""
         text = f"{self.name}|{self.weights_id}|{self.image_size}|{PREPROCESSING}|map" + ("|mirrored" if self.mirrored else "")
+        text += f"|{library_versions(self.libraries)}"
         return (f"{self.name}-{self.image_size}px{'-mirrored' if self.mirrored else ''}-"
                 + hashlib.sha256(text.encode()).hexdigest()[:12])
 
@@ -188,6 +202,7 @@ def colour_features(images: tf.Tensor, grid: int) -> tuple[tf.Tensor, tf.Tensor]
 
 class XceptionEncoder(Encoder):
     name = "xception"
+    libraries = (*Encoder.libraries, "keras")  # Keras builds the network that computes the maps
     min_size = 71  # Xception's smallest input
 
     def __init__(self, config: Config, mirrored: bool = False):

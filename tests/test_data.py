@@ -81,6 +81,64 @@ def test_zero_usable_images_is_one_clear_error_naming_the_path(tmp_path):
         load_dataset(root)
 
 
+def _original(root, count, splits, encoding="utf-8"):
+    """The original layout: `count` images with 2 captions each; `splits` maps a split to the indices it lists."""
+    (root / "Flicker8k_Dataset").mkdir(parents=True)
+    names = [f"{i}_x.jpg" for i in range(count)]
+    for i, name in enumerate(names):
+        _photo(root / "Flicker8k_Dataset" / name, size=(16, 12), seed=i)
+    lines = [f"{name}#{k}\tA café with a dog {k} .\n" for name in names for k in (0, 1)]
+    (root / "Flickr8k.token.txt").write_text("".join(lines), encoding=encoding)
+    for split, indices in splits.items():
+        (root / f"Flickr_8k.{split}Images.txt").write_text("".join(f"{names[i]}\n" for i in indices), encoding=encoding)
+    return root, names
+
+
+def test_overlapping_split_files_are_one_error_naming_the_images_and_the_files(tmp_path):
+    root, _ = _original(tmp_path / "orig", 8, {"train": [0, 1, 2, 3, 4, 5], "dev": [1, 2, 3, 4, 6], "test": [7, 0]})
+    with pytest.raises(DataError) as error:
+        load_dataset(root)
+    assert str(error.value) == (
+        f"the official split files in {root} overlap: Flickr_8k.trainImages.txt and Flickr_8k.devImages.txt share 4 "
+        "(1_x.jpg, 2_x.jpg, 3_x.jpg, ...); Flickr_8k.trainImages.txt and Flickr_8k.testImages.txt share 1 (0_x.jpg); "
+        "list each image in one split file only")
+
+
+def test_files_with_a_byte_order_mark_read_and_images_in_no_split_are_reported(tmp_path):
+    root, names = _original(tmp_path / "orig", 6, {"train": [0, 1, 2], "dev": [3], "test": [4]}, "utf-8-sig")
+    dataset = load_dataset(root)
+    assert dataset.splits == {"train": names[:3], "dev": [names[3]], "test": [names[4]]}  # 0_x.jpg: no BOM in it
+    assert dataset.raw_captions[names[0]] == ["A café with a dog 0 .", "A café with a dog 1 ."]
+    assert dataset.report.lines() == [
+        "left out 1 usable images listed in no split file (neither trained on nor scored): 5_x.jpg"]
+    assert dataset.report.skipped == 0
+
+    kaggle = _kaggle(tmp_path / "kaggle", [], {f"{i}.jpg": {"size": (16, 12), "seed": i} for i in range(3)})
+    (kaggle / "captions.txt").write_text("image,caption\n" + "".join(f"{i}.jpg,A café {i}\n" for i in range(3)),
+                                         encoding="utf-8-sig")
+    with pytest.warns(UserWarning, match="not the official split"):
+        assert load_dataset(kaggle).raw_captions == {f"{i}.jpg": [f"A café {i}"] for i in range(3)}
+
+
+def test_too_few_usable_images_says_what_was_skipped_and_why(tmp_path):
+    images = {f"{i}.jpg": {"size": (16, 12), "seed": i} for i in range(4)}
+    root = _kaggle(tmp_path / "kaggle", [f"{name},A dog runs" for name in images] + ["gone.jpg,A cat"], images)
+    for name in ("2.jpg", "3.jpg"):
+        (root / "Images" / name).write_bytes(b"not an image")
+    with pytest.warns(UserWarning), pytest.raises(DataError) as error:
+        load_dataset(root)
+    assert str(error.value).startswith(
+        f"{root} has 2 usable image(s); a train/dev/test split needs at least 3 (skipped 1 captioned images whose "
+        "file is missing: gone.jpg; skipped 2 unreadable or corrupt images: 2.jpg (")
+    assert "3.jpg (" in str(error.value)
+
+    root, _ = _original(tmp_path / "orig", 4, {"train": [0, 1], "dev": [2], "test": [3]})
+    (root / "Flicker8k_Dataset" / "2_x.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"the dev split of .* has no usable images; check Flickr_8k.devImages.txt "
+                                        r"\(skipped 1 unreadable or corrupt images: 2_x.jpg \("):
+        load_dataset(root)
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda root: None, "does not exist"),
     (lambda root: root.mkdir(), "no image folder"),

