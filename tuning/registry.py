@@ -1,0 +1,291 @@
+"""The model registry: one `champion` per registered name, moved only under a lock, by a margin, on fresh scores.
+
+    python tuning/registry.py list                               # versions, aliases, scores, why each moved
+    python tuning/registry.py promote 3 --reason "better on the new dev set"
+    python tuning/registry.py rollback --reason "version 4 drops articles"
+    (--name NAME for another registered model, --tracking-uri URI for another store)
+
+A search registers its best trial (`promote_best`): under the registry lock for that name, the challenger and the
+current champion are both scored now, on the same dev split, with the same decoding and this code; the challenger
+takes `champion` only if it beats the champion by `search.promote_margin`, else it gets `challenger`. The test split
+is scored for the registered version alone (trials log dev scores only), so nothing is chosen by its test score.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+PROJECT = Path(__file__).resolve().parents[1]
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from captioning.cache import cache_root  # noqa: E402
+from captioning.config import ConfigError  # noqa: E402
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY = "champion_history"  # a registered model's tag: the versions that took `champion`, oldest first
+
+
+class RegistryError(RuntimeError):
+    """A registry request that cannot be done (an unknown version, nothing to roll back to)."""
+
+
+# --- The lock -----------------------------------------------------------------------------------------------------
+
+def _lock_path(name: str) -> Path:
+    """A lock file per (tracking store, registered name): beside a SQLite database or inside a file store, where
+    every process that writes that store sees it; for a tracking server, in this machine's cache."""
+    uri = mlflow.get_tracking_uri()
+    digest = hashlib.sha256(f"{uri}|{name}".encode()).hexdigest()[:16]
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):])
+        return database.with_name(f"{database.name}.registry-{digest}.lock")
+    if uri.startswith("file:") or "://" not in uri:
+        folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
+        return folder / f".registry-{digest}.lock"
+    return cache_root() / "locks" / f"registry-{digest}.lock"
+
+
+@contextlib.contextmanager
+def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Exclusive rights to move `name`'s aliases: a file lock for every store, and on a PostgreSQL study storage
+    (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
+    champion, registering and moving the alias."""
+    from tuning.coordination import Guard
+
+    path = _lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"registry: waiting for another process that is moving {name}'s aliases")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            with Guard(storage or "sqlite:", f"registry:{name}").hold(f"moving {name}'s aliases"):
+                yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Scoring ------------------------------------------------------------------------------------------------------
+
+def split_metric(metric: str) -> tuple[str, bool, str]:
+    """'dev_greedy_bleu4' -> ('dev', True, 'bleu4'); 'dev_cider' -> ('dev', False, 'cider')."""
+    split, _, score = metric.partition("_")
+    greedy = score.startswith("greedy_")
+    return split, greedy, score.removeprefix("greedy_")
+
+
+def load_captioner(model_uri: str):
+    from captioning.captioner import Captioner
+    from captioning.serving import download_bundle
+
+    return Captioner.load(download_bundle(model_uri))
+
+
+def score(captioner, dataset, split: str, beam_width: int, prepare=None) -> dict[str, float]:
+    """A captioner's scores on one split of `dataset`, decoded with `beam_width` (1: greedy)."""
+    from captioning.pipeline import evaluate, prepare as prepare_features
+
+    prepared = (prepare or (lambda config: prepare_features(config, dataset, progress=False)))(captioner.config)
+    return evaluate(captioner, prepared, split, beam_width).scores
+
+
+def champion_info(name: str, alias: str = CHAMPION):
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    text = client.get_registered_model(name).tags.get(HISTORY, "")
+    return [v for v in text.split(",") if v]
+
+
+def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str) -> None:
+    """Move `champion` to `version` (the lock held), with the reason on the version and in the model's history."""
+    history = _history(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY, ",".join(history + [version]))
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
+
+
+def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
+                 prepare=None, log: Callable[[str], None] = print) -> dict:
+    """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
+    both scored now on the same split with the same decoding; then score the registered version on test.
+    Returns {version, alias, why, test}."""
+    client = MlflowClient()
+    model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
+    split, greedy, score_name = split_metric(metric)
+    with registry_lock(name, storage, log):
+        current = champion_info(name)
+        registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if registered:
+            version = registered[0]
+            alias = version.aliases[0] if version.aliases else "no alias"
+            return {"version": version, "alias": alias, "test": None,
+                    "why": f"this run is already registered as version {version.version}"}
+        challenger = load_captioner(model_uri)
+        width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
+        decoding = "greedy" if width == 1 else f"beam-{width}"
+        value = score(challenger, dataset, split, width, prepare)[score_name]
+        old, why = None, "first registered model"
+        if current is not None:
+            try:
+                champion = load_captioner(f"models:/{name}/{current.version}")
+                old = score(champion, dataset, split, width, prepare)[score_name]
+            except Exception as exc:  # an old or damaged version: it cannot be compared, so nothing moves
+                why = (f"the champion (version {current.version}) cannot be scored here ({type(exc).__name__}: "
+                       f"{exc}); promote by hand if you trust it: python tuning/registry.py promote VERSION")
+        tags = {"metric": metric, metric: f"{value:.6f}", "decoding": decoding, "split": split, "study": study,
+                "data_fingerprint": dataset.fingerprint()}
+        if old is not None:
+            tags["champion_" + metric] = f"{old:.6f}"
+        version = mlflow.register_model(model_uri, name, tags=tags)
+        if current is None:
+            alias = CHAMPION
+        elif old is None:
+            alias = CHALLENGER
+        elif value > old + margin:
+            alias = CHAMPION
+            why = (f"{metric} {value:.4f} beats the champion's {old:.4f} (version {current.version}) by more than "
+                   f"the margin {margin:g} ({decoding}, both scored now)")
+        else:
+            alias = CHALLENGER
+            why = (f"{metric} {value:.4f} does not beat the champion's {old:.4f} (version {current.version}) by the "
+                   f"margin {margin:g} ({decoding}, both scored now)")
+        if alias == CHAMPION:
+            _make_champion(client, name, str(version.version), why, f"search {study}")
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, str(version.version))
+    test = score_registered(name, str(version.version), dataset, prepare)
+    return {"version": version, "alias": alias, "why": why, "test": test}
+
+
+def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str, float] | None:
+    """The test split's scores of a registered version, greedy and with its beam width: logged to its run (the only
+    trial runs with test scores) and kept as the version's tags."""
+    if not dataset.splits.get("test"):
+        return None
+    client = MlflowClient()
+    captioner = load_captioner(f"models:/{name}/{version}")
+    width = captioner.config.beam_width
+    beam = score(captioner, dataset, "test", width, prepare)
+    greedy = beam if width == 1 else score(captioner, dataset, "test", 1, prepare)
+    metrics = {f"test_{k}": v for k, v in beam.items()} | {f"test_greedy_{k}": v for k, v in greedy.items()}
+    run_id = client.get_model_version(name, version).run_id
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                                      for k, v in metrics.items()])
+    for key in ("test_bleu1", "test_bleu4", "test_cider"):
+        if key in metrics:
+            client.set_model_version_tag(name, version, key, f"{metrics[key]:.6f}")
+    return metrics
+
+
+# --- By hand ------------------------------------------------------------------------------------------------------
+
+def list_versions(name: str) -> list[dict]:
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model {name!r} in {mlflow.get_tracking_uri()}; "
+                            "register one with: python tuning/search.py") from None
+    aliases = {}
+    for alias, version in (model.aliases or {}).items():  # (version searches leave aliases out on some stores)
+        aliases.setdefault(str(version), []).append(f"@{alias}")
+    rows = []
+    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        metric = v.tags.get("metric", "")
+        rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+                     "study": v.tags.get("study", ""), "metric": metric, "value": v.tags.get(metric, ""),
+                     "test_bleu4": v.tags.get("test_bleu4", ""), "promotion": v.tags.get("promotion", ""),
+                     "run": v.run_id[:8]})
+    return rows
+
+
+def promote(name: str, version: str, reason: str, log: Callable[[str], None] = print) -> None:
+    client = MlflowClient()
+    with registry_lock(name, log=log):
+        try:
+            client.get_model_version(name, str(version))
+        except MlflowException:
+            raise RegistryError(f"{name} has no version {version}; see: python tuning/registry.py list") from None
+        _make_champion(client, name, str(version), reason, "by hand")
+
+
+def rollback(name: str, reason: str, log: Callable[[str], None] = print) -> str:
+    """Give `champion` back to the version that held it before the current one; returns that version."""
+    client = MlflowClient()
+    with registry_lock(name, log=log):
+        current = champion_info(name)
+        history = _history(client, name)
+        if current is not None and history and history[-1] == str(current.version):
+            history.pop()
+        if not history:
+            raise RegistryError(f"{name} has no earlier champion to roll back to; promote a version by hand: "
+                                "python tuning/registry.py promote VERSION --reason TEXT")
+        previous = history[-1]
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_registered_model_tag(name, HISTORY, ",".join(history))
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        client.set_model_version_tag(name, previous, "promotion", f"{when} rollback: {reason}")
+        return previous
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="List a registered captioner's versions and move its champion by hand.")
+    p.add_argument("--name", default="captioner", help="registered model name (default: captioner)")
+    p.add_argument("--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    commands = p.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="versions with their aliases, scores and promotion notes")
+    up = commands.add_parser("promote", help="give a version the champion alias")
+    up.add_argument("version")
+    up.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
+    back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
+    back.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
+    return p
+
+
+def main(argv=None) -> int:
+    from captioning.serving import resolve_tracking_uri
+
+    args = build_parser().parse_args(argv)
+    resolve_tracking_uri(args.tracking_uri)
+    try:
+        if args.command == "list":
+            rows = list_versions(args.name)
+            columns = list(rows[0]) if rows else []
+            widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+            print("  ".join(c.ljust(widths[c]) for c in columns))
+            for row in rows:
+                print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        elif args.command == "promote":
+            promote(args.name, args.version, args.reason)
+            print(f"{args.name} version {args.version} is now @champion")
+        else:
+            version = rollback(args.name, args.reason)
+            print(f"{args.name} version {version} is @champion again")
+    except (RegistryError, ConfigError) as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
