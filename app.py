@@ -25,6 +25,7 @@ from PIL import Image
 from captioning.attention import spotlight
 from captioning.captioner import BundleError, Captioner
 from captioning.images import ImageError, load_rgb
+from captioning.names import quote
 from captioning.serving import ModelNotFound, download_bundle, redact, resolve_tracking_uri
 
 MAX_UPLOAD_MB = 20
@@ -35,10 +36,10 @@ SEARCH_COMMAND = "python tuning/search.py"
 def model_choices(name: str) -> dict[str, str]:
     """Label -> versioned model URI for each alias (champion first) and each version (newest first) of `name`."""
     client = MlflowClient()
-    if not client.search_registered_models(f"name = '{name}'"):
+    if not client.search_registered_models(f"name = {quote(name)}"):
         return {}
     aliases = client.get_registered_model(name).aliases  # alias -> version
-    versions = sorted((int(v.version) for v in client.search_model_versions(f"name = '{name}'")), reverse=True)
+    versions = sorted((int(v.version) for v in client.search_model_versions(f"name = {quote(name)}")), reverse=True)
     choices = {f"@{alias} (version {version})": f"models:/{name}/{version}"
                for alias, version in sorted(aliases.items(), key=lambda item: (item[0] != "champion", item[0]))}
     choices.update({f"version {version}": f"models:/{name}/{version}" for version in versions})

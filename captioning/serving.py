@@ -98,6 +98,31 @@ def redact(url: str) -> str:
         return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
 
 
+def password_warning(option: str, url: str | None) -> str | None:
+    """One line for a URL given as a command-line option with a password in it (in its user part or a
+    `password=` parameter), which every user of the machine can read in the process list; None otherwise."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:  # not a URL with a host part
+        password = None
+    if not (password or "password" in parse_qs(parts.query)):
+        return None
+    if parts.scheme in ("http", "https"):
+        instead = ("give the tracking server's user and password in $MLFLOW_TRACKING_USERNAME and "
+                   "$MLFLOW_TRACKING_PASSWORD instead")
+    else:
+        variable = "CAPTIONING_STORAGE" if option == "--storage" else "MLFLOW_TRACKING_URI"
+        instead = (f"put the URL in ${variable} instead, or leave the password out of it and keep it in ~/.pgpass "
+                   "or $PGPASSWORD")
+    return f"warning: the password in {option} is visible to other users of this machine in the process list; " \
+           + instead
+
+
 class ModelNotFound(LookupError):
     """A registered model name, alias or version that does not exist."""
 

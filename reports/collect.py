@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from captioning.metrics import METRICS
+from captioning.names import quote
 from captioning.serving import redact
 
 ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
@@ -75,7 +76,7 @@ def find_studies(client: MlflowClient, names: list[str] | None, experiment: str 
         found = []
         for name in names:
             runs = client.search_runs(_all_experiment_ids(client),
-                                      f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{name}'", max_results=1)
+                                      f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = {quote(name)}", max_results=1)
             if not runs:
                 raise ReportError(f"no study named {name!r} in {redact(client.tracking_uri)}; recent studies: "
                                   f"{_known_studies(client)}")
@@ -154,14 +155,14 @@ def collect(client: MlflowClient, studies: list[Study] | None = None, run_ids: l
         studies = []
         for study in names:
             parents = client.search_runs(_all_experiment_ids(client), f"tags.`{ROLE}` = 'study' and "
-                                         f"tags.`{STUDY}` = '{study}'", max_results=1)
+                                         f"tags.`{STUDY}` = {quote(study)}", max_results=1)
             studies.append(_study_from_parent(client, parents[0]) if parents else
                            Study(study, "?", "?", "dev_bleu4", None, None, None))
     else:
         runs = []
         for study in studies:
             found = client.search_runs([client.get_experiment_by_name(study.experiment).experiment_id],
-                                       f"tags.`{STUDY}` = '{study.name}' and tags.`{ROLE}` = 'trial'",
+                                       f"tags.`{STUDY}` = {quote(study.name)} and tags.`{ROLE}` = 'trial'",
                                        max_results=10000)
             if not found:
                 raise ReportError(f"study {study.name!r} has no trial runs yet; run its search first")

@@ -5,7 +5,8 @@
     python reports/compare.py --study A --study B          # two studies side by side (e.g. Optuna vs Keras Tuner)
     python reports/compare.py --runs RUN_ID RUN_ID ...     # any runs
 
-Reads MLflow with the search's rules (--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's mlflow.db) and
+Reads MLflow with the search's rules (--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's mlflow.db), and
+Optuna's studies (for the importances) from --storage, else $CAPTIONING_STORAGE, else the storage the study logged;
 writes reports/<name>/report.html (figures embedded), report.md and the figures as PNG files beside it.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import datetime
 import html
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=int, default=GALLERY_IMAGES, help="test images in the caption gallery (0: none)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite:///mlflow.db in the project directory)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage for the importances, when the one the study "
-                   "logged is not reachable from here (e.g. its password is not logged)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage for the importances (default: "
+                   "$CAPTIONING_STORAGE, else the one the study logged, whose password is not logged: keep it in "
+                   "~/.pgpass or $PGPASSWORD)")
     p.add_argument("--registered-model", default="captioner", metavar="NAME", help="registry name (champion "
                    "and challenger are marked)")
     return p
@@ -273,10 +276,16 @@ def _thumbnail(image, size: int = 160) -> str:
 def make_report(args) -> Path:
     from mlflow import MlflowClient
 
+    from captioning.names import check_name, inside
     from captioning.serving import redact, resolve_tracking_uri
     from reports import figures as draw
     from reports.collect import collect, find_studies
 
+    for study in args.study or []:
+        check_name(study, "--study", "shapes-optuna-1a2b3c4d")
+    if args.experiment is not None:
+        check_name(args.experiment, "--experiment", "flickr8k")
+    check_name(args.registered_model, "--registered-model", "captioner")
     uri = resolve_tracking_uri(args.tracking_uri)
     client = MlflowClient()
     if args.runs:
@@ -286,7 +295,7 @@ def make_report(args) -> Path:
         studies = find_studies(client, args.study, args.experiment)
         selection = collect(client, studies, model_name=args.registered_model)
     notes = list(selection.notes)
-    importances, more = param_importances(selection, args.storage)
+    importances, more = param_importances(selection, args.storage or os.environ.get("CAPTIONING_STORAGE"))
     notes += more
     gallery, note = gallery_captions(selection, args.gallery, args.registered_model)
     if note:
@@ -301,18 +310,23 @@ def make_report(args) -> Path:
         if gallery[4] is not None:
             figures["attention"] = draw.attention_maps(gallery[0], *gallery[4])
     pngs = {name: _png(figure) for name, figure in figures.items() if figure is not None}
-    out = Path(args.out) if args.out else PROJECT / "reports" / selection.name
+    out = Path(args.out) if args.out else inside(PROJECT / "reports", selection.name)
     return render(selection, pngs, gallery, notes, out, redact(uri))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from captioning.config import ConfigError
     from captioning.data import DataError
-    from captioning.serving import ModelNotFound
+    from captioning.serving import ModelNotFound, password_warning
 
+    for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+        warning = password_warning(option, url)
+        if warning:
+            print(f"report: {warning}", file=sys.stderr)
     try:
         out = make_report(args)
-    except (ReportError, DataError, ModelNotFound) as exc:
+    except (ReportError, DataError, ModelNotFound, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.md'}")

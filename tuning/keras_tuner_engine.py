@@ -5,15 +5,21 @@ continues the trial numbering, and re-runs a trial that a killed process left un
 
 The first trial runs the base config (the space's defaults are the base values), as Optuna's trial 0 does; a
 reloaded tuner already holds that trial and does not run it again.
+
+The study's folder also holds search.json, the space and metric it was created for: a rerun with another space or
+metric is refused (tuning/settings.py: check_same_search), as with Optuna.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import keras_tuner as kt
 
+from captioning.names import inside
+from tuning.settings import check_same_search, search_identity
 from tuning.space import define_keras_tuner
 from tuning.trials import TrialRunner
 
@@ -67,10 +73,24 @@ class CaptionTuner(kt.Tuner):
         pass  # the model is logged to MLflow by the runner
 
 
+SEARCH_FILE = "search.json"  # in the study's folder: the search space and metric it was created for
+
+
+def recorded_search(directory: Path, study: str) -> dict | None:
+    """The search space and metric the study was created for; None if it has not been created yet."""
+    path = inside(directory, study) / SEARCH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def open_tuner(directory: Path, study: str, runner: TrialRunner, settings, on_trial,
                baseline: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> CaptionTuner:
-    return CaptionTuner(runner, settings, on_trial, baseline, log, directory=str(directory), project_name=study,
-                        overwrite=False)
+    check_same_search(study, recorded_search(directory, study), settings)
+    tuner = CaptionTuner(runner, settings, on_trial, baseline, log, directory=str(directory), project_name=study,
+                         overwrite=False)
+    record = inside(directory, study) / SEARCH_FILE
+    if not record.is_file():
+        record.write_text(json.dumps(search_identity(settings), indent=1))
+    return tuner
 
 
 def finished_trials(tuner: CaptionTuner) -> list:

@@ -25,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuning.coordination import KEEPALIVE, Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
+from tuning.settings import check_same_search, search_identity
 from tuning.space import suggest_optuna
 from tuning.trials import PruneTrial, TrialLost, TrialRunner, stop_if_interrupted
 
@@ -33,6 +34,7 @@ WORKER = "worker"  # user attribute: host:pid of the process running the trial
 RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
 ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
 BASELINE = "baseline"  # user attribute (True): the trial runs the experiment's base config
+SEARCH = "search"  # study user attribute: the search space and metric the study was created for
 MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -61,6 +63,9 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
     else:  # two studies may share one SQLite file: wait for the other's writes rather than fail
         backend = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(study_name=name, storage=backend, direction="maximize", load_if_exists=True)
+    check_same_search(name, study.user_attrs.get(SEARCH), settings)  # (search.py checked before; a worker may not)
+    if SEARCH not in study.user_attrs:
+        study.set_user_attr(SEARCH, search_identity(settings))
     # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions; on a
     # server each worker draws its own seed, so that workers starting together do not suggest the same values.
     seed = settings.seed + len(study.trials) + (int.from_bytes(os.urandom(4), "big") if shared(storage) else 0)
@@ -71,6 +76,18 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
     if baseline and not study.get_trials(deepcopy=False):
         study.enqueue_trial(baseline, user_attrs={BASELINE: True})
     return study
+
+
+def recorded_search(name: str, storage: str) -> dict | None:
+    """The search space and metric the study `name` was created for; None if there is no such study yet."""
+    backend = optuna.storages.RDBStorage(storage, engine_kwargs={
+        "connect_args": KEEPALIVE if shared(storage) else {"timeout": 60}})
+    try:
+        return backend.get_study_user_attrs(backend.get_study_id_from_name(name)).get(SEARCH)
+    except KeyError:  # no such study
+        return None
+    finally:
+        backend.engine.dispose()
 
 
 def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -> int:

@@ -4,7 +4,8 @@ the best model registered as `captioner@champion`.
     python tuning/search.py                       # the embedded dataset, experiments/shapes.yaml, Optuna
     python tuning/search.py --data ../shared/flickr8k --trials 12
     python tuning/search.py --engine keras-tuner
-    python tuning/search.py --storage postgresql://... --tracking-uri http://... --study NAME   # on N machines
+    python tuning/search.py --study NAME          # on N machines with $CAPTIONING_STORAGE=postgresql://... and
+                                                  # $MLFLOW_TRACKING_URI=http://... set: one shared study
 
 Running the same command again resumes the study. `mlflow ui` in the project directory shows the runs.
 Several workers share one study on PostgreSQL (python tuning/infra.py starts a local one; README: Many workers).
@@ -28,7 +29,8 @@ sys.path.insert(0, str(PROJECT))
 
 from captioning.cache import cache_root  # noqa: E402
 from captioning.config import ConfigError, load_config  # noqa: E402
-from captioning.serving import redact  # noqa: E402
+from captioning.names import check_name, inside, quote  # noqa: E402
+from captioning.serving import password_warning, redact  # noqa: E402
 from tuning.coordination import Guard, check_storage, shared, worker_id  # noqa: E402
 
 EXPERIMENTS = PROJECT / "experiments"
@@ -55,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "only runs the missing ones (default: the experiment's)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long")
     p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-HASH of the data "
-                   "and base config); the same name resumes the same study")
+                   "and base config); the same name resumes the same study, which must keep its search space and "
+                   "metric (1-100 letters, digits, '.', '_', '-')")
     p.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///FILE for one worker, "
-                   "postgresql://USER:PASSWORD@HOST/DB for any number (default: $CAPTIONING_STORAGE, else "
-                   "sqlite:///optuna.db in the project)")
+                   "postgresql://USER@HOST/DB for any number, its password in ~/.pgpass or $PGPASSWORD (default: "
+                   "$CAPTIONING_STORAGE, which keeps a whole URL out of the process list; else sqlite:///optuna.db "
+                   "in the project)")
     p.add_argument("--metric", help="dev metric to maximise, with beam search: dev_bleu1..4 (NLTK), "
                    "dev_coco_bleu1..4, dev_meteor, dev_rouge_l, dev_cider (CIDEr-D), dev_spice; or greedy: "
                    "dev_greedy_bleu4 etc. (default: the experiment's, dev_bleu4)")
@@ -88,7 +92,7 @@ def _single_worker_lock(storage: str | None, study: str):
     import fcntl
 
     if storage is None:
-        path, what = PROJECT / "keras_tuner" / f"{study}.lock", "Keras Tuner keeps its state in local files"
+        path, what = inside(PROJECT / "keras_tuner", f"{study}.lock"), "Keras Tuner keeps its state in local files"
     elif storage.startswith("sqlite:///"):
         database = Path(storage[len("sqlite:///"):])
         path, what = database.with_name(f"{database.name}.{hashlib.sha256(study.encode()).hexdigest()[:12]}.lock"), \
@@ -168,6 +172,9 @@ def search(args) -> dict:
     from tuning.trials import TrialRunner
 
     experiment = _experiment_path(args.experiment, embedded=args.data is None)
+    check_name(experiment.stem, "experiment", "shapes")  # MLflow's experiment name; it begins the default study name
+    if args.study is not None:
+        check_name(args.study, "--study", "shapes-wider-space")
     settings = read_settings(experiment, engine=args.engine, trials=args.trials, timeout=args.timeout,
                              metric=args.metric, seed=args.seed, registered_model=args.registered_model)
     overrides = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
@@ -197,6 +204,7 @@ def search(args) -> dict:
 
     client = MlflowClient()
     with _study_database(storage), guard.hold("creating the study's MLflow run"):  # one parent run in all
+        _check_same_search(study, storage, settings)  # before anything is written
         experiment_id = tracking.ensure_experiment(experiment.stem)
         if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
             stale = tracking.close_stale_runs(experiment_id, study)
@@ -235,7 +243,7 @@ def search(args) -> dict:
 
     # Running trials' state, so that an interrupted one resumes; local to this machine, like the feature cache.
     storage_key = hashlib.sha256(storage.encode()).hexdigest()[:8]
-    checkpoints = cache_root() / "checkpoints" / f"{study}-{storage_key}"
+    checkpoints = inside(cache_root() / "checkpoints", f"{study}-{storage_key}")  # removed when the study finishes
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
                          checkpoints)
     start = time.perf_counter()
@@ -277,6 +285,20 @@ def search(args) -> dict:
         return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds)
 
 
+def _check_same_search(study: str, storage: str, settings) -> None:
+    """A study resumes only the search it was created for (its space and metric, recorded when it was created)."""
+    from tuning.settings import check_same_search
+
+    if settings.engine == "optuna":
+        from tuning.optuna_engine import recorded_search
+
+        check_same_search(study, recorded_search(study, storage), settings)
+    else:
+        from tuning.keras_tuner_engine import recorded_search
+
+        check_same_search(study, recorded_search(PROJECT / "keras_tuner", study), settings)
+
+
 def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
     from tuning import tracking
 
@@ -299,7 +321,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
 def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=True) -> dict:
     from tuning import tracking
 
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = '{study}' and "
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = {quote(study)} and "
                               f"tags.`{tracking.ROLE}` = 'trial'", max_results=5000)
     states = {}
     for run in runs:
@@ -355,6 +377,10 @@ def _quiet_libraries() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+        warning = password_warning(option, url)
+        if warning:
+            print(f"search: {warning}", file=sys.stderr)
     _quiet_libraries()
     from captioning.data import DataError
     from captioning.weights import WeightsError

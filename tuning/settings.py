@@ -7,6 +7,7 @@ from pathlib import Path
 from captioning.config import ConfigError, read_experiment
 from captioning.metrics import METRICS as SCORES
 from captioning.metrics import unavailable
+from captioning.names import check_name
 from tuning.space import Param, parse_space
 
 ENGINES = ("optuna", "keras-tuner")
@@ -54,6 +55,7 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     settings = SearchSettings(**section)
     if settings.engine not in ENGINES:
         raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
+    check_name(settings.registered_model, "--registered-model (or search.registered_model)", "captioner")
     if settings.metric not in METRICS:
         raise ConfigError(f"unknown metric {settings.metric!r} (--metric or search.metric); choose one of "
                           f"{', '.join(METRICS)}")
@@ -67,3 +69,27 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     return settings
+
+
+def search_identity(settings: SearchSettings) -> dict:
+    """What a study searches: each key's space as described, and the metric (recorded when the study is created)."""
+    return {"space": {p.name: p.describe() for p in settings.space}, "metric": settings.metric}
+
+
+def check_same_search(study: str, recorded: dict | None, settings: SearchSettings) -> None:
+    """A study resumes only the search it was created for: another space or metric would mix trials of two searches
+    in one ranking. One error names every difference. `recorded` None: a new study (or one from before studies
+    recorded their search), which takes this one."""
+    if recorded is None:
+        return
+    current = search_identity(settings)
+    old, new = recorded.get("space", {}), current["space"]
+    changes = [f"{old[k]} is now {new[k]}" for k in old if k in new and old[k] != new[k]]
+    changes += [f"{new[k]} is new" for k in new if k not in old]
+    changes += [f"{old[k]} is gone" for k in old if k not in new]
+    if recorded.get("metric") != current["metric"]:
+        changes.append(f"the metric was {recorded.get('metric')}, now {current['metric']}")
+    if changes:
+        raise ConfigError(f"study {study!r} was created for another search: {'; '.join(changes)}. To resume it, "
+                          "keep the space and metric it was created for; for the new ones, start a new study: "
+                          "--study NEW_NAME")

@@ -7,6 +7,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from captioning.names import quote
 from captioning.serving import resolve_tracking_uri  # noqa: F401  (re-exported for the engines)
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def ensure_experiment(name: str) -> str:
 
 
 def parent_run_id(experiment_id: str, study: str) -> str | None:
-    runs = MlflowClient().search_runs([experiment_id], f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{study}'",
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = {quote(study)}",
                                       max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -39,8 +40,9 @@ def close_stale_runs(experiment_id: str, study: str, role: str | None = None) ->
     """Runs of this study (or only its `role` runs) left RUNNING by a killed process are marked KILLED; returns
     how many."""
     client = MlflowClient()
-    only = f" and tags.`{ROLE}` = '{role}'" if role else ""
-    stale = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'{only}")
+    only = f" and tags.`{ROLE}` = {quote(role)}" if role else ""
+    stale = client.search_runs([experiment_id],
+                               f"tags.`{STUDY}` = {quote(study)} and attributes.status = 'RUNNING'{only}")
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
@@ -49,8 +51,8 @@ def close_stale_runs(experiment_id: str, study: str, role: str | None = None) ->
 def close_lost_trial_runs(experiment_id: str, study: str, number: int) -> int:
     """The MLflow run of a trial whose process died (found by another worker or a restart) is marked KILLED."""
     client = MlflowClient()
-    runs = client.search_runs([experiment_id], f"tags.`{STUDY}` = '{study}' and tags.trial = '{number}' and "
-                              "attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment_id], f"tags.`{STUDY}` = {quote(study)} and tags.trial = {quote(number)} "
+                              "and attributes.status = 'RUNNING'")
     for run in runs:
         client.set_tag(run.info.run_id, "state", "killed")
         client.set_terminated(run.info.run_id, "KILLED")
