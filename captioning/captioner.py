@@ -3,13 +3,15 @@
     captioner/
       config.json   the full Config (encoder name, input size, pooling, decoder and decoding settings)
       vocab.json    the vocabulary
-      decoder.keras the trained decoder (built-in layers only; loaded in Keras safe mode)
+      decoder.keras the trained decoder (built-in and this project's layers only, no Lambda; loaded in Keras
+                    safe mode)
 
 The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image.
 """
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +29,26 @@ FILES = ("config.json", "vocab.json", "decoder.keras")
 
 
 class BundleError(FileNotFoundError):
-    """A directory that is not a complete captioner bundle."""
+    """A directory that is not a complete captioner bundle, or one whose decoder is not safe to load."""
+
+
+def _layer_classes(keras_file: Path) -> set[str]:
+    """The class names in a .keras file's model config, read as JSON without building anything."""
+    try:
+        with zipfile.ZipFile(keras_file) as archive:
+            nodes = [json.loads(archive.read("config.json"))]
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise BundleError(f"{keras_file} is not a Keras model file ({exc}); retrain it with python -m captioning "
+                          "train") from None
+    names = set()
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, dict):
+            names.add(node.get("class_name"))
+            nodes.extend(node.values())
+        elif isinstance(node, list):
+            nodes.extend(node)
+    return names
 
 
 class Captioner:
@@ -59,7 +80,17 @@ class Captioner:
                               "train one with: python -m captioning train --out DIR")
         import captioning.attention  # noqa: F401  (registers the attention decoder's layers for loading)
 
-        model = keras.saving.load_model(directory / "decoder.keras", compile=False, safe_mode=True)
+        decoder = directory / "decoder.keras"
+        if "Lambda" in _layer_classes(decoder):
+            raise BundleError(f"{decoder} holds a Lambda layer, which is Python code that loading would run; this "
+                              "project loads decoders made of Keras's and its own layers only: retrain it with "
+                              "python -m captioning train")
+        try:
+            model = keras.saving.load_model(decoder, compile=False, safe_mode=True)
+        except (ValueError, TypeError) as exc:  # Keras's safe mode refusing something, or an unknown layer class
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{decoder} cannot be loaded in Keras safe mode ({reason}); retrain it with "
+                              "python -m captioning train") from None
         return cls(Config.load(directory / "config.json"), Vocabulary.load(directory / "vocab.json"), model)
 
     @property

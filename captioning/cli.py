@@ -101,6 +101,21 @@ def cmd_caption(args) -> None:
                 print(f"    {score:7.3f}  {caption}")
 
 
+def cmd_relog(args) -> None:
+    from captioning.serving import relog_captioner, resolve_tracking_uri
+
+    resolve_tracking_uri()
+    old, new = relog_captioner(args.model)
+    if new is None:
+        print(f"{args.model} is already logged as code (no pickle); nothing to re-log")
+        return
+    print(f"registered {new.name} version {new.version}: version {old.version}'s captioner, logged as code (no "
+          "pickle)")
+    if old.aliases:
+        print(f"version {old.version} keeps @{', @'.join(old.aliases)}; to move @champion: python tuning/registry.py "
+              f"promote {new.version} --reason \"version {old.version} re-logged without pickle\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=(
         "Train, evaluate and use CNN+LSTM image captioners (Xception features; merge or attention LSTM decoder)."))
@@ -135,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
     caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
     caption.set_defaults(run=cmd_caption)
+
+    relog = commands.add_parser("relog", help="register a version logged with a pickled wrapper again, as code",
+                                description="Register the captioner of a version logged before models from code "
+                                "(a pickled python_model.pkl) again as a new version that loads without unpickling.")
+    relog.add_argument("model", metavar="MODEL", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    relog.set_defaults(run=cmd_relog)
     return parser
 
 

@@ -23,6 +23,10 @@ class ImageError(ValueError):
     """An image that cannot be read."""
 
 
+class TooManyPixels(ImageError):
+    """An image with more pixels than Pillow's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
     sha256: str
@@ -55,7 +59,8 @@ def load_rgb(source: ImageSource) -> np.ndarray:
         raise ImageError(f"image file {source} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         name = source if isinstance(source, (str, Path)) else f"{type(source).__name__} input"
-        raise ImageError(f"cannot read image {name}: {exc}") from None
+        error = TooManyPixels if isinstance(exc, Image.DecompressionBombError) else ImageError
+        raise error(f"cannot read image {name}: {exc}") from None
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

@@ -1,57 +1,29 @@
-"""The captioner as an MLflow pyfunc model: a DataFrame of images in, a DataFrame of captions out.
+"""The captioner as an MLflow model: logging it, finding it in the registry, and loading it without unpickling.
 
-Input: a column `image` (or the only column) holding file paths, raw image bytes, or base64-encoded image bytes
-(what a REST client sends). Output: a column `caption`. Parameter `beam_width` (1 = greedy) overrides the model's.
-The model's artifact is the captioner bundle (config, vocabulary, decoder); the encoder weights are resolved offline
-by name on the serving machine, so every logged model stays a few MB.
+A logged captioner is "models from code": its code is captioning/pyfunc_model.py (with the `captioning` package as
+code_paths) and its one artifact, `captioner`, the bundle (config, vocabulary, decoder); nothing is pickled. Versions
+logged before that hold a pickled wrapper (python_model.pkl): `load_model` refuses them and says how to re-log them,
+and `relog_captioner` does it. The project's own readers (the app, `python -m captioning ... --model models:/...`,
+reports) read only the bundle, so they take old and new versions alike. The encoder weights are resolved offline by
+name on the serving machine, so every logged model stays a few MB.
 """
 from __future__ import annotations
 
-import base64
-import binascii
+import os
 import re
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
 
-from captioning.images import ImageError
-
 PROJECT = Path(__file__).resolve().parents[1]
+MODEL_CODE = PROJECT / "captioning" / "pyfunc_model.py"
+# MLflow unpickles a pickled pyfunc wrapper unless told not to: in this project's processes it is told not to.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
-def _image_source(value):
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        if Path(text).suffix and len(text) < 4096 and Path(text).exists():
-            return Path(text)
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError(f"{value[:80]!r} is neither an existing image path nor base64-encoded image bytes") \
-                from None
-    raise ImageError(f"cannot read an image from a {type(value).__name__}; give a path, bytes or base64 text")
-
-
-class CaptionerModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from captioning.captioner import Captioner
-
-        self.captioner = Captioner.load(context.artifacts["captioner"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):  # MLflow checks inputs against the signature
-        if isinstance(model_input, pd.DataFrame):
-            column = "image" if "image" in model_input.columns else model_input.columns[0]
-            values = list(model_input[column])
-        else:
-            values = list(model_input if isinstance(model_input, (list, tuple)) else [model_input])
-        beam_width = int((params or {}).get("beam_width") or self.captioner.config.beam_width)
-        captions = self.captioner.caption([_image_source(v) for v in values], beam_width=beam_width)
-        return pd.DataFrame({"caption": captions})
+class PickledModelError(ValueError):
+    """A logged captioner from before models from code, whose wrapper would have to be unpickled to load it."""
 
 
 def pip_requirements() -> list[str]:
@@ -63,15 +35,58 @@ def pip_requirements() -> list[str]:
 
 
 def log_captioner(bundle_dir: Path, name: str = "model"):
-    """Log a saved captioner bundle as a pyfunc model in the active run; returns MLflow's ModelInfo."""
+    """Log a saved captioner bundle as a pyfunc model (models from code) in the active run; returns MLflow's
+    ModelInfo."""
     from mlflow.models import infer_signature
 
-    signature = infer_signature(pd.DataFrame({"image": ["photo.jpg"]}), pd.DataFrame({"caption": ["a dog"]}),
-                                params={"beam_width": 0})  # 0: the model's own beam width
-    return mlflow.pyfunc.log_model(name=name, python_model=CaptionerModel(),
+    signature = infer_signature(pd.DataFrame({"image": ["/9j/4AAQSkZJRg=="]}), pd.DataFrame({"caption": ["a dog"]}),
+                                params={"beam_width": 0})  # base64 image bytes; 0: the model's own beam width
+    return mlflow.pyfunc.log_model(name=name, python_model=str(MODEL_CODE),
                                    artifacts={"captioner": str(bundle_dir)},
                                    code_paths=[str(PROJECT / "captioning")], signature=signature,
                                    pip_requirements=pip_requirements())
+
+
+def _logged_as_code(model_uri: str) -> bool:
+    """Whether the model at `model_uri` is models from code, read from its MLmodel file alone (nothing is loaded)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    try:
+        return "model_code_path" in get_model_info(model_uri).flavors.get("python_function", {})
+    except (MlflowException, OSError) as exc:
+        raise ModelNotFound(f"cannot read the model {model_uri}: {exc}") from None
+
+
+def load_model(model_uri: str):
+    """The logged captioner at `model_uri` as a pyfunc model; one with a pickled wrapper is refused, not unpickled."""
+    if not _logged_as_code(model_uri):
+        raise PickledModelError(f"{model_uri} was logged with a pickled Python wrapper (python_model.pkl), which this "
+                                "project does not unpickle (it would run whatever code was written to the registry); "
+                                f"re-log its captioner without one: python -m captioning relog {model_uri}")
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def relog_captioner(model_uri: str):
+    """Register the captioner of models:/NAME/VERSION or models:/NAME@ALIAS again, as models from code: a new version
+    of NAME with the old version's tags, logged in the old version's run. Returns (old version, new version), with no
+    new version when the old one is already code; aliases stay where they are."""
+    from mlflow import MlflowClient
+
+    found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(\w[\w-]*))", model_uri)
+    if not found:
+        raise ModelNotFound(f"{model_uri} does not name a registered version; give models:/NAME/VERSION or "
+                            "models:/NAME@ALIAS")
+    bundle = download_bundle(model_uri)  # data only: JSON files and the .keras decoder (a missing model stops here)
+    name, number, alias = found.groups()
+    client = MlflowClient()
+    old = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    if _logged_as_code(model_uri):
+        return old, None
+    with mlflow.start_run(run_id=old.run_id) if old.run_id else mlflow.start_run():
+        info = log_captioner(bundle)
+    tags = {key: value for key, value in old.tags.items() if key != "promotion"}  # the new version was not promoted
+    return old, mlflow.register_model(info.model_uri, name, tags={**tags, "relogged_from": old.version})
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,14 @@ def tiny_config() -> Config:
     return Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
                   embedding_size=32, units=64, dropout=0.1, learning_rate=0.01, batch_size=32, epochs=8,
                   patience=8, beam_width=3)
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A PNG whose header claims 20,000 x 20,000 pixels (400 million): Pillow refuses it as a decompression bomb on
+    opening, before reading any pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

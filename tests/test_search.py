@@ -65,7 +65,7 @@ def _trial_runs(study):
         f"tags.`captioning.study` = '{study}' and tags.`captioning.role` = 'trial'", order_by=["tags.trial"])
 
 
-def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, capsys):
+def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, capsys, monkeypatch):
     assert _search(workspace, shapes_dir, "--study", "s1") == 0
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" in out and "registered: captioner version 1 as @champion" in out
@@ -84,7 +84,8 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.params["engine"] == "optuna" and parent.info.status == "FINISHED"
 
-    # The registered champion loads by alias and captions paths and bytes.
+    # The registered champion loads by alias and captions bytes, and paths where the serving machine allows them.
+    monkeypatch.setenv("CAPTIONING_SERVE_LOCAL_PATHS", "1")  # trusted batch scoring, read when the model loads
     model = mlflow.pyfunc.load_model("models:/captioner@champion")
     image = shapes_dir / "Images" / "scene_00002.jpg"
     frame = pd.DataFrame({"image": [str(image), base64.b64encode(image.read_bytes()).decode()]})

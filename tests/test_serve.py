@@ -1,11 +1,13 @@
-"""`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment).
-The served champion is an attention decoder (tests/test_search.py loads a merge one through pyfunc)."""
+"""`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment), and
+refuses server paths, a beam or a batch over the limits and unreadable rows with a 400 and one line. The served
+champion is an attention decoder (tests/test_search.py loads a merge one through pyfunc)."""
 import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +26,7 @@ search:
 """
 
 
-def test_rest_serving_of_the_champion(tmp_path, shapes_dir):
+def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png):
     (tmp_path / "serve.yaml").write_text(EXPERIMENT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The server starts `uvicorn` through the shell, so the environment's bin folder must be on PATH (as it is in an
@@ -41,23 +43,53 @@ def test_rest_serving_of_the_champion(tmp_path, shapes_dir):
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         image = shapes_dir / "Images" / "scene_00001.jpg"
-        body = json.dumps({"dataframe_split": {"columns": ["image"],
-                                               "data": [[base64.b64encode(image.read_bytes()).decode()]]},
-                           "params": {"beam_width": 1}}).encode()
+        encoded = base64.b64encode(image.read_bytes()).decode()
         deadline = time.time() + 120
         while True:
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    answer = json.loads(response.read())
+                status, answer = _post(port, [encoded], beam_width=1)
                 break
-            except OSError:
+            except OSError:  # not listening yet
                 assert server.poll() is None, server.stdout.read().decode()
                 assert time.time() < deadline, "the model server did not answer within 120 s"
                 time.sleep(1)
+        assert status == 200, answer
         caption = answer["predictions"][0]["caption"]
         assert isinstance(caption, str) and len(caption.split()) >= 2
+
+        # Refusals are a 400 with one line (after MLflow's echo of the request), never a 500 or a traceback. A path
+        # gets the same answer whether or not the file exists on the server.
+        refusals = {"existing path": _post(port, [str(image)]),
+                    "missing path": _post(port, [str(shapes_dir / "Images" / "no_such_scene.jpg")]),
+                    "beam": _post(port, [encoded], beam_width=11),
+                    "rows": _post(port, [encoded] * 65),
+                    "not base64": _post(port, [encoded, "not base64!"]),
+                    "bomb": _post(port, [base64.b64encode(bomb_png).decode()])}
+        errors = {}
+        for name, (status, answer) in refusals.items():
+            assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", (name, status, answer)
+            assert "Traceback" not in json.dumps(answer), name
+            errors[name] = answer["message"].rsplit("Error: ", 1)[-1]
+        assert errors["existing path"] == errors["missing path"] == (
+            "row 0 looks like a file path or URL; this server opens none named in a request: send the image's bytes, "
+            "base64-encoded")
+        assert errors["beam"].startswith("beam_width is 11; give 1 (greedy) to 10")
+        assert "holds 65 images and this server takes at most 64" in errors["rows"]
+        assert errors["not base64"].startswith("row 1 is not base64 text")
+        assert errors["bomb"].startswith("row 0 has more pixels than this server reads")
     finally:
         server.terminate()
         server.wait(20)
+
+
+def _post(port: int, rows: list[str], **params) -> tuple[int, dict]:
+    """POST one request to the model server; (HTTP status, JSON answer), for refusals too."""
+    body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[row] for row in rows]},
+                       "params": params}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
