@@ -102,22 +102,25 @@ def _row(client: MlflowClient, run, registry: dict[str, str]) -> dict:
            "model_uri": tags.get("model_uri"),
            "registry": registry.get(run.info.run_id, ""), "error": tags.get("error", "")}
     for split in ("dev", "test"):
+        shown = split == "dev" or bool(row["registry"])  # test scores: registered versions only
         for score in METRICS:  # NLTK BLEU-1..4 and the COCO metrics (NaN where a trial did not log one)
-            row[f"{split}_{score}"] = metrics.get(f"{split}_{score}", math.nan)
-            row[f"{split}_greedy_{score}"] = metrics.get(f"{split}_greedy_{score}", math.nan)
+            for name in (f"{split}_{score}", f"{split}_greedy_{score}"):
+                row[name] = metrics.get(name, math.nan) if shown else math.nan
     row["params"] = dict(run.data.params)
     return row
 
 
 def registry_marks(client: MlflowClient, model_name: str) -> dict[str, str]:
-    """run id -> 'champion' / 'challenger' (with the version) for the registered model's aliases."""
+    """run id -> 'champion (v3)', 'challenger (v4)' or 'v2' for every registered version of the model."""
     marks = {}
-    for alias in ("champion", "challenger"):
-        try:
-            version = client.get_model_version_by_alias(model_name, alias)
-        except MlflowException:
-            continue
-        marks[version.run_id] = f"{alias} (v{version.version})"
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException:
+        return marks
+    aliases = {str(version): alias for alias, version in (model.aliases or {}).items()}
+    for version in client.search_model_versions(f"name = {quote(model_name)}"):
+        alias = aliases.get(str(version.version))
+        marks[version.run_id] = f"{alias} (v{version.version})" if alias else f"v{version.version}"
     return marks
 
 

@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from captioning.cache import cache_root  # noqa: E402
 from captioning.config import ConfigError  # noqa: E402
+from captioning.names import check_name, quote  # noqa: E402
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY = "champion_history"  # a registered model's tag: the versions that took `champion`, oldest first
@@ -134,7 +135,7 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     split, greedy, score_name = split_metric(metric)
     with registry_lock(name, storage, log):
         current = champion_info(name)
-        registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
         if registered:
             version = registered[0]
             alias = version.aliases[0] if version.aliases else "no alias"
@@ -210,7 +211,7 @@ def list_versions(name: str) -> list[dict]:
     for alias, version in (model.aliases or {}).items():  # (version searches leave aliases out on some stores)
         aliases.setdefault(str(version), []).append(f"@{alias}")
     rows = []
-    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+    for v in sorted(client.search_model_versions(f"name = {quote(name)}"), key=lambda v: int(v.version)):
         metric = v.tags.get("metric", "")
         rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
                      "study": v.tags.get("study", ""), "metric": metric, "value": v.tags.get(metric, ""),
@@ -268,6 +269,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     resolve_tracking_uri(args.tracking_uri)
     try:
+        check_name(args.name, "--name", "captioner")
         if args.command == "list":
             rows = list_versions(args.name)
             columns = list(rows[0]) if rows else []

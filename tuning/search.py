@@ -225,8 +225,7 @@ def search(args) -> dict:
 
     def on_trial(number, params, state, metrics, note):
         if state == "complete":
-            outcome = (f"{settings.metric} {metrics[settings.metric]:.4f}  test BLEU-4 "
-                       f"{metrics.get('test_bleu4', float('nan')):.4f}  {metrics['wall_seconds']:.0f}s")
+            outcome = f"{settings.metric} {metrics[settings.metric]:.4f}  {metrics['wall_seconds']:.0f}s"
         else:
             outcome = f"{state.upper()}: {note}"
         progress.say(f"trial {number:3d}  {_short(params)}  {outcome}")
@@ -275,14 +274,15 @@ def search(args) -> dict:
             client.set_terminated(parent, status)
     seconds = time.perf_counter() - start
     if server and not finished:
-        summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=False)
+        summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, register=False)
         print("search: trials are still running on other workers (or the timeout came first); the worker that "
               "finishes the study's last trial registers its best model")
         return {"study": study, "best": None}
     with guard.hold("registering the champion"):  # workers finishing together register once
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
             tracking.close_stale_runs(experiment_id, study, role="trial")
-        return summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds)
+        return summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, storage,
+                         prepare=lambda config: runner.prepared(config)[0])
 
 
 def _check_same_search(study: str, storage: str, settings) -> None:
@@ -318,8 +318,10 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     return parent
 
 
-def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, seconds, register=True) -> dict:
+def summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, storage=None, register=True,
+              prepare=None) -> dict:
     from tuning import tracking
+    from tuning.registry import promote_best
 
     runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = {quote(study)} and "
                               f"tags.`{tracking.ROLE}` = 'trial'", max_results=5000)
@@ -335,19 +337,23 @@ def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, 
         return {"study": study, "best": None}
     best = max(complete, key=lambda r: r.data.metrics[settings.metric])
     m = best.data.metrics
+    width = int(float(best.data.params.get("beam_width", 3)))
     print(f"best trial {best.data.tags.get('trial')} (run {best.info.run_id}): {settings.metric} "
           f"{m[settings.metric]:.4f}")
-    for split in ("dev", "test"):
-        if f"{split}_bleu4" in m:
-            print(f"  {split:4s} BLEU-1..4 (beam-{int(float(best.data.params.get('beam_width', 3)))}): "
-                  + " ".join(f"{m[f'{split}_bleu{n}']:.4f}" for n in range(1, 5)))
+    print(f"  dev  BLEU-1..4 (beam-{width}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
+                                                         for n in range(1, 5)))
     if not register:
         return {"study": study, "best": best.info.run_id}
-    version, alias, why = tracking.register(best.data.tags["model_uri"], settings.registered_model, settings.metric,
-                                            m[settings.metric], fingerprint, "dev", study, best.info.run_id)
+    outcome = promote_best(best, settings.registered_model, settings.metric, settings.promote_margin, dataset, study,
+                           storage, prepare, log=print)
+    version, alias = outcome["version"], outcome["alias"]
     client.set_tag(parent, "best_run_id", best.info.run_id)
     client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
-    print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({why})")
+    if outcome["test"]:
+        test = outcome["test"]
+        print(f"  test BLEU-1..4 (beam-{width}, the registered version only): "
+              + " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5)))
+    print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({outcome['why']})")
     print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")
     if uri.startswith(("http://", "https://")):
         print(f"browse:     open {redact(uri)}")
@@ -360,7 +366,7 @@ def summarize(client, experiment_id, parent, study, settings, fingerprint, uri, 
 
 def _quiet_libraries() -> None:
     """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
-    pickled pyfunc wrapper, no input example, one tf.function per trial's decoder) and their progress bars out."""
+    model-from-code file, no input example, one tf.function per trial's decoder) and their progress bars out."""
     import logging
     import os
     import warnings

@@ -13,6 +13,9 @@ from tuning.space import Param, parse_space
 ENGINES = ("optuna", "keras-tuner")
 # Every score of the dev split, with the config's beam width (dev_cider) or greedy (dev_greedy_cider).
 METRICS = tuple(f"dev{kind}_{score}" for kind in ("", "_greedy") for score in SCORES)
+# Dev BLEU-4's noise: its bootstrap standard deviation over the 1,000 Flickr8k dev images (benchmarks/dev_noise.py:
+# 0.0050 for an attention model at 0.096). A challenger within it of the champion does not replace it.
+PROMOTE_MARGIN = 0.005
 # What the pruner watches after every epoch (greedy, on dev): the metric itself, or its closest per-epoch score.
 EPOCH_SCORES = {"coco_bleu1": "bleu1", "coco_bleu2": "bleu2", "coco_bleu3": "bleu3", "coco_bleu4": "bleu4",
                 "meteor": "cider", "rouge_l": "cider", "spice": "cider"}
@@ -29,6 +32,7 @@ class SearchSettings:
     pruner_startup_trials: int = 2  # trials that run to the end before pruning starts
     pruner_warmup_epochs: int = 1  # epochs of every trial that are never pruned
     registered_model: str = "captioner"
+    promote_margin: float = PROMOTE_MARGIN  # how much a new model must beat the champion by, in `metric`'s units
     samples: int = 8  # dev images whose captions are logged with every trial
     heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
     grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
@@ -66,6 +70,9 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     if not (settings.heartbeat_seconds >= 1 and settings.grace_seconds >= 2 * settings.heartbeat_seconds):
         raise ConfigError(f"search.grace_seconds ({settings.grace_seconds}) must be at least twice "
                           f"search.heartbeat_seconds ({settings.heartbeat_seconds}), which must be at least 1")
+    if not settings.promote_margin >= 0:
+        raise ConfigError(f"search.promote_margin must be a number >= 0 (in the metric's units), got "
+                          f"{settings.promote_margin!r}")
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     return settings

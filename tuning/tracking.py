@@ -1,4 +1,4 @@
-"""MLflow: where runs go, one parent run per study, and the model registry's champion/challenger rule."""
+"""MLflow: where runs go, one parent run per study (the registry's champion rule: tuning/registry.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,44 +57,3 @@ def close_lost_trial_runs(experiment_id: str, study: str, number: int) -> int:
         client.set_tag(run.info.run_id, "state", "killed")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
-
-
-def champion_info(name: str, alias: str = "champion"):
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def register(model_uri: str, name: str, metric: str, value: float, fingerprint: str, split: str, study: str,
-             run_id: str) -> tuple[object, str, str]:
-    """Register a model version; it becomes `champion` only if it beats the champion on the same metric and data.
-
-    Returns (model version, alias given, why).
-    """
-    client = MlflowClient()
-    current = champion_info(name)
-    if current is not None and current.run_id == run_id:
-        return current, "champion", "this run is already the champion"
-    for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-        alias = existing.aliases[0] if existing.aliases else "no alias"
-        return existing, alias, f"this run is already registered as version {existing.version}"
-    version = mlflow.register_model(model_uri, name, tags={
-        "metric": metric, metric: f"{value:.6f}", "data_fingerprint": fingerprint, "split": split, "study": study})
-    if current is None:
-        alias, why = "champion", "first registered model"
-    else:
-        tags = current.tags
-        comparable = tags.get("metric") == metric and tags.get("data_fingerprint") == fingerprint \
-            and tags.get("split") == split
-        old = float(tags.get(metric, "nan"))
-        if comparable and value > old:
-            alias, why = "champion", f"{metric} {value:.4f} beats the champion's {old:.4f} (version {current.version})"
-        elif comparable:
-            alias, why = "challenger", (f"{metric} {value:.4f} does not beat the champion's {old:.4f} "
-                                        f"(version {current.version})")
-        else:
-            alias, why = "challenger", (f"the champion (version {current.version}) was scored on other data or "
-                                        "another metric, so the two cannot be compared")
-    client.set_registered_model_alias(name, alias, version.version)
-    return version, alias, why

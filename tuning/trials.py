@@ -104,7 +104,7 @@ class TrialRunner:
                     report(epoch, record[self.settings.epoch_metric])
 
             result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False,
-                                        checkpoint=checkpoint)
+                                        checkpoint=checkpoint, eval_splits=("dev",))  # test: registered only
             metrics = result.metrics()
             mlflow.log_metrics({**metrics, "best_epoch": result.training.best_epoch})
             self._log_samples(result, prepared)
