@@ -140,6 +140,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (IPv4 and IPv6), read from /proc/net."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian 32-bit words
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
 def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps(registry, shapes_dir, tmp_path):
     """`streamlit run app.py` on a free loopback port, driven by headless Chromium (Selenium): upload a photo, wait
     for the caption and one spotlight image per word. The screenshot goes to $CAPTIONING_SCREENSHOT if set (the
@@ -164,8 +180,9 @@ def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "MLFLOW_UI_URL": "http://127.0.0.1:9"}
     log = open(tmp_path / "streamlit.log", "w")
+    # No --server.address: the project's .streamlit/config.toml must keep the page on this machine.
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
-                               "--server.address", "127.0.0.1", "--server.port", str(port),
+                               "--server.port", str(port),
                                "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
@@ -181,6 +198,7 @@ def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps
                 break
             except OSError:
                 time.sleep(0.5)
+        assert _listening_addresses(port) == {"127.0.0.1"}
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         driver.get(url)
         waiter = WebDriverWait(driver, 180)
