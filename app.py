@@ -24,8 +24,9 @@ from PIL import Image
 
 from captioning.attention import spotlight
 from captioning.captioner import BundleError, Captioner
-from captioning.images import ImageError, load_rgb
-from captioning.names import quote
+from captioning.config import ConfigError
+from captioning.images import ImageError, TooManyPixels, load_rgb
+from captioning.names import check_name, quote
 from captioning.serving import ModelNotFound, download_bundle, redact, resolve_tracking_uri
 
 MAX_UPLOAD_MB = 20
@@ -99,12 +100,11 @@ def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) 
         return
     try:
         rgb = load_rgb(data)
-    except ImageError as exc:
-        if "decompression bomb" in str(exc).lower():  # PIL's guard against images with absurd pixel counts
-            st.error(f"{name} has more pixels than this app reads ({2 * Image.MAX_IMAGE_PIXELS:,}); "
-                     "upload a smaller one.")
-        else:
-            st.error(f"{name} is not an image this app can read; upload a JPEG, PNG or WebP photo.")
+    except TooManyPixels:  # Pillow's guard against images with absurd pixel counts
+        st.error(f"{name} has more pixels than this app reads ({2 * Image.MAX_IMAGE_PIXELS:,}); upload a smaller one.")
+        return
+    except ImageError:
+        st.error(f"{name} is not an image this app can read; upload a JPEG, PNG or WebP photo.")
         return
     with st.spinner("Captioning..."):
         inputs = captioner.encode_images([rgb])
@@ -143,8 +143,14 @@ st.set_page_config(page_title="Image captioner", layout="wide")
 st.title("Image captioner")
 tracking_uri = redact(resolve_tracking_uri())  # shown on the page, so without a password
 model_name = os.environ.get("CAPTIONER_MODEL_NAME", "captioner")
+if not st.get_option("server.address"):  # started outside the project folder, without its .streamlit/config.toml
+    st.warning("This page listens on every network interface: start it from the project folder (its "
+               "`.streamlit/config.toml` keeps it on 127.0.0.1) or with `--server.address 127.0.0.1`.")
 try:
-    choices = model_choices(model_name)
+    choices = model_choices(check_name(model_name, "$CAPTIONER_MODEL_NAME", "captioner"))
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
 except MlflowException as exc:
     st.error(f"Cannot read the model registry at {tracking_uri}: {exc.message}")
     st.stop()

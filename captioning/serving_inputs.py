@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import dataclasses
 import os
 import re
@@ -23,6 +24,10 @@ from captioning.images import ImageError, TooManyPixels, load_rgb
 
 MAX_BEAM_WIDTH = 10  # as far as the app's slider goes; a step of beam search costs width x rows decoder calls
 MAX_ROWS = 64  # images in one request, unless $CAPTIONING_SERVE_MAX_ROWS says otherwise
+# Decoded pixels a request may hold (from the images' headers, before decoding): a captioner looks at 299 x 299, so
+# this only stops requests made to exhaust the server's memory (a few small, highly compressed huge PNGs).
+MAX_IMAGE_PIXELS = 50_000_000  # one image (a 50-megapixel photo; Pillow's own bomb limit is 179 million)
+MAX_REQUEST_PIXELS = 200_000_000  # all of a request's images (about 600 MB decoded)
 LOCAL_PATHS_VARIABLE = "CAPTIONING_SERVE_LOCAL_PATHS"
 MAX_ROWS_VARIABLE = "CAPTIONING_SERVE_MAX_ROWS"
 _PATH_LIKE = re.compile(r"[/\\.~:]")  # base64 text has no dots, tildes, colons or backslashes; paths mostly do
@@ -58,11 +63,32 @@ class RequestRules:
         if len(values) > self.max_rows:
             raise RequestError(f"the request holds {len(values)} images and this server takes at most {self.max_rows}"
                                " per request; send them in several requests")
-        return [self._pixels(row, value) for row, value in enumerate(values)]
+        sources, total = [], 0
+        for row, value in enumerate(values):  # every row is checked before any is decoded
+            source = self._source(row, value)
+            total += self._size(row, source)
+            if total > MAX_REQUEST_PIXELS:
+                raise RequestError(f"the request's images up to row {row} hold {total:,} pixels and this server "
+                                   f"decodes at most {MAX_REQUEST_PIXELS:,} per request; send fewer or smaller images")
+            sources.append(source)
+        return [self._pixels(row, source) for row, source in enumerate(sources)]
 
-    def _pixels(self, row: int, value) -> np.ndarray:
+    def _size(self, row: int, source: bytes | Path) -> int:
+        """The image's pixel count from its header (nothing decoded); 0 if there is none to read (load_rgb then
+        says what is wrong)."""
         try:
-            return load_rgb(self._source(row, value))
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                pixels = image.width * image.height
+        except Exception:
+            return 0
+        if pixels > MAX_IMAGE_PIXELS:
+            raise RequestError(f"row {row} has more pixels than this server reads ({pixels:,}; at most "
+                               f"{MAX_IMAGE_PIXELS:,} per image); send a smaller image")
+        return pixels
+
+    def _pixels(self, row: int, source: bytes | Path) -> np.ndarray:
+        try:
+            return load_rgb(source)
         except TooManyPixels:
             raise RequestError(f"row {row} has more pixels than this server reads ({2 * Image.MAX_IMAGE_PIXELS:,}); "
                                "send a smaller image") from None

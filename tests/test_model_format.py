@@ -111,6 +111,19 @@ def refusal(rules: RequestRules, values: list) -> str:
     return caught.value.message
 
 
+def _png_header(width: int, height: int) -> str:
+    """Base64 of a PNG whose header claims width x height pixels (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return base64.b64encode(png).decode()
+
+
 def test_served_inputs_are_bytes_or_base64_within_limits(shapes_dir, bomb_png, tmp_path, monkeypatch):
     image = shapes_dir / "Images" / "scene_00001.jpg"
     encoded = base64.b64encode(image.read_bytes()).decode()
@@ -127,6 +140,11 @@ def test_served_inputs_are_bytes_or_base64_within_limits(shapes_dir, bomb_png, t
     assert refusal(rules, [encoded, base64.b64encode(b"plain text").decode()]).startswith("row 1 is not an image")
     assert refusal(rules, [base64.b64encode(bomb_png).decode()]).startswith("row 0 has more pixels than")
     assert "at most 64 per request" in refusal(rules, [encoded] * 65)
+    # Pixels are counted from the headers before anything is decoded: per image, and per request.
+    assert refusal(rules, [_png_header(8000, 8000)]).startswith(
+        "row 0 has more pixels than this server reads (64,000,000; at most 50,000,000 per image)")
+    assert refusal(rules, [encoded] + [_png_header(7000, 7000)] * 5).startswith(
+        "the request's images up to row 5 hold 245,")
 
     assert beam_width(None, 3) == beam_width({"beam_width": 0}, 3) == 3 and beam_width({"beam_width": 10}, 3) == 10
     for width in (11, -1):

@@ -92,3 +92,12 @@ def test_a_password_on_the_command_line_is_warned_about_once_and_not_printed(tmp
     assert compare.main(["--study", "bad name", "--tracking-uri", "http://u:s3cret@127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "$MLFLOW_TRACKING_USERNAME" in err and "s3cret" not in err
+
+
+def test_redact_hides_a_password_in_the_user_part_and_in_the_query():
+    from captioning.serving import redact
+
+    assert redact("postgresql://u@db/optuna?password=s3cret") == "postgresql://u@db/optuna?password=***"
+    assert redact("postgresql://u:pw@db/x?sslmode=require&password=abc") == \
+        "postgresql://u:***@db/x?password=***&sslmode=require"
+    assert redact("http://a:b@host:5000") == "http://a:***@host:5000" and redact("sqlite:///x.db") == "sqlite:///x.db"

@@ -3,7 +3,8 @@
     python tuning/registry.py list                               # versions, aliases, scores, why each moved
     python tuning/registry.py promote 3 --reason "better on the new dev set"
     python tuning/registry.py rollback --reason "version 4 drops articles"
-    (--name NAME for another registered model, --tracking-uri URI for another store)
+    (--name NAME for another registered model, --tracking-uri URI for another store, --storage for the searches'
+     PostgreSQL storage, whose lock they take too: default $CAPTIONING_STORAGE)
 
 A search registers its best trial (`promote_best`): under the registry lock for that name, the challenger and the
 current champion are both scored now, on the same dev split, with the same decoding and this code; the challenger
@@ -17,6 +18,7 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,21 +50,22 @@ def _lock_path(name: str) -> Path:
     """A lock file per (tracking store, registered name): beside a SQLite database or inside a file store, where
     every process that writes that store sees it; for a tracking server, in this machine's cache."""
     uri = mlflow.get_tracking_uri()
-    digest = hashlib.sha256(f"{uri}|{name}".encode()).hexdigest()[:16]
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///"):  # the file's own folder: however the URI spells its path, one lock
         database = Path(uri[len("sqlite:///"):])
-        return database.with_name(f"{database.name}.registry-{digest}.lock")
+        return database.with_name(f"{database.name}.registry-{name}.lock")
     if uri.startswith("file:") or "://" not in uri:
         folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
-        return folder / f".registry-{digest}.lock"
+        return folder / f".registry-{name}.lock"
+    digest = hashlib.sha256(f"{uri.rstrip('/').lower()}|{name}".encode()).hexdigest()[:16]
     return cache_root() / "locks" / f"registry-{digest}.lock"
 
 
 @contextlib.contextmanager
-def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator[None]:
+def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator["Guard"]:
     """Exclusive rights to move `name`'s aliases: a file lock for every store, and on a PostgreSQL study storage
     (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
-    champion, registering and moving the alias."""
+    champion, registering and moving the alias. Yields the advisory lock's guard (still_held() tells whether a
+    database restart dropped it)."""
     from tuning.coordination import Guard
 
     path = _lock_path(name)
@@ -74,8 +77,9 @@ def registry_lock(name: str, storage: str | None = None, log: Callable[[str], No
             log(f"registry: waiting for another process that is moving {name}'s aliases")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            with Guard(storage or "sqlite:", f"registry:{name}").hold(f"moving {name}'s aliases"):
-                yield
+            guard = Guard(storage or "sqlite:", f"registry:{name}")
+            with guard.hold(f"moving {name}'s aliases"):
+                yield guard
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -105,10 +109,14 @@ def score(captioner, dataset, split: str, beam_width: int, prepare=None) -> dict
 
 
 def champion_info(name: str, alias: str = CHAMPION):
+    """The version holding `alias`; None if there is none (any other failure, e.g. an unreachable server, raises:
+    it must not look like an empty registry)."""
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def _history(client: MlflowClient, name: str) -> list[str]:
@@ -119,8 +127,12 @@ def _history(client: MlflowClient, name: str) -> list[str]:
 def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str) -> None:
     """Move `champion` to `version` (the lock held), with the reason on the version and in the model's history."""
     history = _history(client, name)
+    current = champion_info(name)
+    if not history and current is not None:  # a champion from before the history was kept
+        history = [str(current.version)]
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_registered_model_tag(name, HISTORY, ",".join(history + [version]))
+    if not history or history[-1] != version:
+        client.set_registered_model_tag(name, HISTORY, ",".join(history + [version]))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
 
@@ -133,18 +145,18 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, greedy, score_name = split_metric(metric)
-    with registry_lock(name, storage, log):
+    challenger = load_captioner(model_uri)
+    width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
+    decoding = "greedy" if width == 1 else f"beam-{width}"
+    value = score(challenger, dataset, split, width, prepare)[score_name]  # (before the lock: it is the same)
+    with registry_lock(name, storage, log) as guard:
         current = champion_info(name)
         registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
-        if registered:
+        aliases = _aliases(client, name)
+        if registered and str(registered[0].version) in aliases:
             version = registered[0]
-            alias = version.aliases[0] if version.aliases else "no alias"
-            return {"version": version, "alias": alias, "test": None,
+            return {"version": version, "alias": aliases[str(version.version)], "test": None,
                     "why": f"this run is already registered as version {version.version}"}
-        challenger = load_captioner(model_uri)
-        width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
-        decoding = "greedy" if width == 1 else f"beam-{width}"
-        value = score(challenger, dataset, split, width, prepare)[score_name]
         old, why = None, "first registered model"
         if current is not None:
             try:
@@ -157,7 +169,13 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
                 "data_fingerprint": dataset.fingerprint()}
         if old is not None:
             tags["champion_" + metric] = f"{old:.6f}"
-        version = mlflow.register_model(model_uri, name, tags=tags)
+        _check_held(guard, name)
+        if registered:  # registered by a run that stopped before moving an alias: compared now, not again
+            version = registered[0]
+            for key, text in tags.items():
+                client.set_model_version_tag(name, str(version.version), key, text)
+        else:
+            version = mlflow.register_model(model_uri, name, tags=tags)
         if current is None:
             alias = CHAMPION
         elif old is None:
@@ -170,12 +188,36 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
             alias = CHALLENGER
             why = (f"{metric} {value:.4f} does not beat the champion's {old:.4f} (version {current.version}) by the "
                    f"margin {margin:g} ({decoding}, both scored now)")
+        _check_held(guard, name)
+        now = champion_info(name)  # a move made without the lock (by hand in the UI) is not overwritten
+        if (now and now.version) != (current and current.version):
+            raise RegistryError(f"{name}'s champion moved to version {now and now.version} while version "
+                                f"{version.version} was being compared; run the search again to compare anew")
         if alias == CHAMPION:
             _make_champion(client, name, str(version.version), why, f"search {study}")
         else:
             client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     test = score_registered(name, str(version.version), dataset, prepare)
     return {"version": version, "alias": alias, "why": why, "test": test}
+
+
+def _all_aliases(client: MlflowClient, name: str) -> list[tuple[str, str]]:
+    """(version, alias) pairs of the registered model `name` (none if it does not exist yet)."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return []
+    return [(str(version), alias) for alias, version in (model.aliases or {}).items()]
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return dict(_all_aliases(client, name))
+
+
+def _check_held(guard, name: str) -> None:
+    if not guard.still_held():
+        raise RegistryError(f"the lock on {name}'s aliases was lost (the study's database restarted); nothing was "
+                            "moved: run the search again to register its best")
 
 
 def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str, float] | None:
@@ -201,17 +243,18 @@ def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str
 # --- By hand ------------------------------------------------------------------------------------------------------
 
 def list_versions(name: str) -> list[dict]:
+    from captioning.serving import redact
+
     client = MlflowClient()
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        raise RegistryError(f"no registered model {name!r} in {mlflow.get_tracking_uri()}; "
-                            "register one with: python tuning/search.py") from None
+    versions = client.search_model_versions(f"name = {quote(name)}")
+    if not versions:
+        raise RegistryError(f"no registered model {name!r} in {redact(mlflow.get_tracking_uri())}; "
+                            "register one with: python tuning/search.py")
     aliases = {}
-    for alias, version in (model.aliases or {}).items():  # (version searches leave aliases out on some stores)
-        aliases.setdefault(str(version), []).append(f"@{alias}")
+    for alias_version, alias in _all_aliases(client, name):  # (version searches leave aliases out on some stores)
+        aliases.setdefault(alias_version, []).append(f"@{alias}")
     rows = []
-    for v in sorted(client.search_model_versions(f"name = {quote(name)}"), key=lambda v: int(v.version)):
+    for v in sorted(versions, key=lambda v: int(v.version)):
         metric = v.tags.get("metric", "")
         rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
                      "study": v.tags.get("study", ""), "metric": metric, "value": v.tags.get(metric, ""),
@@ -220,20 +263,22 @@ def list_versions(name: str) -> list[dict]:
     return rows
 
 
-def promote(name: str, version: str, reason: str, log: Callable[[str], None] = print) -> None:
+def promote(name: str, version: str, reason: str, storage: str | None = None,
+            log: Callable[[str], None] = print) -> None:
     client = MlflowClient()
-    with registry_lock(name, log=log):
+    with registry_lock(name, storage, log) as guard:
         try:
             client.get_model_version(name, str(version))
         except MlflowException:
             raise RegistryError(f"{name} has no version {version}; see: python tuning/registry.py list") from None
+        _check_held(guard, name)
         _make_champion(client, name, str(version), reason, "by hand")
 
 
-def rollback(name: str, reason: str, log: Callable[[str], None] = print) -> str:
+def rollback(name: str, reason: str, storage: str | None = None, log: Callable[[str], None] = print) -> str:
     """Give `champion` back to the version that held it before the current one; returns that version."""
     client = MlflowClient()
-    with registry_lock(name, log=log):
+    with registry_lock(name, storage, log) as guard:
         current = champion_info(name)
         history = _history(client, name)
         if current is not None and history and history[-1] == str(current.version):
@@ -242,6 +287,7 @@ def rollback(name: str, reason: str, log: Callable[[str], None] = print) -> str:
             raise RegistryError(f"{name} has no earlier champion to roll back to; promote a version by hand: "
                                 "python tuning/registry.py promote VERSION --reason TEXT")
         previous = history[-1]
+        _check_held(guard, name)
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_registered_model_tag(name, HISTORY, ",".join(history))
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -253,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="List a registered captioner's versions and move its champion by hand.")
     p.add_argument("--name", default="captioner", help="registered model name (default: captioner)")
     p.add_argument("--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    p.add_argument("--storage", metavar="URL", help="the searches' PostgreSQL storage, whose lock they hold while "
+                   "they register (default: $CAPTIONING_STORAGE; none for SQLite)")
     commands = p.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="versions with their aliases, scores and promotion notes")
     up = commands.add_parser("promote", help="give a version the champion alias")
@@ -268,6 +316,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     resolve_tracking_uri(args.tracking_uri)
+    storage = args.storage or os.environ.get("CAPTIONING_STORAGE")
+    storage = storage if storage and storage.startswith("postgresql") else None  # (a SQLite study has no lock there)
     try:
         check_name(args.name, "--name", "captioner")
         if args.command == "list":
@@ -278,12 +328,12 @@ def main(argv=None) -> int:
             for row in rows:
                 print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
         elif args.command == "promote":
-            promote(args.name, args.version, args.reason)
+            promote(args.name, args.version, args.reason, storage)
             print(f"{args.name} version {args.version} is now @champion")
         else:
-            version = rollback(args.name, args.reason)
+            version = rollback(args.name, args.reason, storage)
             print(f"{args.name} version {version} is @champion again")
-    except (RegistryError, ConfigError) as exc:
+    except (RegistryError, ConfigError, MlflowException) as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -389,7 +389,9 @@ def main(argv=None) -> int:
             print(f"search: {warning}", file=sys.stderr)
     _quiet_libraries()
     from captioning.data import DataError
+    from captioning.serving import ModelNotFound
     from captioning.weights import WeightsError
+    from tuning.registry import RegistryError
 
     from tuning.trials import INTERRUPTED
 
@@ -401,7 +403,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
         search(args)
-    except (ConfigError, DataError, WeightsError) as exc:
+    except (ConfigError, DataError, WeightsError, RegistryError, ModelNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the running trial is recorded as interrupted (not counted); nothing else is lost
