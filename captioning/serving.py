@@ -31,7 +31,7 @@ def pip_requirements() -> list[str]:
     lines = (PROJECT / "requirements.txt").read_text().splitlines()
     pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [pin for pin in pins if not pin.lower().startswith(("pytest", "optuna", "keras-tuner", "tensorboard",
-                                                                "seaborn", "streamlit", "selenium"))]
+                                                                "seaborn", "streamlit", "selenium", "cmaes"))]
 
 
 def log_captioner(bundle_dir: Path, name: str = "model"):
@@ -101,16 +101,20 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """A database or server URL with its password hidden, for logs, reports and pages."""
+    """A database or server URL with its password hidden (in its user part or a `password=` parameter), for logs,
+    reports and pages."""
+    import re
+
     from sqlalchemy.engine import make_url
 
+    hide_query = lambda text: re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
     if "@" not in url:
-        return url
+        return hide_query(url)
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return hide_query(make_url(url).render_as_string(hide_password=True))
     except Exception:  # not a database URL (e.g. http://user:pw@host): drop the credentials
         scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+        return hide_query(f"{scheme}://***@{rest.rsplit('@', 1)[-1]}")
 
 
 def password_warning(option: str, url: str | None) -> str | None:
