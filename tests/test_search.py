@@ -125,7 +125,9 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_di
 
 
 def test_a_single_worker_stopped_by_the_timeout_still_registers_its_best(workspace, shapes_dir, capsys):
-    # (With CIDEr-D as the metric: any dev score can be.)
+    # (With CIDEr-D as the metric: any dev score can be; and another sampler and pruner than the defaults.)
+    experiment = workspace[1]
+    experiment.write_text(experiment.read_text().replace("search:\n", "search:\n  sampler: random\n  pruner: hyperband\n"))
     assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--metric", "dev_cider") == 0
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" not in out and "dev_cider" in out
@@ -143,6 +145,16 @@ def test_keras_tuner_engine_end_to_end(workspace, shapes_dir, capsys):
     assert len(runs) == 2 and all(r.data.tags["engine"] == "keras-tuner" for r in runs)
     assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0  # resumes: no new trial
     assert len(_trial_runs("kt")) == 2
+
+
+def test_keras_tuner_hyperband_trains_each_trial_for_its_rung(workspace, shapes_dir, capsys):
+    experiment = workspace[1]
+    experiment.write_text(experiment.read_text().replace(
+        "search:\n", "search:\n  tuner: hyperband\n  pruner_max_epochs: 3\n  pruner_reduction: 3\n"))
+    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kth") == 0
+    assert "as @champion" in capsys.readouterr().out
+    runs = _trial_runs("kth")  # the first rung of the 3-epoch bracket: one epoch each, and --trials caps them at 2
+    assert len(runs) == 2 and [r.data.params["epochs"] for r in runs] == ["1", "1"]
 
 
 def test_caption_cli_by_alias_and_clear_error_for_unknown_alias(workspace, shapes_dir, capsys, monkeypatch):

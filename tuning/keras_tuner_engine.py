@@ -1,4 +1,5 @@
-"""Keras Tuner: Bayesian optimisation over the same space, each trial run by the shared TrialRunner.
+"""Keras Tuner: Bayesian optimisation (or Hyperband: `search.tuner`) over the same space, each trial run by the
+shared TrialRunner.
 
 The tuner's state lives in a directory next to the MLflow database; with overwrite=False a rerun reloads it,
 continues the trial numbering, and re-runs a trial that a killed process left unfinished.
@@ -39,15 +40,24 @@ class CaptionTuner(kt.Tuner):
                  log: Callable[[str], None] = print, **kwargs):
         space = kt.HyperParameters()
         define_keras_tuner(space, settings.space, baseline)  # declared now, so that the first trial has values
-        oracle = BaselineFirstOracle(objective=kt.Objective(settings.metric, "max"), max_trials=settings.trials,
-                                     seed=settings.seed, hyperparameters=space,
-                                     max_consecutive_failed_trials=settings.trials)
+        objective = kt.Objective(settings.metric, "max")
+        if settings.tuner == "hyperband":  # brackets of trials trained for rungs of teacher-forced epochs
+            oracle = kt.oracles.HyperbandOracle(objective=objective, seed=settings.seed, hyperparameters=space,
+                                                max_epochs=settings.pruner_max_epochs or runner.base.epochs,
+                                                factor=settings.pruner_reduction,
+                                                max_consecutive_failed_trials=settings.trials)
+            oracle.max_trials = settings.trials  # (the oracle stops creating trials once max_trials exist)
+        else:
+            oracle = BaselineFirstOracle(objective=objective, max_trials=settings.trials, seed=settings.seed,
+                                         hyperparameters=space, max_consecutive_failed_trials=settings.trials)
         super().__init__(oracle=oracle, **kwargs)
         self.runner, self.settings, self.on_trial = runner, settings, on_trial
         self.baseline, self.log = baseline, log
 
     def run_trial(self, trial, *args, **kwargs):
         params = define_keras_tuner(trial.hyperparameters, self.settings.space, self.baseline)
+        if "tuner/epochs" in trial.hyperparameters.values:  # Hyperband's budget for this trial
+            params["epochs"] = int(trial.hyperparameters.values["tuner/epochs"])
         number = int(trial.trial_id)
         if self.baseline is not None and params == self.baseline:
             self.log(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "

@@ -1,5 +1,6 @@
-"""Optuna: seeded TPE, a median pruner on the per-epoch dev metric, persistent storage so a rerun resumes, and any
-number of workers on one study when the storage is a database server.
+"""Optuna: the sampler and pruner the experiment names (default: multivariate TPE and a median pruner on the
+per-epoch dev metric), persistent storage so a rerun resumes, and any number of workers on one study when the
+storage is a database server.
 
 Counting. A study "holds" a trial once it is complete, pruned or failed with an error. A trial whose process died
 (killed, machine lost) is failed without an error and does not count, so another trial runs in its place. Workers
@@ -69,13 +70,47 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
     # Seeded by the number of trials so far, so that a resumed study does not replay its first suggestions; on a
     # server each worker draws its own seed, so that workers starting together do not suggest the same values.
     seed = settings.seed + len(study.trials) + (int.from_bytes(os.urandom(4), "big") if shared(storage) else 0)
-    study.sampler = optuna.samplers.TPESampler(seed=seed % 2**32, n_startup_trials=min(4, settings.trials))
-    # Epochs are reported as steps 1, 2, ...; Optuna may prune at step == n_warmup_steps.
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
-                                               n_warmup_steps=settings.pruner_warmup_epochs + 1)
+    study.sampler = make_sampler(settings, seed % 2**32, workers=shared(storage))
+    study.pruner = make_pruner(settings)
     if baseline and not study.get_trials(deepcopy=False):
         study.enqueue_trial(baseline, user_attrs={BASELINE: True})
     return study
+
+
+def make_sampler(settings, seed: int, workers: bool = False) -> optuna.samplers.BaseSampler:
+    """search.sampler: multivariate TPE over groups of keys sampled together (a conditional key joins its
+    decoder's group), with a constant liar when workers share the study (running trials count as bad, so workers
+    starting together spread out); random; Gaussian-process BO (needs PyTorch); CMA-ES (categorical keys sampled
+    independently). Seeded; the first min(4, trials) trials are random for all but `random`."""
+    startup = min(4, settings.trials)
+    with warnings.catch_warnings():  # multivariate/group TPE and GP are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if settings.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if settings.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+        if settings.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                          constant_liar=workers)
+
+
+def make_pruner(settings) -> optuna.pruners.BasePruner:
+    """search.pruner, on the epochs reported as steps 1, 2, ...: median (after `pruner_startup_trials` trials and
+    `pruner_warmup_epochs` epochs), Hyperband or successive halving (rungs from `pruner_min_epochs`, one trial in
+    `pruner_reduction` going on; Hyperband up to `pruner_max_epochs`, else the longest trial seen), or none."""
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=settings.pruner_min_epochs,
+                                              max_resource=settings.pruner_max_epochs or "auto",
+                                              reduction_factor=settings.pruner_reduction)
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.pruner_min_epochs,
+                                                      reduction_factor=settings.pruner_reduction)
+    # Optuna may prune at step == n_warmup_steps.
+    return optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
+                                       n_warmup_steps=settings.pruner_warmup_epochs + 1)
 
 
 def recorded_search(name: str, storage: str) -> dict | None:

@@ -11,6 +11,9 @@ from captioning.names import check_name
 from tuning.space import Param, parse_space
 
 ENGINES = ("optuna", "keras-tuner")
+PRUNERS = ("median", "hyperband", "successive_halving", "none")  # Optuna: how a trial's epochs are cut short
+SAMPLERS = ("tpe", "random", "gp", "cmaes")  # Optuna: how values are chosen
+TUNERS = ("bayesian", "hyperband")  # Keras Tuner's oracle
 # Every score of the dev split, with the config's beam width (dev_cider) or greedy (dev_greedy_cider).
 METRICS = tuple(f"dev{kind}_{score}" for kind in ("", "_greedy") for score in SCORES)
 # Dev BLEU-4's noise: its bootstrap standard deviation over the 1,000 Flickr8k dev images (benchmarks/dev_noise.py:
@@ -29,8 +32,14 @@ class SearchSettings:
     timeout: float | None = None  # seconds after which no new trial starts
     metric: str = "dev_bleu4"
     seed: int = 0
-    pruner_startup_trials: int = 2  # trials that run to the end before pruning starts
-    pruner_warmup_epochs: int = 1  # epochs of every trial that are never pruned
+    sampler: str = "tpe"  # tpe: multivariate TPE, conditional keys grouped (constant liar with several workers)
+    pruner: str = "median"
+    pruner_startup_trials: int = 2  # median: trials that run to the end before pruning starts
+    pruner_warmup_epochs: int = 1  # median: epochs of every trial that are never pruned
+    pruner_min_epochs: int = 1  # hyperband, successive_halving: the epochs every trial gets (the first rung)
+    pruner_max_epochs: int | None = None  # hyperband: the most a trial gets (default: the base config's, SCST included)
+    pruner_reduction: int = 3  # hyperband, successive_halving: 1 in this many trials goes on to the next rung
+    tuner: str = "bayesian"  # Keras Tuner: bayesian, or hyperband (whose epochs budget is pruner_max_epochs)
     registered_model: str = "captioner"
     promote_margin: float = PROMOTE_MARGIN  # how much a new model must beat the champion by, in `metric`'s units
     samples: int = 8  # dev images whose captions are logged with every trial
@@ -70,12 +79,35 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     if not (settings.heartbeat_seconds >= 1 and settings.grace_seconds >= 2 * settings.heartbeat_seconds):
         raise ConfigError(f"search.grace_seconds ({settings.grace_seconds}) must be at least twice "
                           f"search.heartbeat_seconds ({settings.heartbeat_seconds}), which must be at least 1")
-    if not settings.promote_margin >= 0:
+    if isinstance(settings.promote_margin, bool) or not isinstance(settings.promote_margin, (int, float)) \
+            or not settings.promote_margin >= 0:
         raise ConfigError(f"search.promote_margin must be a number >= 0 (in the metric's units), got "
                           f"{settings.promote_margin!r}")
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
+    _check_engine_choices(settings)
     return settings
+
+
+def _check_engine_choices(settings: SearchSettings) -> None:
+    for key, value, choices in (("sampler", settings.sampler, SAMPLERS), ("pruner", settings.pruner, PRUNERS),
+                                ("tuner", settings.tuner, TUNERS)):
+        if value not in choices:
+            raise ConfigError(f"unknown search.{key} {value!r}; choose one of {', '.join(choices)}")
+    needs = {"gp": ("torch", "PyTorch (pip install torch)"), "cmaes": ("cmaes", "the cmaes package")}
+    if settings.sampler in needs:
+        import importlib.util
+
+        module, what = needs[settings.sampler]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"search.sampler {settings.sampler} needs {what}, which is not installed; choose "
+                              f"another of {', '.join(SAMPLERS)}")
+    low, high, factor = settings.pruner_min_epochs, settings.pruner_max_epochs, settings.pruner_reduction
+    if not (isinstance(low, int) and low >= 1) or (high is not None and not (isinstance(high, int) and high >= low)):
+        raise ConfigError(f"search.pruner_min_epochs ({low}) must be a whole number >= 1, and pruner_max_epochs "
+                          f"({high}) one >= pruner_min_epochs")
+    if not (isinstance(factor, int) and factor >= 2):
+        raise ConfigError(f"search.pruner_reduction must be a whole number >= 2, got {factor!r}")
 
 
 def search_identity(settings: SearchSettings) -> dict:
