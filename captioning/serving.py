@@ -31,7 +31,7 @@ def pip_requirements() -> list[str]:
     lines = (PROJECT / "requirements.txt").read_text().splitlines()
     pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [pin for pin in pins if not pin.lower().startswith(("pytest", "optuna", "keras-tuner", "tensorboard",
-                                                                "seaborn", "streamlit", "selenium", "cmaes"))]
+                                                                "seaborn", "streamlit", "selenium", "cmaes", "optuna-dashboard", "bottle"))]
 
 
 def log_captioner(bundle_dir: Path, name: str = "model"):

@@ -87,6 +87,9 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert {"samples.json", "gallery.png"} <= artifacts
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.params["engine"] == "optuna" and parent.info.status == "FINISHED"
+    assert {"optimization_history.png", "param_importances.png"} <= {a.path for a in client.list_artifacts(
+        parent.info.run_id)}
+    _dashboard_lists(f"sqlite:///{workspace[0] / 'optuna.db'}", "s1")
 
     # The registered champion loads by alias and captions bytes, and paths where the serving machine allows them.
     monkeypatch.setenv("CAPTIONING_SERVE_LOCAL_PATHS", "1")  # trusted batch scoring, read when the model loads
@@ -108,6 +111,37 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{workspace[0] / 'optuna.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert len(_trial_runs("s1")) == 3
+
+
+def _dashboard_lists(storage: str, study: str) -> None:
+    """`optuna-dashboard STORAGE` (the README's command) serves the study: its API lists it, with its record of the
+    search space."""
+    import json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    server = subprocess.Popen([str(dashboard), storage, "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [s["study_name"] for s in studies] == [study] and "search" in {a["key"] for a in studies[0]["user_attrs"]}
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_dir, capsys):

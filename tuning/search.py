@@ -257,6 +257,8 @@ def search(args) -> dict:
                 fail_interrupted_trials(optuna_study, on_lost)
             finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost,
                                   log=progress.say)
+            if finished:
+                _log_study_figures(client, parent, optuna_study, progress.say)
         else:
             from tuning.keras_tuner_engine import open_tuner
 
@@ -297,6 +299,35 @@ def _check_same_search(study: str, storage: str, settings) -> None:
         from tuning.keras_tuner_engine import recorded_search
 
         check_same_search(study, recorded_search(PROJECT / "keras_tuner", study), settings)
+
+
+def _log_study_figures(client, parent: str, study, log) -> None:
+    """The finished study's optimisation history and hyperparameter importances (Optuna's own plots) on its parent
+    run. Importances need two completed trials that differ; without them the run gets a note instead."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as plots
+
+    with warnings.catch_warnings():  # the matplotlib plots are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (("optimization_history", plots.plot_optimization_history),
+                           ("param_importances", plots.plot_param_importances)):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                client.log_text(parent, f"no {name.replace('_', ' ')}: {exc}\n", f"{name}.txt")
+                continue
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            client.log_figure(parent, figure, f"{name}.png")
+            plt.close(figure)
+    log("search: the parent run holds the study's optimisation history and parameter importances")
 
 
 def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
