@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioning.metrics import corpus_bleu_scores  # noqa: E402
-from captioning.synthetic import COLOURS, SHAPES  # noqa: E402
+from captioning.metrics import corpus_bleu_scores
+from captioning.synthetic import COLOURS, SHAPES
 
 COUNT_WORDS = {"two": 2, "three": 3}
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-from benchmarks.seed_model import build_seed_model, seed_greedy_caption  # noqa: E402
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.pipeline import load_and_report, prepare  # noqa: E402
+from benchmarks.seed_model import build_seed_model, seed_greedy_caption
+from captioning.captioner import Captioner
+from captioning.pipeline import load_and_report, prepare
 
 
 def main() -> None:

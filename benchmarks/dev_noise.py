@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.metrics import corpus_bleu_scores  # noqa: E402
-from captioning.pipeline import load_and_report, prepare  # noqa: E402
+from captioning.captioner import Captioner
+from captioning.metrics import corpus_bleu_scores
+from captioning.pipeline import load_and_report, prepare
 
 DRAWS = 2000
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.flickr8k import bare_model_speed  # noqa: E402
-from captioning.config import load_config  # noqa: E402
-from captioning.encoders import make_encoder  # noqa: E402
-from captioning.features import extract_features  # noqa: E402
-from captioning.pipeline import load_and_report  # noqa: E402
+from benchmarks.flickr8k import bare_model_speed
+from captioning.config import load_config
+from captioning.encoders import make_encoder
+from captioning.features import extract_features
+from captioning.pipeline import load_and_report
 
 
 def main() -> None:

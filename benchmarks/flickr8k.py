@@ -12,17 +12,14 @@ import argparse
 import datetime
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from captioning.config import load_config  # noqa: E402
-from captioning.encoders import make_encoder  # noqa: E402
-from captioning.pipeline import load_and_report, prepare, train_and_evaluate  # noqa: E402
+from captioning.config import load_config
+from captioning.encoders import make_encoder
+from captioning.pipeline import load_and_report, prepare, train_and_evaluate
 
 
 def bare_model_speed(encoder, images: int = 64, batch_size: int = 8) -> float:

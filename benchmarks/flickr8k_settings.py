@@ -20,10 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioning.config import load_config  # noqa: E402
-from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate  # noqa: E402
+from captioning.config import load_config
+from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_settings.json"

@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.pipeline import evaluate, load_and_report, prepare  # noqa: E402
+from captioning.captioner import Captioner
+from captioning.pipeline import evaluate, load_and_report, prepare
 
 
 def main() -> None:

@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioning.data import load_dataset  # noqa: E402
-from captioning.metrics import CiderD, coco_scores, corpus_bleu_scores  # noqa: E402
+from captioning.data import load_dataset
+from captioning.metrics import CiderD, coco_scores, corpus_bleu_scores
 
 
 def _stand_in(words: list[str], rng: random.Random, vocabulary: list[str]) -> list[str]:

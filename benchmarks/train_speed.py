@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks.seed_model import build_seed_model, prefix_batches  # noqa: E402
-from captioning.attention import build_attention_decoder  # noqa: E402
-from captioning.config import load_config  # noqa: E402
-from captioning.model import build_decoder, masked_cross_entropy  # noqa: E402
-from captioning.pipeline import load_and_report, prepare  # noqa: E402
-from captioning.text import Vocabulary  # noqa: E402
-from captioning.train import CaptionBatches, seed_everything  # noqa: E402
+from benchmarks.seed_model import build_seed_model, prefix_batches
+from captioning.attention import build_attention_decoder
+from captioning.config import load_config
+from captioning.model import build_decoder, masked_cross_entropy
+from captioning.pipeline import load_and_report, prepare
+from captioning.text import Vocabulary
+from captioning.train import CaptionBatches, seed_everything
 
 
 def matmul_peak_gflops(size: int = 2048, seconds: float = 5.0) -> float:

@@ -20,10 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from reports.collect import BLEU, ReportError, Selection
 
-from reports.collect import BLEU, ReportError, Selection  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 GALLERY_IMAGES = 6
 

@@ -9,12 +9,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from captioning.captioner import Captioner
+from captioning.serving import download_bundle
+from tuning import search as search_cli
 
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.serving import download_bundle  # noqa: E402
-from tuning import search as search_cli  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 APP = str(PROJECT / "app.py")
 MODEL_HEADER = "Model @champion (version 1)"

@@ -5,7 +5,6 @@ import dataclasses
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -14,18 +13,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from captioning.config import Config  # noqa: E402
-from tuning import infra as local_infra  # noqa: E402
-from tuning import search as search_cli  # noqa: E402
-from tuning.coordination import Guard  # noqa: E402
-from tuning.keras_tuner_engine import CaptionTuner  # noqa: E402
-from tuning.optuna_engine import (ATTEMPT, BASELINE, RESUMES, WORKER, fail_interrupted_trials,  # noqa: E402
+from captioning.config import Config
+from tuning import infra as local_infra
+from tuning import search as search_cli
+from tuning.coordination import Guard
+from tuning.keras_tuner_engine import CaptionTuner
+from tuning.optuna_engine import (ATTEMPT, BASELINE, RESUMES, WORKER, fail_interrupted_trials,
                                   fail_lost_trials, open_study)
-from tuning.settings import SearchSettings  # noqa: E402
-from tuning.space import base_values, parse_space, suggest_optuna  # noqa: E402
+from tuning.settings import SearchSettings
+from tuning.space import base_values, parse_space, suggest_optuna
 
 SPACE = parse_space({"units": {"choices": [32, 64, 128]}, "lstm_layers": {"low": 1, "high": 3},
                      "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.5}})

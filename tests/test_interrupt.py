@@ -129,7 +129,6 @@ def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_rerun_resumes_that_trial(tmp_p
 
 
 def test_interrupted_values_are_queued_once_and_give_way_after_repeated_kills():
-    sys.path.insert(0, str(PROJECT))
     from tuning.optuna_engine import ATTEMPT, MAX_ATTEMPTS, RESUMES, requeue
 
     study = optuna.create_study(direction="maximize")
@@ -147,7 +146,6 @@ def test_interrupted_values_are_queued_once_and_give_way_after_repeated_kills():
 def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_trial_after_its_epoch(tmp_path, shapes_dir):
     """Python only prints a KeyboardInterrupt raised inside a garbage-collection callback; the search's handler
     remembers it, and the trial stops at the end of the epoch, its checkpoint kept for the rerun."""
-    sys.path.insert(0, str(PROJECT))
     from captioning.config import load_config
     from captioning.pipeline import load_and_report
     from tuning.settings import read_settings

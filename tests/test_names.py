@@ -1,19 +1,17 @@
 """Names that reach file paths and MLflow filters (studies, experiments, registered models), filter quoting on a real
 MLflow store, and passwords given on a command line."""
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from captioning.config import ConfigError
+from captioning.names import check_name, inside, quote
+from captioning.serving import password_warning
+from reports import compare
+from tuning import search as search_cli
 
-from captioning.config import ConfigError  # noqa: E402
-from captioning.names import check_name, inside, quote  # noqa: E402
-from captioning.serving import password_warning  # noqa: E402
-from reports import compare  # noqa: E402
-from tuning import search as search_cli  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 BAD = ["../escape", "a/b", "", ".hidden", "-flag", "x" * 101, "it's", "name with space", "tab\t", "new\nline"]
 

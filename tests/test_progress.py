@@ -1,11 +1,7 @@
 """The per-epoch display of a search: a rewritten status line on a terminal, kept lines with --verbose."""
 import io
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tuning.progress import EpochProgress  # noqa: E402
+from tuning.progress import EpochProgress
 
 RECORD = {"loss": 2.8314, "dev_loss": 2.8659, "dev_bleu4": 0.15123}
 

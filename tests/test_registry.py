@@ -3,16 +3,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from tuning import registry  # noqa: E402
+from tuning import registry
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +104,7 @@ def test_a_second_promotion_waits_for_the_lock_held_by_another_process(store):
     if not MlflowClient().search_model_versions("name = 'captioner'"):
         _promote(store, "untrained", 0.005)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(PROJECT)!r})
+        import time
         import mlflow
         from tuning.registry import registry_lock
         mlflow.set_tracking_uri({uri!r})

@@ -1,15 +1,10 @@
 """A comparison report from real tiny searches (Optuna and Keras Tuner) logged to a temporary MLflow database."""
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from reports import compare  # noqa: E402
-from tuning import search as search_cli  # noqa: E402
+from reports import compare
+from tuning import search as search_cli
 
 TINY = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,

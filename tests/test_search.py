@@ -9,10 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from tuning import search as search_cli  # noqa: E402
+from tuning import search as search_cli
 
 TINY = """
 config:

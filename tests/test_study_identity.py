@@ -2,20 +2,15 @@
 attributes; Keras Tuner: search.json in its folder), and another space or metric is refused, naming the differences.
 """
 import dataclasses
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from captioning.config import ConfigError  # noqa: E402
-from tuning import search as search_cli  # noqa: E402
-from tuning.optuna_engine import SEARCH, open_study, recorded_search  # noqa: E402
-from tuning.settings import SearchSettings  # noqa: E402
-from tuning.space import parse_space  # noqa: E402
+from captioning.config import ConfigError
+from tuning import search as search_cli
+from tuning.optuna_engine import SEARCH, open_study, recorded_search
+from tuning.settings import SearchSettings
+from tuning.space import parse_space
 
 SPACE = {"units": {"choices": [32, 64]}, "dropout": {"low": 0.0, "high": 0.3}}
 CHANGED = {"units": {"choices": [32, 64]}, "dropout": {"low": 0.0, "high": 0.5},

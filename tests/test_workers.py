@@ -16,11 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
+from tuning import infra as local_infra
+from tuning.optuna_engine import ERROR, WORKER, held
 
-from tuning import infra as local_infra  # noqa: E402
-from tuning.optuna_engine import ERROR, WORKER, held  # noqa: E402
+PROJECT = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,

@@ -271,7 +271,6 @@ def main(argv=None) -> int:
     parser.add_argument("--mlflow-port", type=int, default=5000, help="tracking server port, first start only "
                         "(default: 5000)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(PROJECT))
     try:
         if args.command == "start":
             print(_describe(start(args.dir, args.pg_port, args.mlflow_port)))

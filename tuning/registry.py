@@ -24,17 +24,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-PROJECT = Path(__file__).resolve().parents[1]
-if str(PROJECT) not in sys.path:
-    sys.path.insert(0, str(PROJECT))
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from captioning.cache import cache_root  # noqa: E402
-from captioning.config import ConfigError  # noqa: E402
-from captioning.names import check_name, quote  # noqa: E402
+from captioning.cache import cache_root
+from captioning.config import ConfigError
+from captioning.names import check_name, quote
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY = "champion_history"  # a registered model's tag: the versions that took `champion`, oldest first

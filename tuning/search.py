@@ -24,15 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from captioning.cache import cache_root
+from captioning.config import ConfigError, load_config
+from captioning.names import check_name, inside, quote
+from captioning.serving import password_warning, redact
+from tuning.coordination import Guard, check_storage, shared, worker_id
+
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from captioning.cache import cache_root  # noqa: E402
-from captioning.config import ConfigError, load_config  # noqa: E402
-from captioning.names import check_name, inside, quote  # noqa: E402
-from captioning.serving import password_warning, redact  # noqa: E402
-from tuning.coordination import Guard, check_storage, shared, worker_id  # noqa: E402
-
 EXPERIMENTS = PROJECT / "experiments"
 
 
