@@ -27,7 +27,8 @@ from captioning.captioner import BundleError, Captioner
 from captioning.config import ConfigError
 from captioning.images import ImageError, TooManyPixels, load_rgb
 from captioning.names import check_name, quote
-from captioning.serving import ModelNotFound, download_bundle, redact, resolve_tracking_uri
+from captioning.serving import ModelNotFound, download_bundle
+from captioning.workbench import redact, resolve_tracking_uri
 
 MAX_UPLOAD_MB = 20
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]

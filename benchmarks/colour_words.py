@@ -95,7 +95,7 @@ def main() -> None:
     from captioning.synthetic import embedded_dataset
 
     if args.tracking_uri:
-        from captioning.serving import resolve_tracking_uri
+        from captioning.workbench import resolve_tracking_uri
 
         resolve_tracking_uri(args.tracking_uri)
     captioner = _load_captioner(args.model)

@@ -74,7 +74,8 @@ def _load_captioner(reference: str):
     from captioning.captioner import Captioner
 
     if reference.startswith(("models:/", "runs:/")):
-        from captioning.serving import download_bundle, resolve_tracking_uri
+        from captioning.serving import download_bundle
+        from captioning.workbench import resolve_tracking_uri
 
         resolve_tracking_uri()
         return Captioner.load(download_bundle(reference))
@@ -102,7 +103,8 @@ def cmd_caption(args) -> None:
 
 
 def cmd_relog(args) -> None:
-    from captioning.serving import relog_captioner, resolve_tracking_uri
+    from captioning.serving import relog_captioner
+    from captioning.workbench import resolve_tracking_uri
 
     resolve_tracking_uri()
     old, new = relog_captioner(args.model)

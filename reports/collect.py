@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from captioning.metrics import METRICS
 from captioning.names import quote
-from captioning.serving import redact
+from captioning.workbench import redact
 
 ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
 BLEU = [f"bleu{n}" for n in range(1, 5)]

@@ -75,8 +75,6 @@ ATTENTION_IMAGES = 3  # test images whose attention maps the report shows
 def gallery_captions(selection: Selection, count: int, model_name: str):
     """Test images of the first study's data, their references, and the captions of the champion and the best
     trial of each study. Returns (images, names, references, {model label: captions}) or None with a note."""
-    import numpy as np
-
     from captioning.captioner import Captioner
     from captioning.data import load_dataset
     from captioning.images import load_rgb
@@ -276,7 +274,7 @@ def make_report(args) -> Path:
     from mlflow import MlflowClient
 
     from captioning.names import check_name, inside
-    from captioning.serving import redact, resolve_tracking_uri
+    from captioning.workbench import redact, resolve_tracking_uri
     from reports import figures as draw
     from reports.collect import collect, find_studies
 
@@ -317,7 +315,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from captioning.config import ConfigError
     from captioning.data import DataError
-    from captioning.serving import ModelNotFound, password_warning
+    from captioning.serving import ModelNotFound
+    from captioning.workbench import password_warning
 
     for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
         warning = password_warning(option, url)

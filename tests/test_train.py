@@ -5,7 +5,6 @@ import pytest
 from captioning.captioner import BundleError, Captioner
 from captioning.model import build_decoder
 from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate
-from captioning.text import Vocabulary
 from captioning.train import TrainingError, seed_everything
 
 

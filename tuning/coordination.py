@@ -13,7 +13,7 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 from captioning.config import ConfigError
-from captioning.serving import redact
+from captioning.workbench import redact
 
 T = TypeVar("T")
 # Connection settings for PostgreSQL: give up connecting after 10 s, and notice a vanished peer within ~30 s.

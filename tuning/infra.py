@@ -247,7 +247,7 @@ def _stop_group(pid: int, patience: float = 15) -> None:
 
 
 def _describe(infra: Infra) -> str:
-    from captioning.serving import redact
+    from captioning.workbench import redact
 
     return (f"PostgreSQL  {redact(infra.storage)}  (data: {infra.data})\n"
             f"MLflow      {infra.tracking_uri}  (backend: {redact(infra.database_url('mlflow'))}, "

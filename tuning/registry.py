@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from captioning.cache import cache_root
 from captioning.config import ConfigError
 from captioning.names import check_name, quote
+from tuning.coordination import Guard
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY = "champion_history"  # a registered model's tag: the versions that took `champion`, oldest first
@@ -57,13 +58,11 @@ def _lock_path(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator["Guard"]:
+def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator[Guard]:
     """Exclusive rights to move `name`'s aliases: a file lock for every store, and on a PostgreSQL study storage
     (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
     champion, registering and moving the alias. Yields the advisory lock's guard (still_held() tells whether a
     database restart dropped it)."""
-    from tuning.coordination import Guard
-
     path = _lock_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
@@ -239,7 +238,7 @@ def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str
 # --- By hand ------------------------------------------------------------------------------------------------------
 
 def list_versions(name: str) -> list[dict]:
-    from captioning.serving import redact
+    from captioning.workbench import redact
 
     client = MlflowClient()
     versions = client.search_model_versions(f"name = {quote(name)}")
@@ -308,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from captioning.serving import resolve_tracking_uri
+    from captioning.workbench import resolve_tracking_uri
 
     args = build_parser().parse_args(argv)
     resolve_tracking_uri(args.tracking_uri)

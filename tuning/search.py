@@ -27,7 +27,7 @@ from pathlib import Path
 from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
 from captioning.names import check_name, inside, quote
-from captioning.serving import password_warning, redact
+from captioning.workbench import password_warning, redact, resolve_tracking_uri
 from tuning.coordination import Guard, check_storage, shared, worker_id
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def search(args) -> dict:
     # The default name covers data and base config: other data or other --set values start another study.
     identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.to_dict(), sort_keys=True)}".encode()).hexdigest()
     study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     _check_tracking_server(uri)
     storage = args.storage or os.environ.get("CAPTIONING_STORAGE") or f"sqlite:///{PROJECT / 'optuna.db'}"
     if settings.engine == "optuna":

@@ -8,7 +8,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from captioning.names import quote
-from captioning.serving import resolve_tracking_uri  # noqa: F401  (re-exported for the engines)
 
 PROJECT = Path(__file__).resolve().parents[1]
 ROLE, STUDY = "captioning.role", "captioning.study"

@@ -1,0 +1,57 @@
+"""Where the workbench keeps its runs and models, and how their addresses appear in output: the tracking URI every
+command resolves the same way, and database or server URLs with their passwords hidden or warned about."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def resolve_tracking_uri(cli_uri: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default database in the project directory."""
+    import mlflow
+
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def redact(url: str) -> str:
+    """A database or server URL with its password hidden (in its user part or a `password=` parameter), for logs,
+    reports and pages."""
+    from sqlalchemy.engine import make_url
+
+    hide_query = lambda text: re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
+    if "@" not in url:
+        return hide_query(url)
+    try:
+        return hide_query(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not a database URL (e.g. http://user:pw@host): drop the credentials
+        scheme, _, rest = url.partition("://")
+        return hide_query(f"{scheme}://***@{rest.rsplit('@', 1)[-1]}")
+
+
+def password_warning(option: str, url: str | None) -> str | None:
+    """One line for a URL given as a command-line option with a password in it (in its user part or a
+    `password=` parameter), which every user of the machine can read in the process list; None otherwise."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:  # not a URL with a host part
+        password = None
+    if not (password or "password" in parse_qs(parts.query)):
+        return None
+    if parts.scheme in ("http", "https"):
+        instead = ("give the tracking server's user and password in $MLFLOW_TRACKING_USERNAME and "
+                   "$MLFLOW_TRACKING_PASSWORD instead")
+    else:
+        variable = "CAPTIONING_STORAGE" if option == "--storage" else "MLFLOW_TRACKING_URI"
+        instead = (f"put the URL in ${variable} instead, or leave the password out of it and keep it in ~/.pgpass "
+                   "or $PGPASSWORD")
+    return f"warning: the password in {option} is visible to other users of this machine in the process list; " \
+           + instead
