@@ -130,10 +130,10 @@ def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -
     failed (not counted), and its values are queued to run first, so that it resumes from its checkpoint."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
-        values = trial.params or trial.system_attrs.get("fixed_params", {})
+        values = queued_values(trial)
         rerun = requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1),
                         baseline=trial.user_attrs.get(BASELINE, False))
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail(study, trial.number)
         on_lost(trial, rerun=rerun)
     return len(stale)
 
@@ -155,7 +155,7 @@ def _requeue_baseline(study: optuna.Study, trial: FrozenTrial) -> bool:
     """On a server, a lost trial gives way to new values, except the baseline, whose values run again."""
     if not trial.user_attrs.get(BASELINE):
         return False
-    values = trial.params or trial.system_attrs.get("fixed_params", {})
+    values = queued_values(trial)
     return requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1), baseline=True)
 
 
@@ -171,14 +171,28 @@ def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callabl
             optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if WORKER not in trial.user_attrs:
-            try:
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except UpdateFinishedTrialError:
+            if not fail(study, trial.number):
                 continue
             if _requeue_baseline(study, trial):
                 on_lost(trial, rerun=True)
             else:
                 on_lost(trial)
+
+
+def queued_values(trial: FrozenTrial) -> dict:
+    """The values a trial runs: those suggested, or before that those enqueue_trial gave it (which Optuna keeps in
+    the system attribute `fixed_params` until they are suggested)."""
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+def fail(study: optuna.Study, number: int) -> bool:
+    """Fail a running trial (of any process) through Optuna's tell(); False if it had finished meanwhile (another
+    worker recorded it first)."""
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except (ValueError, UpdateFinishedTrialError):  # ValueError: "Cannot tell a COMPLETE trial", and so on
+        return False
+    return True
 
 
 def held(trials: list[FrozenTrial]) -> int:
@@ -232,7 +246,7 @@ def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, o
             warnings.filterwarnings("ignore", message="Heartbeat of storage")  # this loop replaces optimize()
             trial = retry(study.ask, "starting a trial", log=log)
         try:
-            if server:
+            if server:  # (the first beat: see Heartbeat below)
                 retry(lambda: study._storage.record_heartbeat(trial._trial_id), "starting a trial", log=log)
             retry(lambda: trial.set_user_attr(WORKER, worker_id()), "starting a trial", log=log)
         except UpdateFinishedTrialError:
@@ -243,11 +257,7 @@ def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, o
     # free place. Count again, and give this trial up (failed, not counted) if the study now has one too many.
     with guard.hold("re-checking the trial count"):
         if _started(retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)) > settings.trials:
-            try:
-                retry(lambda: study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL),
-                      "giving a trial up", log=log)
-            except UpdateFinishedTrialError:
-                pass
+            retry(lambda: fail(study, trial.number), "giving a trial up", log=log)
             log(f"search: trial {trial.number} given up: another worker started one in the same free place "
                 "while the database restarted")
             return None, None
@@ -280,10 +290,8 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         try:
             for key, text in attrs.items():
                 retry(lambda: trial.set_user_attr(key, text), "recording a trial's result", log=log)
-            retry(lambda: study.tell(trial, value if state == TrialState.COMPLETE else None,
-                                     state=state, skip_if_finished=True), "recording a trial's result", log=log)
-            final = retry(lambda: study._storage.get_trial(trial._trial_id).state, "recording a trial's result",
-                          log=log)
+            final = retry(lambda: study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
+                                             skip_if_finished=True).state, "recording a trial's result", log=log)
         except UpdateFinishedTrialError:
             final = None
         return final == state
@@ -297,6 +305,8 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         if baseline:
             log(f"trial {trial.number:3d}  is the baseline: the experiment's base config, run first so that the "
                 "search's best is never worse on dev")
+        # Optuna beats only inside optimize(), which this loop replaces (it must count and claim under the study's
+        # lock): the heartbeat thread is the one piece of its storage API used directly.
         with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
             metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES))
     except UpdateFinishedTrialError:  # while suggesting: declared lost before it began
@@ -304,7 +314,7 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
     except TrialLost:
         lost()
     except KeyboardInterrupt:  # not counted; queued first, so that no other trial takes its place meanwhile
-        values = params or study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
+        values = params or queued_values(study.get_trials(deepcopy=False)[trial.number])
         # attempt 0: a Ctrl-C always queues its values
         retry(lambda: requeue(study, trial.number, values, 0, baseline), "queueing a trial", log=log)
         finish(TrialState.FAIL)
