@@ -97,6 +97,18 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert len(captions) == 2 and captions[0] == captions[1] and captions[0]
     assert model.predict(pd.DataFrame({"image": [str(image)]}), params={"beam_width": 1})["caption"][0]
 
+    # The CLI captions with it by alias, and an unknown alias is one line naming what is registered.
+    from captioning.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace[2])
+    capsys.readouterr()
+    assert main(["caption", str(shapes_dir / "Images" / "scene_00005.jpg"), "--model",
+                 "models:/captioner@champion"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["caption", str(image), "--model", "models:/captioner@nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model models:/captioner@nope" in err and "captioner (@champion)" in err
+
     # The same command again: the study already holds 2 trials, nothing is re-run.
     assert _search(workspace, shapes_dir, "--study", "s1") == 0
     assert len(_trial_runs("s1")) == 2
@@ -186,20 +198,6 @@ def test_keras_tuner_hyperband_trains_each_trial_for_its_rung(workspace, shapes_
     assert "as @champion" in capsys.readouterr().out
     runs = _trial_runs("kth")  # the first rung of the 3-epoch bracket: one epoch each, and --trials caps them at 2
     assert len(runs) == 2 and [r.data.params["epochs"] for r in runs] == ["1", "1"]
-
-
-def test_caption_cli_by_alias_and_clear_error_for_unknown_alias(workspace, shapes_dir, capsys, monkeypatch):
-    from captioning.cli import main
-
-    assert _search(workspace, shapes_dir, "--study", "cli") == 0
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace[2])
-    capsys.readouterr()
-    image = shapes_dir / "Images" / "scene_00005.jpg"
-    assert main(["caption", str(image), "--model", "models:/captioner@champion"]) == 0
-    assert capsys.readouterr().out.strip()
-    assert main(["caption", str(image), "--model", "models:/captioner@nope"]) == 2
-    err = capsys.readouterr().err
-    assert "no registered model models:/captioner@nope" in err and "captioner (@champion)" in err
 
 
 def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(workspace, shapes_dir, capsys):
