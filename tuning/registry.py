@@ -220,11 +220,15 @@ def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str
     trial runs with test scores) and kept as the version's tags."""
     if not dataset.splits.get("test"):
         return None
+    from captioning.pipeline import prepare as prepare_features
+
     client = MlflowClient()
     captioner = load_captioner(f"models:/{name}/{version}")
+    prepared = (prepare or (lambda config: prepare_features(config, dataset, progress=False)))(captioner.config)
+    once = lambda config: prepared  # both decodings read the same features
     width = captioner.config.beam_width
-    beam = score(captioner, dataset, "test", width, prepare)
-    greedy = beam if width == 1 else score(captioner, dataset, "test", 1, prepare)
+    beam = score(captioner, dataset, "test", width, once)
+    greedy = beam if width == 1 else score(captioner, dataset, "test", 1, once)
     metrics = {f"test_{k}": v for k, v in beam.items()} | {f"test_greedy_{k}": v for k, v in greedy.items()}
     run_id = client.get_model_version(name, version).run_id
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
