@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="captioner bundle directory or MLflow model URI "
                         "(models:/captioner@champion, runs:/ID/model)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for a models:/ or runs:/ URI "
-                        "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the project)")
+                        "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--data", help="a dataset folder written by captioning.synthetic (default: the embedded one)")
     parser.add_argument("--samples", type=int, default=8, help="sample captions to print")
     parser.add_argument("--out", default="colour_words.json", help="file name under benchmarks/results/")

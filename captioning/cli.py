@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from captioning.config import ConfigError, load_config
+from captioning.workbench import run_state
 
 PROJECT = Path(__file__).resolve().parents[1]
 EMBEDDED_EXPERIMENT = PROJECT / "experiments" / "shapes.yaml"
@@ -54,7 +55,7 @@ def cmd_train(args) -> None:
     print(f"features: {stats.images} images, {stats.cache_hits} from cache, {stats.extracted} extracted"
           + (f" in {stats.seconds:.0f}s ({stats.images_per_second:.1f} img/s)" if stats.extracted else ""))
     result = train_and_evaluate(config, prepared, verbose=not args.quiet)
-    out = Path(args.out or PROJECT / "outputs" / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
+    out = Path(args.out or run_state("outputs") / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
     result.captioner.save(out)
     (out / "metrics.json").write_text(json.dumps({"best_epoch": result.training.best_epoch,
                                                   "history": result.training.history, **result.metrics()}, indent=2))

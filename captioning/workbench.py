@@ -7,16 +7,24 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-PROJECT = Path(__file__).resolve().parents[1]
-
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default database in the project directory."""
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default database in the working directory."""
     import mlflow
 
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / 'mlflow.db'}"
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def run_state(name: str) -> Path:
+    """Where a command's run state goes by default: the directory it runs from, as MLflow's own default
+    (./mlflow.db, ./mlruns), so that `mlflow ui` started there finds it; not the installed package's folder."""
+    return Path.cwd() / name
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{run_state('mlflow.db')}"
 
 
 def redact(url: str) -> str:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="trials per study in the BLEU and learning-curve figures")
     p.add_argument("--gallery", type=int, default=GALLERY_IMAGES, help="test images in the caption gallery (0: none)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///mlflow.db in the project directory)")
+                   "else ./mlflow.db)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage for the importances (default: "
                    "$CAPTIONING_STORAGE, else the one the study logged, whose password is not logged: keep it in "
                    "~/.pgpass or $PGPASSWORD)")

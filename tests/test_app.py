@@ -33,8 +33,7 @@ def registry(tmp_path_factory, shapes_dir) -> str:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.setattr("tuning.tracking.PROJECT", root)  # artifacts beside the temporary database
-        patch.setattr(search_cli, "PROJECT", root)
+        patch.chdir(root)  # run state goes where the command runs
         assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(root / "tiny.yaml"),
                                 "--tracking-uri", uri, "--storage", f"sqlite:///{root / 'optuna.db'}"]) == 0
         _register_a_merge_model(uri, shapes_dir, root)

@@ -33,7 +33,7 @@ def store(tmp_path_factory, shapes_dir):
     vocab = Vocabulary.build((c for n in dataset.split("train") for c in dataset.captions[n]), 1)
     untrained = Captioner(config, vocab, build_decoder(config, len(vocab), prepared.features["train"].shape[1]))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tuning.tracking.PROJECT", root)  # artifacts beside the temporary database
+        patch.chdir(root)  # artifacts beside the temporary database
         mlflow.set_tracking_uri(uri)
         experiment = tracking.ensure_experiment("registry")
 

@@ -41,8 +41,7 @@ def searched(tmp_path_factory, shapes_dir):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     patch = pytest.MonkeyPatch()
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    patch.setattr("tuning.tracking.PROJECT", tmp)
-    patch.setattr(search_cli, "PROJECT", tmp)
+    patch.chdir(tmp)
     # The Optuna study searches attention decoders (whose best's maps the report shows), Keras Tuner merge ones.
     for engine, study, decoder in (("optuna", "opt", "attention"), ("keras-tuner", "kt", "merge")):
         assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(tmp / "tiny.yaml"), "--tracking-uri",

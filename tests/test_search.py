@@ -41,15 +41,13 @@ def workspace(tmp_path, monkeypatch):
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(TINY % "{low: 0.005, high: 0.02, log: true}")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr("tuning.tracking.PROJECT", tmp_path)  # artifacts beside the temporary database
-    monkeypatch.setattr(search_cli, "PROJECT", tmp_path)  # Optuna and Keras Tuner state too
+    monkeypatch.chdir(tmp_path)  # run state (databases, artifacts, Keras Tuner's folder) goes where the command runs
     return tmp_path, experiment, uri
 
 
 def _search(workspace, shapes_dir, *extra):
-    tmp_path, experiment, uri = workspace
-    return search_cli.main(["--data", str(shapes_dir), "--experiment", str(experiment), "--tracking-uri", uri,
-                            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", *extra])
+    """No --tracking-uri or --storage: the defaults, ./mlflow.db and ./optuna.db where the command runs."""
+    return search_cli.main(["--data", str(shapes_dir), "--experiment", str(workspace[1]), *extra])
 
 
 def _trial_runs(study):
@@ -65,6 +63,8 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert _search(workspace, shapes_dir, "--study", "s1") == 0
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" in out and "registered: captioner version 1 as @champion" in out
+    assert "mlflow ui   (in this directory)" in out
+    assert {"mlflow.db", "optuna.db", "mlruns"} <= {p.name for p in workspace[0].iterdir()}  # not the package's folder
     runs = _trial_runs("s1")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert runs[0].data.tags["state"] == "complete"  # the pruner's start-up trial

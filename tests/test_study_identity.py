@@ -56,7 +56,7 @@ def test_a_study_from_before_the_record_takes_the_search_it_is_resumed_with(tmp_
 
 
 def test_the_search_command_refuses_before_writing_anything(tmp_path, shapes_dir, capsys, monkeypatch):
-    monkeypatch.setattr(search_cli, "PROJECT", tmp_path)
+    monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     open_study("s", storage, _settings(SPACE), _never_lost)
     experiment = tmp_path / "tiny.yaml"

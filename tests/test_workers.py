@@ -243,7 +243,7 @@ def test_a_wrong_password_is_one_clear_error_without_the_password(servers, tmp_p
                                                                    monkeypatch):
     from tuning import search as search_cli
 
-    monkeypatch.setattr(search_cli, "PROJECT", tmp_path)
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "workers.yaml").write_text(EXPERIMENT % (1, 1))
     wrong = servers.storage.replace(servers.password, "not-the-password")
     assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(tmp_path / "workers.yaml"),

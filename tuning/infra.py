@@ -27,8 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-DEFAULT_DIR = PROJECT / "infra"
+DEFAULT_DIR = Path("infra")  # in the directory the command runs from, beside ./mlflow.db and ./optuna.db
 USER = "captioning"
 DATABASES = ("optuna", "mlflow")
 

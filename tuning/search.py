@@ -7,7 +7,7 @@ the best model registered as `captioner@champion`.
     python tuning/search.py --study NAME          # on N machines with $CAPTIONING_STORAGE=postgresql://... and
                                                   # $MLFLOW_TRACKING_URI=http://... set: one shared study
 
-Running the same command again resumes the study. `mlflow ui` in the project directory shows the runs.
+Running the same command again resumes the study. `mlflow ui` in the same directory shows the runs.
 Several workers share one study on PostgreSQL (python tuning/infra.py starts a local one; README: Many workers).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
 from captioning.names import check_name, inside, quote
-from captioning.workbench import password_warning, redact, resolve_tracking_uri
+from captioning.workbench import default_tracking_uri, password_warning, redact, resolve_tracking_uri, run_state
 from tuning.coordination import Guard, check_storage, shared, worker_id
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -59,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "metric (1-100 letters, digits, '.', '_', '-')")
     p.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///FILE for one worker, "
                    "postgresql://USER@HOST/DB for any number, its password in ~/.pgpass or $PGPASSWORD (default: "
-                   "$CAPTIONING_STORAGE, which keeps a whole URL out of the process list; else sqlite:///optuna.db "
-                   "in the project)")
+                   "$CAPTIONING_STORAGE, which keeps a whole URL out of the process list; else ./optuna.db)")
     p.add_argument("--metric", help="dev metric to maximise, with beam search: dev_bleu1..4 (NLTK), "
                    "dev_coco_bleu1..4, dev_meteor, dev_rouge_l, dev_cider (CIDEr-D), dev_spice; or greedy: "
                    "dev_greedy_bleu4 etc. (default: the experiment's, dev_bleu4)")
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config value for every trial (repeatable)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///mlflow.db in the project directory)")
+                   "else ./mlflow.db)")
     p.add_argument("--registered-model", metavar="NAME", help="registry name (default: captioner)")
     p.add_argument("-v", "--verbose", action="store_true", help="print a line per epoch of every trial (on a "
                    "terminal, a status line shows the running trial's latest epoch anyway)")
@@ -77,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _git_commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
         return done.stdout.strip() or "none"
     except (OSError, subprocess.SubprocessError):
         return "none"
@@ -90,7 +89,7 @@ def _single_worker_lock(storage: str | None, study: str):
     import fcntl
 
     if storage is None:
-        path, what = inside(PROJECT / "keras_tuner", f"{study}.lock"), "Keras Tuner keeps its state in local files"
+        path, what = inside(run_state("keras_tuner"), f"{study}.lock"), "Keras Tuner keeps its state in local files"
     elif storage.startswith("sqlite:///"):
         database = Path(storage[len("sqlite:///"):])
         path, what = database.with_name(f"{database.name}.{hashlib.sha256(study.encode()).hexdigest()[:12]}.lock"), \
@@ -191,7 +190,7 @@ def search(args) -> dict:
     study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
     uri = resolve_tracking_uri(args.tracking_uri)
     _check_tracking_server(uri)
-    storage = args.storage or os.environ.get("CAPTIONING_STORAGE") or f"sqlite:///{PROJECT / 'optuna.db'}"
+    storage = args.storage or os.environ.get("CAPTIONING_STORAGE") or f"sqlite:///{run_state('optuna.db')}"
     if settings.engine == "optuna":
         check_storage(storage)
     else:
@@ -260,7 +259,7 @@ def search(args) -> dict:
         else:
             from tuning.keras_tuner_engine import open_tuner
 
-            tuner = open_tuner(PROJECT / "keras_tuner", study, runner, settings, on_trial, baseline, progress.say)
+            tuner = open_tuner(run_state("keras_tuner"), study, runner, settings, on_trial, baseline, progress.say)
             tuner.search()
             finished = True
         status = "FINISHED"
@@ -296,7 +295,7 @@ def _check_same_search(study: str, storage: str, settings) -> None:
     else:
         from tuning.keras_tuner_engine import recorded_search
 
-        check_same_search(study, recorded_search(PROJECT / "keras_tuner", study), settings)
+        check_same_search(study, recorded_search(run_state("keras_tuner"), study), settings)
 
 
 def _log_study_figures(client, parent: str, study, log) -> None:
@@ -340,7 +339,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
                        "pruner": f"median(startup={settings.pruner_startup_trials}, "
                                  f"warmup_epochs={settings.pruner_warmup_epochs})",
                        "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
-                       "storage": redact(storage) if settings.engine == "optuna" else str(PROJECT / "keras_tuner"),
+                       "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
                        **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
         client.log_param(parent, key, value)
     client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
@@ -386,8 +385,8 @@ def summarize(client, experiment_id, parent, study, settings, dataset, uri, seco
     print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")
     if uri.startswith(("http://", "https://")):
         print(f"browse:     open {redact(uri)}")
-    elif uri.endswith(str(PROJECT / "mlflow.db")):
-        print("browse:     mlflow ui   (in the project directory)")
+    elif uri == default_tracking_uri():
+        print("browse:     mlflow ui   (in this directory)")
     else:
         print(f"browse:     mlflow ui --backend-store-uri {uri}")
     return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}

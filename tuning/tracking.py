@@ -1,15 +1,13 @@
 """MLflow: where runs go, one parent run per study (the registry's champion rule: tuning/registry.py)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from captioning.names import quote
+from captioning.workbench import default_tracking_uri, run_state
 
-PROJECT = Path(__file__).resolve().parents[1]
 ROLE, STUDY = "captioning.role", "captioning.study"
 
 
@@ -19,8 +17,8 @@ def ensure_experiment(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if mlflow.get_tracking_uri() == f"sqlite:///{PROJECT / 'mlflow.db'}":
-        location = (PROJECT / "mlruns").as_uri()  # artifacts beside the database, wherever the command ran
+    if mlflow.get_tracking_uri() == default_tracking_uri():
+        location = run_state("mlruns").as_uri()  # artifacts beside the database, as an absolute path
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException as exc:  # another worker created it a moment ago
