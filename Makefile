@@ -22,5 +22,8 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
 run: setup
 	$(PY) tuning/search.py
 
+# Test files are shared among TEST_WORKERS processes, each file on one (its module fixtures are built once);
+# TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
