@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from captioning.metrics import METRICS
 from captioning.names import quote
 from captioning.workbench import redact
+from tuning.registry import aliases_by_version
 
 ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
 BLEU = [f"bleu{n}" for n in range(1, 5)]
@@ -112,14 +113,10 @@ def _row(client: MlflowClient, run, registry: dict[str, str]) -> dict:
 
 def registry_marks(client: MlflowClient, model_name: str) -> dict[str, str]:
     """run id -> 'champion (v3)', 'challenger (v4)' or 'v2' for every registered version of the model."""
+    aliases = aliases_by_version(client, model_name)
     marks = {}
-    try:
-        model = client.get_registered_model(model_name)
-    except MlflowException:
-        return marks
-    aliases = {str(version): alias for alias, version in (model.aliases or {}).items()}
     for version in client.search_model_versions(f"name = {quote(model_name)}"):
-        alias = aliases.get(str(version.version))
+        alias = "/".join(aliases.get(str(version.version), []))
         marks[version.run_id] = f"{alias} (v{version.version})" if alias else f"v{version.version}"
     return marks
 

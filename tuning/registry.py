@@ -128,6 +128,10 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, b
     client.set_registered_model_alias(name, CHAMPION, version)
     if not history or history[-1] != version:
         client.set_registered_model_tag(name, HISTORY, ",".join(history + [version]))
+    _note_promotion(client, name, version, by, reason)
+
+
+def _note_promotion(client: MlflowClient, name: str, version: str, by: str, reason: str) -> None:
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
 
@@ -147,10 +151,10 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     with registry_lock(name, storage, log) as guard:
         current = champion_info(name)
         registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
-        aliases = _aliases(client, name)
+        aliases = aliases_by_version(client, name)
         if registered and str(registered[0].version) in aliases:
             version = registered[0]
-            return {"version": version, "alias": aliases[str(version.version)], "test": None,
+            return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
                     "why": f"this run is already registered as version {version.version}"}
         old, why = None, "first registered model"
         if current is not None:
@@ -196,17 +200,17 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     return {"version": version, "alias": alias, "why": why, "test": test}
 
 
-def _all_aliases(client: MlflowClient, name: str) -> list[tuple[str, str]]:
-    """(version, alias) pairs of the registered model `name` (none if it does not exist yet)."""
+def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
+    """Version -> its aliases, sorted, for the registered model `name` (empty if it does not exist yet). Read from
+    the model, as version searches leave aliases out on some stores."""
     try:
         model = client.get_registered_model(name)
     except MlflowException:
-        return []
-    return [(str(version), alias) for alias, version in (model.aliases or {}).items()]
-
-
-def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
-    return dict(_all_aliases(client, name))
+        return {}
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted((model.aliases or {}).items()):
+        aliases.setdefault(str(version), []).append(alias)
+    return aliases
 
 
 def _check_held(guard, name: str) -> None:
@@ -249,13 +253,11 @@ def list_versions(name: str) -> list[dict]:
     if not versions:
         raise RegistryError(f"no registered model {name!r} in {redact(mlflow.get_tracking_uri())}; "
                             "register one with: python tuning/search.py")
-    aliases = {}
-    for alias_version, alias in _all_aliases(client, name):  # (version searches leave aliases out on some stores)
-        aliases.setdefault(alias_version, []).append(f"@{alias}")
+    aliases = aliases_by_version(client, name)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version)):
         metric = v.tags.get("metric", "")
-        rows.append({"version": v.version, "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+        rows.append({"version": v.version, "aliases": ",".join(f"@{a}" for a in aliases.get(str(v.version), [])),
                      "study": v.tags.get("study", ""), "metric": metric, "value": v.tags.get(metric, ""),
                      "test_bleu4": v.tags.get("test_bleu4", ""), "promotion": v.tags.get("promotion", ""),
                      "run": v.run_id[:8]})
@@ -289,8 +291,7 @@ def rollback(name: str, reason: str, storage: str | None = None, log: Callable[[
         _check_held(guard, name)
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_registered_model_tag(name, HISTORY, ",".join(history))
-        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        client.set_model_version_tag(name, previous, "promotion", f"{when} rollback: {reason}")
+        _note_promotion(client, name, previous, "rollback", reason)
         return previous
 
 
