@@ -84,6 +84,7 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert {"samples.json", "gallery.png"} <= artifacts
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.params["engine"] == "optuna" and parent.info.status == "FINISHED"
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"].startswith("median(startup=")
     assert {"optimization_history.png", "param_importances.png"} <= {a.path for a in client.list_artifacts(
         parent.info.run_id)}
     _dashboard_lists(f"sqlite:///{workspace[0] / 'optuna.db'}", "s1")
@@ -198,6 +199,8 @@ def test_keras_tuner_hyperband_trains_each_trial_for_its_rung(workspace, shapes_
     assert "as @champion" in capsys.readouterr().out
     runs = _trial_runs("kth")  # the first rung of the 3-epoch bracket: one epoch each, and --trials caps them at 2
     assert len(runs) == 2 and [r.data.params["epochs"] for r in runs] == ["1", "1"]
+    parent = MlflowClient().get_run(runs[0].data.tags["mlflow.parentRunId"]).data.params  # what the study ran with
+    assert parent["sampler"] == "keras-tuner hyperband" and parent["pruner"].startswith("hyperband brackets(max_epochs=3")
 
 
 def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(workspace, shapes_dir, capsys):

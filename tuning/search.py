@@ -336,9 +336,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     parent = run.info.run_id
     for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
                        "experiment": name, "metric": settings.metric, "seed": settings.seed,
-                       "pruner": f"median(startup={settings.pruner_startup_trials}, "
-                                 f"warmup_epochs={settings.pruner_warmup_epochs})",
-                       "sampler": "TPE" if settings.engine == "optuna" else "Gaussian-process Bayesian",
+                       **settings.strategy(),
                        "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
                        **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
         client.log_param(parent, key, value)

@@ -53,6 +53,19 @@ class SearchSettings:
         score = self.metric.removeprefix("dev_").removeprefix("greedy_")
         return "dev_" + EPOCH_SCORES.get(score, score)
 
+    def strategy(self) -> dict[str, str]:
+        """How trials are chosen and cut short, with the budgets, as the study's parent run records it."""
+        if self.engine == "keras-tuner":
+            if self.tuner == "hyperband":
+                return {"sampler": "keras-tuner hyperband", "pruner": f"hyperband brackets(max_epochs="
+                        f"{self.pruner_max_epochs or 'base'}, reduction={self.pruner_reduction})"}
+            return {"sampler": "keras-tuner bayesian (Gaussian process)", "pruner": "none"}
+        rungs = f"min_epochs={self.pruner_min_epochs}, reduction={self.pruner_reduction}"
+        return {"sampler": self.sampler, "pruner": {
+            "median": f"median(startup={self.pruner_startup_trials}, warmup_epochs={self.pruner_warmup_epochs})",
+            "hyperband": f"hyperband({rungs}, max_epochs={self.pruner_max_epochs or 'auto'})",
+            "successive_halving": f"successive_halving({rungs})", "none": "none"}[self.pruner]}
+
 
 def read_settings(experiment: Path, **options) -> SearchSettings:
     section = dict(read_experiment(experiment).get("search") or {})
