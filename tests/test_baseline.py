@@ -115,7 +115,7 @@ def test_a_base_value_outside_the_space_stops_the_search_before_anything_runs(tm
 
 def _tuner(tmp_path, settings):
     # No runner: these tests ask the oracle for trials, as search() does, without training them.
-    return CaptionTuner(None, settings, None, base_values(SPACE, BASE), directory=str(tmp_path), project_name="kt",
+    return CaptionTuner(None, settings, base_values(SPACE, BASE), directory=str(tmp_path), project_name="kt",
                         overwrite=False)
 
 

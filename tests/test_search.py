@@ -200,7 +200,8 @@ def test_keras_tuner_hyperband_trains_each_trial_for_its_rung(workspace, shapes_
     runs = _trial_runs("kth")  # the first rung of the 3-epoch bracket: one epoch each, and --trials caps them at 2
     assert len(runs) == 2 and [r.data.params["epochs"] for r in runs] == ["1", "1"]
     parent = MlflowClient().get_run(runs[0].data.tags["mlflow.parentRunId"]).data.params  # what the study ran with
-    assert parent["sampler"] == "keras-tuner hyperband" and parent["pruner"].startswith("hyperband brackets(max_epochs=3")
+    assert parent["sampler"] == "keras-tuner hyperband"
+    assert parent["pruner"].startswith("hyperband brackets(max_epochs=3")
 
 
 def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(workspace, shapes_dir, capsys):

@@ -75,8 +75,8 @@ def test_the_search_command_refuses_before_writing_anything(tmp_path, shapes_dir
 def test_keras_tuner_records_its_search_and_refuses_another(tmp_path):
     from tuning.keras_tuner_engine import open_tuner, recorded_search as recorded_tuner_search
 
-    open_tuner(tmp_path, "kt", None, _settings(SPACE), None)
+    open_tuner(tmp_path, "kt", None, _settings(SPACE))
     assert recorded_tuner_search(tmp_path, "kt")["space"]["units"] == "units in [32, 64]"
-    open_tuner(tmp_path, "kt", None, _settings(SPACE), None)  # the same search: reloads
+    open_tuner(tmp_path, "kt", None, _settings(SPACE))  # the same search: reloads
     with pytest.raises(ConfigError, match="the metric was dev_bleu4, now dev_cider"):
-        open_tuner(tmp_path, "kt", None, _settings(SPACE, metric="dev_cider"), None)
+        open_tuner(tmp_path, "kt", None, _settings(SPACE, metric="dev_cider"))

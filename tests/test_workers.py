@@ -230,7 +230,7 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
         return real_run(number, params, report_after_the_other_worker, **options)
 
     runner.run = run_then_declared_lost
-    _run_trial(study, trial, runner, settings, on_trial=lambda *a: None, server=True, log=print)
+    _run_trial(study, trial, runner, settings, server=True)
     assert "was declared lost by another worker" in capsys.readouterr().out
     frozen = study.trials[0]
     assert frozen.state == TrialState.FAIL and ERROR not in frozen.user_attrs and held(study.trials) == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras_tuner as kt
 
@@ -36,8 +36,7 @@ class BaselineFirstOracle(kt.oracles.BayesianOptimizationOracle):
 
 
 class CaptionTuner(kt.Tuner):
-    def __init__(self, runner: TrialRunner, settings, on_trial, baseline: dict[str, Any] | None = None,
-                 log: Callable[[str], None] = print, **kwargs):
+    def __init__(self, runner: TrialRunner, settings, baseline: dict[str, Any] | None = None, **kwargs):
         space = kt.HyperParameters()
         define_keras_tuner(space, settings.space, baseline)  # declared now, so that the first trial has values
         objective = kt.Objective(settings.metric, "max")
@@ -51,8 +50,7 @@ class CaptionTuner(kt.Tuner):
             oracle = BaselineFirstOracle(objective=objective, max_trials=settings.trials, seed=settings.seed,
                                          hyperparameters=space, max_consecutive_failed_trials=settings.trials)
         super().__init__(oracle=oracle, **kwargs)
-        self.runner, self.settings, self.on_trial = runner, settings, on_trial
-        self.baseline, self.log = baseline, log
+        self.runner, self.settings, self.baseline = runner, settings, baseline
 
     def run_trial(self, trial, *args, **kwargs):
         params = define_keras_tuner(trial.hyperparameters, self.settings.space, self.baseline)
@@ -60,14 +58,14 @@ class CaptionTuner(kt.Tuner):
             params["epochs"] = int(trial.hyperparameters.values["tuner/epochs"])
         number = int(trial.trial_id)
         if self.baseline is not None and params == self.baseline:
-            self.log(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "
+            self.runner.say(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "
                      "search's best is never worse on dev")
         try:
             metrics = self.runner.run(number, params)
         except Exception as exc:
-            self.on_trial(number, params, "failed", None, f"{type(exc).__name__}: {exc}")
+            self.runner.outcome(number, params, "failed", note=f"{type(exc).__name__}: {exc}")
             raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
-        self.on_trial(number, params, "complete", metrics, "")
+        self.runner.outcome(number, params, "complete", metrics)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     def on_search_begin(self):
@@ -92,11 +90,10 @@ def recorded_search(directory: Path, study: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def open_tuner(directory: Path, study: str, runner: TrialRunner, settings, on_trial,
-               baseline: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> CaptionTuner:
+def open_tuner(directory: Path, study: str, runner: TrialRunner, settings,
+               baseline: dict[str, Any] | None = None) -> CaptionTuner:
     check_same_search(study, recorded_search(directory, study), settings)
-    tuner = CaptionTuner(runner, settings, on_trial, baseline, log, directory=str(directory), project_name=study,
-                         overwrite=False)
+    tuner = CaptionTuner(runner, settings, baseline, directory=str(directory), project_name=study, overwrite=False)
     record = inside(directory, study) / SEARCH_FILE
     if not record.is_file():
         record.write_text(json.dumps(search_identity(settings), indent=1))

@@ -35,6 +35,7 @@ WORKER = "worker"  # user attribute: host:pid of the process running the trial
 RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
 ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
 BASELINE = "baseline"  # user attribute (True): the trial runs the experiment's base config
+RUN_ID = "mlflow_run_id"  # user attribute of a recorded trial: its MLflow run, the mirror of this record
 SEARCH = "search"  # study user attribute: the search space and metric the study was created for
 MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -195,6 +196,20 @@ def fail(study: optuna.Study, number: int) -> bool:
     return True
 
 
+def study_record(study: optuna.Study) -> tuple[dict[str, int], str | None]:
+    """The study's trials by state (a trial failed without an error was interrupted or lost with its process), and
+    the MLflow run of its best complete trial."""
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+             TrialState.WAITING: "queued"}
+    states: dict[str, int] = {}
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        name = names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
+        states[name] = states.get(name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs]
+    return states, max(complete, key=lambda t: t.value).user_attrs[RUN_ID] if complete else None
+
+
 def held(trials: list[FrozenTrial]) -> int:
     """Trials the study holds: finished ones, except those lost with their process."""
     return sum(t.state != TrialState.FAIL or ERROR in t.user_attrs for t in trials if t.state in FINISHED)
@@ -205,20 +220,20 @@ def _started(trials: list[FrozenTrial]) -> int:
     return held(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, guard: Guard, server: bool,
-               on_lost: Callable[[FrozenTrial], None], log: Callable[[str], None] = print) -> bool:
+def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard, server: bool) -> bool:
     """Run trials until the study holds `settings.trials` (or the timeout passes). On a server, a worker with
     nothing left to start waits for the trials still running elsewhere, since one may be lost and need replacing.
     Returns True when the study is finished: enough trials, none running."""
+    log = runner.say
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     waiting = False
     while True:
         stop_if_interrupted()
         timed_out = deadline is not None and time.monotonic() >= deadline
-        trial, trials = _claim_trial(study, settings, guard, server, timed_out, on_lost, log)
+        trial, trials = _claim_trial(study, settings, guard, server, timed_out, runner)
         if trial is not None:
             waiting = False
-            _run_trial(study, trial, runner, settings, on_trial, server, log)
+            _run_trial(study, trial, runner, settings, server)
             gc.collect()
             continue
         if trials is None:  # claimed one, then lost it (the lock did not survive a database restart)
@@ -232,12 +247,13 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, on_trial, gua
         time.sleep(min(settings.heartbeat_seconds, 5))
 
 
-def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, on_lost, log):
+def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, runner: TrialRunner):
     """Under the study's lock: fail lost trials, count, and start a trial if one is still wanted.
     Returns (trial or None, the trials read)."""
+    log = runner.say
     with guard.hold("starting a trial"):
         if server:
-            retry(lambda: fail_lost_trials(study, settings.grace_seconds, on_lost), "checking for lost trials",
+            retry(lambda: fail_lost_trials(study, settings.grace_seconds, runner.lost), "checking for lost trials",
                   log=log)
         trials = retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)
         if timed_out or _started(trials) >= settings.trials:
@@ -264,16 +280,14 @@ def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, o
     return trial, trials
 
 
-def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_trial, server: bool, log) -> None:
-    def lost() -> None:
-        log(f"search: trial {trial.number} was declared lost by another worker (no heartbeat seen for "
-            f"{settings.grace_seconds} s); this worker abandons it and goes on")
+def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, server: bool) -> None:
+    """One trial from start to record: its values, training (reporting each epoch to the pruner), then its outcome
+    told to the study, the record; the runner mirrors each step to MLflow and the console."""
+    log = runner.say
+    runner.last_run_id = None  # until runner.run has started this trial's MLflow run
 
-    def abandoned(run_id: str | None) -> None:  # its result came too late: the study counts a replacement
-        if run_id:
-            _best_effort(lambda: runner.mark(run_id, "killed", "declared lost by another worker before its result "
-                                             "was recorded"), log)
-        lost()
+    def abandoned(run_id: str | None = None) -> None:  # its result came too late: the study counts a replacement
+        runner.abandoned(trial.number, run_id, settings.grace_seconds)
 
     def report(epoch: int, value: float) -> None:
         try:
@@ -284,9 +298,11 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         if prune and not baseline:  # the baseline runs to the end: it is what the search must not fall below
             raise PruneTrial(f"pruned after epoch {epoch}")
 
-    def finish(state: TrialState, value: float | None = None, error: str | None = None, run_id: str = "") -> bool:
-        """Record the outcome; False if another worker had declared the trial lost meanwhile."""
-        attrs = {**({ERROR: error[:2000]} if error is not None else {}), **({"mlflow_run_id": run_id} if run_id else {})}
+    def finish(state: TrialState, value: float | None = None, error: str | None = None) -> bool:
+        """Record the outcome, with the trial's MLflow run; False if another worker had declared the trial lost
+        meanwhile."""
+        run_id = runner.last_run_id
+        attrs = {**({ERROR: error[:2000]} if error is not None else {}), **({RUN_ID: run_id} if run_id else {})}
         try:
             for key, text in attrs.items():
                 retry(lambda: trial.set_user_attr(key, text), "recording a trial's result", log=log)
@@ -309,10 +325,8 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         # lock): the heartbeat thread is the one piece of its storage API used directly.
         with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
             metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES))
-    except UpdateFinishedTrialError:  # while suggesting: declared lost before it began
-        lost()
-    except TrialLost:
-        lost()
+    except (UpdateFinishedTrialError, TrialLost):  # declared lost before it began (while suggesting), or while running
+        abandoned()
     except KeyboardInterrupt:  # not counted; queued first, so that no other trial takes its place meanwhile
         values = params or queued_values(study.get_trials(deepcopy=False)[trial.number])
         # attempt 0: a Ctrl-C always queues its values
@@ -320,31 +334,24 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, on_tri
         finish(TrialState.FAIL)
         raise
     except PruneTrial as exc:
-        on_trial(trial.number, params, "pruned", None, str(exc))
+        runner.outcome(trial.number, params, "pruned", note=str(exc))
         if not finish(TrialState.PRUNED):
             abandoned(runner.last_run_id)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        on_trial(trial.number, params, "failed", None, reason)
+        runner.outcome(trial.number, params, "failed", note=reason)
         if not finish(TrialState.FAIL, error=reason):
             abandoned(runner.last_run_id)
     else:
-        value, run_id = metrics[settings.metric], metrics["run_id"]
+        value = metrics[settings.metric]
         if not math.isfinite(value):
             reason = f"{settings.metric} is {value}"
-            on_trial(trial.number, params, "failed", None, reason)
-            if finish(TrialState.FAIL, error=reason, run_id=run_id):
-                _best_effort(lambda: runner.mark(run_id, "failed", reason), log)
+            runner.outcome(trial.number, params, "failed", note=reason)
+            if finish(TrialState.FAIL, error=reason):
+                runner.mark(metrics["run_id"], "failed", reason)
             else:
-                abandoned(run_id)
-        elif finish(TrialState.COMPLETE, value, run_id=run_id):
-            on_trial(trial.number, params, "complete", metrics, "")
+                abandoned(metrics["run_id"])
+        elif finish(TrialState.COMPLETE, value):
+            runner.outcome(trial.number, params, "complete", metrics)
         else:
-            abandoned(run_id)
-
-
-def _best_effort(call: Callable[[], None], log) -> None:
-    try:
-        call()
-    except Exception as exc:  # the tracking server is away: the study's record is what counts
-        log(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")
+            abandoned(metrics["run_id"])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
-from captioning.names import check_name, inside, quote
+from captioning.names import check_name, inside
 from captioning.workbench import default_tracking_uri, password_warning, redact, resolve_tracking_uri, run_state
 from tuning.coordination import Guard, check_storage, shared, worker_id
 
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _git_commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=5)
         return done.stdout.strip() or "none"
     except (OSError, subprocess.SubprocessError):
         return "none"
@@ -154,10 +155,6 @@ def _study_database(storage: str):
                           "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
 
 
-def _short(params: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
 def search(args) -> dict:
     from mlflow import MlflowClient
 
@@ -219,24 +216,6 @@ def search(args) -> dict:
         print(f"search: worker {worker_id()} on {redact(storage)}, tracking {redact(uri)}")
 
     progress = EpochProgress(settings.epoch_metric, verbose=args.verbose)
-
-    def on_trial(number, params, state, metrics, note):
-        if state == "complete":
-            outcome = f"{settings.metric} {metrics[settings.metric]:.4f}  {metrics['wall_seconds']:.0f}s"
-        else:
-            outcome = f"{state.upper()}: {note}"
-        progress.say(f"trial {number:3d}  {_short(params)}  {outcome}")
-
-    def on_lost(trial, rerun: bool = False) -> None:  # best effort: a finished study's sweep closes any run missed
-        try:
-            note = ", its MLflow run KILLED" if tracking.close_lost_trial_runs(experiment_id, study, trial.number) else ""
-        except Exception as exc:
-            note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
-        then = ("its values run again first, from its last finished epoch" if rerun else
-                "another trial runs in its place")
-        progress.say(f"search: trial {trial.number} was lost with its process "
-                     f"({trial.user_attrs.get('worker', 'worker unknown')}); marked failed{note}; {then}")
-
     # Running trials' state, so that an interrupted one resumes; local to this machine, like the feature cache.
     storage_key = hashlib.sha256(storage.encode()).hexdigest()[:8]
     checkpoints = inside(cache_root() / "checkpoints", f"{study}-{storage_key}")  # removed when the study finishes
@@ -246,22 +225,23 @@ def search(args) -> dict:
     status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":
-            from tuning.optuna_engine import fail_interrupted_trials, open_study, run_optuna
+            from tuning.optuna_engine import fail_interrupted_trials, open_study, run_optuna, study_record
 
             with _study_database(storage), guard.hold("opening the study"):  # a fresh database: create tables once
-                optuna_study = open_study(study, storage, settings, on_lost, baseline)
+                optuna_study = open_study(study, storage, settings, runner.lost, baseline)
             if lock is not None:  # one process per study: whatever is still running was interrupted
-                fail_interrupted_trials(optuna_study, on_lost)
-            finished = run_optuna(optuna_study, runner, settings, on_trial, guard, server, on_lost,
-                                  log=progress.say)
+                fail_interrupted_trials(optuna_study, runner.lost)
+            finished = run_optuna(optuna_study, runner, settings, guard, server)
             if finished:
                 _log_study_figures(client, parent, optuna_study, progress.say)
+            record = lambda: study_record(optuna_study)  # the study is the record; MLflow mirrors it
         else:
             from tuning.keras_tuner_engine import open_tuner
 
-            tuner = open_tuner(run_state("keras_tuner"), study, runner, settings, on_trial, baseline, progress.say)
+            tuner = open_tuner(run_state("keras_tuner"), study, runner, settings, baseline)
             tuner.search()
             finished = True
+            record = lambda: tracking.trial_record(experiment_id, study, settings.metric)  # (no run ids in KT's)
         status = "FINISHED"
         if finished:  # no trial is left to resume
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -273,14 +253,14 @@ def search(args) -> dict:
             client.set_terminated(parent, status)
     seconds = time.perf_counter() - start
     if server and not finished:
-        summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, register=False)
+        summarize(client, parent, study, settings, dataset, uri, seconds, record(), register=False)
         print("search: trials are still running on other workers (or the timeout came first); the worker that "
               "finishes the study's last trial registers its best model")
         return {"study": study, "best": None}
     with guard.hold("registering the champion"):  # workers finishing together register once
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
             tracking.close_stale_runs(experiment_id, study, role="trial")
-        return summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, storage,
+        return summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
                          prepare=lambda config: runner.prepared(config)[0])
 
 
@@ -344,24 +324,19 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     return parent
 
 
-def summarize(client, experiment_id, parent, study, settings, dataset, uri, seconds, storage=None, register=True,
+def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
               prepare=None) -> dict:
-    from tuning import tracking
+    """The study's account (`record`: its trials by state, and its best complete trial's MLflow run), then the best
+    model registered (tuning/registry.py decides whether it becomes the champion)."""
     from tuning.registry import promote_best
 
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.STUDY}` = {quote(study)} and "
-                              f"tags.`{tracking.ROLE}` = 'trial'", max_results=5000)
-    states = {}
-    for run in runs:
-        state = run.data.tags.get("state", "killed" if run.info.status == "KILLED" else "running")
-        states[state] = states.get(state, 0) + 1
-    complete = [r for r in runs if r.data.tags.get("state") == "complete" and settings.metric in r.data.metrics]
-    print(f"\nsearch: {len(runs)} trials in study {study} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))});"
-          f" this run took {seconds:.0f}s")
-    if not complete:
+    states, best_run_id = record
+    print(f"\nsearch: {sum(states.values())} trials in study {study} "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); this run took {seconds:.0f}s")
+    if best_run_id is None:
         print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
         return {"study": study, "best": None}
-    best = max(complete, key=lambda r: r.data.metrics[settings.metric])
+    best = client.get_run(best_run_id)
     m = best.data.metrics
     width = int(float(best.data.params.get("beam_width", 3)))
     print(f"best trial {best.data.tags.get('trial')} (run {best.info.run_id}): {settings.metric} "

@@ -1,5 +1,9 @@
 """One trial, whichever engine asks for it: a config with some values replaced, trained by
-captioning.pipeline.train_and_evaluate, logged as a nested MLflow run with its metrics, curves, samples and model."""
+captioning.pipeline.train_and_evaluate, logged as a nested MLflow run with its metrics, curves, samples and model.
+
+The engine's trial (Optuna's, Keras Tuner's) is the record of what became of it; the TrialRunner mirrors that to
+MLflow and to the console: `run` while it trains, `outcome` when the engine has recorded it, `lost` when its process
+died. Checkpoints only let an interrupted trial resume."""
 from __future__ import annotations
 
 import os
@@ -20,6 +24,7 @@ from captioning.serving import log_captioner
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
 from tuning.settings import SearchSettings
+from tuning import tracking
 from tuning.tracking import ROLE, STUDY
 
 
@@ -89,7 +94,7 @@ class TrialRunner:
 
             def on_epoch(epoch: int, record: dict) -> None:
                 if epoch == 1 and record.get("resumed_after"):
-                    self._say(f"trial {number:3d}  resumes an interrupted run of the same values after its epoch "
+                    self.say(f"trial {number:3d}  resumes an interrupted run of the same values after its epoch "
                               f"{record['resumed_after']}")
                     mlflow.set_tag("resumed_after_epoch", str(record["resumed_after"]))
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
@@ -139,17 +144,50 @@ class TrialRunner:
             finally:
                 mlflow.end_run(status)  # always, or the next trial could not start a run
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         (self.progress or EpochProgress("")).say(line)
 
-    @staticmethod
-    def mark(run_id: str, state: str, note: str) -> None:
-        """Correct a finished trial run's state after the fact (the engine could not record its result)."""
+    def outcome(self, number: int, params: dict[str, Any], state: str, metrics: dict | None = None,
+                note: str = "") -> None:
+        """The line that stays for a trial the engine has recorded: complete (with its metric), pruned or failed."""
+        if state == "complete":
+            result = f"{self.settings.metric} {metrics[self.settings.metric]:.4f}  {metrics['wall_seconds']:.0f}s"
+        else:
+            result = f"{state.upper()}: {note}"
+        self.say(f"trial {number:3d}  {short(params)}  {result}")
+
+    def lost(self, trial, rerun: bool = False) -> None:
+        """A trial (Optuna's FrozenTrial) whose process died, found by a restart or another worker and already failed
+        in the study: its MLflow run is closed, best effort (a finished study's sweep closes any run missed)."""
+        number, worker = trial.number, trial.user_attrs.get("worker")
+        try:
+            closed = tracking.close_lost_trial_runs(self.experiment_id, self.study, number)
+            note = ", its MLflow run KILLED" if closed else ""
+        except Exception as exc:
+            note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
+        then = ("its values run again first, from its last finished epoch" if rerun else
+                "another trial runs in its place")
+        self.say(f"search: trial {number} was lost with its process ({worker or 'worker unknown'}); marked failed"
+                 f"{note}; {then}")
+
+    def abandoned(self, number: int, run_id: str | None, grace_seconds: int) -> None:
+        """This worker's trial was declared lost by another one (no heartbeat seen in time): its result is not
+        recorded, and its run is marked KILLED."""
+        if run_id:
+            self.mark(run_id, "killed", "declared lost by another worker before its result was recorded")
+        self.say(f"search: trial {number} was declared lost by another worker (no heartbeat seen for "
+                 f"{grace_seconds} s); this worker abandons it and goes on")
+
+    def mark(self, run_id: str, state: str, note: str) -> None:
+        """Correct a finished trial run's state after the fact, as the engine recorded it; best effort."""
         client = mlflow.MlflowClient()
-        client.set_tag(run_id, "state", state)
-        client.set_tag(run_id, "error" if state == "failed" else "note", note)
-        if state == "killed":
-            client.set_terminated(run_id, "KILLED")
+        try:
+            client.set_tag(run_id, "state", state)
+            client.set_tag(run_id, "error" if state == "failed" else "note", note)
+            if state == "killed":
+                client.set_terminated(run_id, "KILLED")
+        except Exception as exc:  # the tracking server is away: the study's record is what counts
+            self.say(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")
 
     def _log_samples(self, result: RunResult, prepared: Prepared) -> None:
         """Captions of a fixed set of dev images: a table artifact and a small gallery figure."""
@@ -162,6 +200,10 @@ class TrialRunner:
                  "references": [" | ".join(self.dataset.raw_captions[n]) for n in self.sample_names]}
         mlflow.log_table(table, "samples.json")
         mlflow.log_figure(gallery(self.dataset, self.sample_names, table["caption"]), "gallery.png")
+
+
+def short(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def gallery(dataset: Dataset, names: list[str], captions: list[str]):
