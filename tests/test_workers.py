@@ -206,6 +206,7 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
     from optuna.storages import RDBStorage
 
     from captioning.pipeline import load_and_report
+    from tuning.coordination import Heartbeats
     from tuning.optuna_engine import _run_trial, open_study
     from tuning.settings import read_settings
     from tuning.tracking import ensure_experiment
@@ -230,7 +231,7 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
         return real_run(number, params, report_after_the_other_worker, **options)
 
     runner.run = run_then_declared_lost
-    _run_trial(study, trial, runner, settings, server=True)
+    _run_trial(study, trial, runner, settings, Heartbeats(servers.storage, "declared-lost", 10))
     assert "was declared lost by another worker" in capsys.readouterr().out
     frozen = study.trials[0]
     assert frozen.state == TrialState.FAIL and ERROR not in frozen.user_attrs and held(study.trials) == 0

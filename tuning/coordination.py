@@ -166,32 +166,48 @@ class Guard:
             return False
 
 
-class Heartbeat:
-    """Records a trial's heartbeat in Optuna's storage every `interval` seconds while the trial runs, riding out
-    database restarts (a missed beat is retried at the next one, not fatal to the thread)."""
+class Heartbeats:
+    """Optuna's heartbeat records for one study's trials on a database server, written through the storage's public
+    API on a connection of their own. (Optuna beats only inside optimize(), which the search's loop replaces: it must
+    count and claim trials under the study's lock.)"""
 
-    def __init__(self, storage, trial_id: int, interval: float):
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+    def __init__(self, storage: str, study: str, interval: float):
+        import optuna
 
-    def _beat(self) -> None:
-        failed = False
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # the database is restarting: the next beat tries again
-                failed = True
-                note_outage()
-            else:
-                if failed:
-                    failed = False
-                    note_outage()  # back: the grace clock starts now
+        self.storage = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True,
+                                                                          "connect_args": KEEPALIVE},
+                                                  skip_compatibility_check=True, skip_table_creation=True)
+        self.study, self.interval, self._ids = study, interval, {}
 
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
+    def beat(self, number: int) -> None:
+        if number not in self._ids:
+            study_id = self.storage.get_study_id_from_name(self.study)
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self.storage.record_heartbeat(self._ids[number])
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    @contextlib.contextmanager
+    def during(self, number: int) -> Iterator[None]:
+        """Beat every `interval` seconds while trial `number` runs, riding out database restarts (a missed beat is
+        retried at the next one, not fatal to the thread)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            failed = False
+            while not stop.wait(self.interval):
+                try:
+                    self.beat(number)
+                except Exception:  # the database is restarting: the next beat tries again
+                    failed = True
+                    note_outage()
+                else:
+                    if failed:
+                        failed = False
+                        note_outage()  # back: the grace clock starts now
+
+        thread = threading.Thread(target=loop, name=f"heartbeat-{number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

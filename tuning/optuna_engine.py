@@ -25,7 +25,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.coordination import KEEPALIVE, Guard, Heartbeat, retry, seconds_since_outage, shared, worker_id
+from tuning.coordination import KEEPALIVE, Guard, Heartbeats, retry, seconds_since_outage, shared, worker_id
 from tuning.settings import check_same_search, search_identity
 from tuning.space import suggest_optuna
 from tuning.trials import PruneTrial, TrialLost, TrialRunner, stop_if_interrupted
@@ -220,20 +220,20 @@ def _started(trials: list[FrozenTrial]) -> int:
     return held(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard, server: bool) -> bool:
-    """Run trials until the study holds `settings.trials` (or the timeout passes). On a server, a worker with
-    nothing left to start waits for the trials still running elsewhere, since one may be lost and need replacing.
-    Returns True when the study is finished: enough trials, none running."""
+def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard, beats: Heartbeats | None) -> bool:
+    """Run trials until the study holds `settings.trials` (or the timeout passes). On a server (`beats`: the running
+    trials' heartbeats), a worker with nothing left to start waits for the trials still running elsewhere, since one
+    may be lost and need replacing. Returns True when the study is finished: enough trials, none running."""
     log = runner.say
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     waiting = False
     while True:
         stop_if_interrupted()
         timed_out = deadline is not None and time.monotonic() >= deadline
-        trial, trials = _claim_trial(study, settings, guard, server, timed_out, runner)
+        trial, trials = _claim_trial(study, settings, guard, beats, timed_out, runner)
         if trial is not None:
             waiting = False
-            _run_trial(study, trial, runner, settings, server)
+            _run_trial(study, trial, runner, settings, beats)
             gc.collect()
             continue
         if trials is None:  # claimed one, then lost it (the lock did not survive a database restart)
@@ -247,12 +247,12 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard,
         time.sleep(min(settings.heartbeat_seconds, 5))
 
 
-def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, runner: TrialRunner):
+def _claim_trial(study, settings, guard: Guard, beats: Heartbeats | None, timed_out: bool, runner: TrialRunner):
     """Under the study's lock: fail lost trials, count, and start a trial if one is still wanted.
     Returns (trial or None, the trials read)."""
     log = runner.say
     with guard.hold("starting a trial"):
-        if server:
+        if beats is not None:
             retry(lambda: fail_lost_trials(study, settings.grace_seconds, runner.lost), "checking for lost trials",
                   log=log)
         trials = retry(lambda: study.get_trials(deepcopy=False), "reading the study", log=log)
@@ -262,8 +262,8 @@ def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, r
             warnings.filterwarnings("ignore", message="Heartbeat of storage")  # this loop replaces optimize()
             trial = retry(study.ask, "starting a trial", log=log)
         try:
-            if server:  # (the first beat: see Heartbeat below)
-                retry(lambda: study._storage.record_heartbeat(trial._trial_id), "starting a trial", log=log)
+            if beats is not None:  # the first beat, before the trial is claimed
+                retry(lambda: beats.beat(trial.number), "starting a trial", log=log)
             retry(lambda: trial.set_user_attr(WORKER, worker_id()), "starting a trial", log=log)
         except UpdateFinishedTrialError:
             return None, None  # failed as unclaimed by another worker while the lock was down
@@ -280,7 +280,7 @@ def _claim_trial(study, settings, guard: Guard, server: bool, timed_out: bool, r
     return trial, trials
 
 
-def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, server: bool) -> None:
+def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats: Heartbeats | None) -> None:
     """One trial from start to record: its values, training (reporting each epoch to the pruner), then its outcome
     told to the study, the record; the runner mirrors each step to MLflow and the console."""
     log = runner.say
@@ -321,9 +321,7 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, server
         if baseline:
             log(f"trial {trial.number:3d}  is the baseline: the experiment's base config, run first so that the "
                 "search's best is never worse on dev")
-        # Optuna beats only inside optimize(), which this loop replaces (it must count and claim under the study's
-        # lock): the heartbeat thread is the one piece of its storage API used directly.
-        with Heartbeat(study._storage, trial._trial_id, settings.heartbeat_seconds) if server else nullcontext():
+        with beats.during(trial.number) if beats is not None else nullcontext():
             metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES))
     except (UpdateFinishedTrialError, TrialLost):  # declared lost before it began (while suggesting), or while running
         abandoned()

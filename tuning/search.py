@@ -28,7 +28,7 @@ from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
 from captioning.names import check_name, inside
 from captioning.workbench import default_tracking_uri, password_warning, redact, resolve_tracking_uri, run_state
-from tuning.coordination import Guard, check_storage, shared, worker_id
+from tuning.coordination import Guard, Heartbeats, check_storage, shared, worker_id
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = PROJECT / "experiments"
@@ -231,7 +231,8 @@ def search(args) -> dict:
                 optuna_study = open_study(study, storage, settings, runner.lost, baseline)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, runner.lost)
-            finished = run_optuna(optuna_study, runner, settings, guard, server)
+            beats = Heartbeats(storage, study, settings.heartbeat_seconds) if server else None
+            finished = run_optuna(optuna_study, runner, settings, guard, beats)
             if finished:
                 _log_study_figures(client, parent, optuna_study, progress.say)
             record = lambda: study_record(optuna_study)  # the study is the record; MLflow mirrors it
