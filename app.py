@@ -4,7 +4,7 @@ Run it from the project directory, once `python tuning/search.py` has registered
 
     .venv/bin/streamlit run app.py
 
-The registry is the one at $MLFLOW_TRACKING_URI, else the project's mlflow.db; the model name is
+The registry is the one at $MLFLOW_TRACKING_URI, else ./mlflow.db (where it runs); the model name is
 $CAPTIONER_MODEL_NAME (default `captioner`). When `mlflow ui` answers at $MLFLOW_UI_URL (default
 http://127.0.0.1:5000), the run the model came from is linked to it.
 """

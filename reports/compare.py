@@ -5,7 +5,7 @@
     python reports/compare.py --study A --study B          # two studies side by side (e.g. Optuna vs Keras Tuner)
     python reports/compare.py --runs RUN_ID RUN_ID ...     # any runs
 
-Reads MLflow with the search's rules (--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's mlflow.db), and
+Reads MLflow with the search's rules (--tracking-uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db), and
 Optuna's studies (for the importances) from --storage, else $CAPTIONING_STORAGE, else the storage the study logged;
 writes reports/<name>/report.html (figures embedded), report.md and the figures as PNG files beside it.
 """

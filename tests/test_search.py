@@ -38,6 +38,7 @@ search:
 @pytest.fixture()
 def workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CAPTIONING_STORAGE", raising=False)  # the defaults: ./mlflow.db and ./optuna.db
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(TINY % "{low: 0.005, high: 0.02, log: true}")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -172,14 +172,16 @@ class Heartbeats:
     count and claim trials under the study's lock.)"""
 
     def __init__(self, storage: str, study: str, interval: float):
-        import optuna
-
-        self.storage = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True,
-                                                                          "connect_args": KEEPALIVE},
-                                                  skip_compatibility_check=True, skip_table_creation=True)
-        self.study, self.interval, self._ids = study, interval, {}
+        self.url, self.study, self.interval, self._ids = storage, study, interval, {}
+        self.storage = None  # connected at the first beat, which its caller retries through database restarts
 
     def beat(self, number: int) -> None:
+        if self.storage is None:
+            import optuna
+
+            self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True,
+                                                                               "connect_args": KEEPALIVE},
+                                                      skip_compatibility_check=True, skip_table_creation=True)
         if number not in self._ids:
             study_id = self.storage.get_study_id_from_name(self.study)
             self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
@@ -211,3 +213,7 @@ class Heartbeats:
         finally:
             stop.set()
             thread.join()
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.engine.dispose()

@@ -154,7 +154,8 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
         aliases = aliases_by_version(client, name)
         if registered and str(registered[0].version) in aliases:
             version = registered[0]
-            return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
+            alias = CHAMPION if CHAMPION in aliases[str(version.version)] else aliases[str(version.version)][0]
+            return {"version": version, "alias": alias, "test": None,
                     "why": f"this run is already registered as version {version.version}"}
         old, why = None, "first registered model"
         if current is not None:

@@ -232,7 +232,11 @@ def search(args) -> dict:
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, runner.lost)
             beats = Heartbeats(storage, study, settings.heartbeat_seconds) if server else None
-            finished = run_optuna(optuna_study, runner, settings, guard, beats)
+            try:
+                finished = run_optuna(optuna_study, runner, settings, guard, beats)
+            finally:
+                if beats is not None:
+                    beats.close()
             if finished:
                 _log_study_figures(client, parent, optuna_study, progress.say)
             record = lambda: study_record(optuna_study)  # the study is the record; MLflow mirrors it
@@ -317,7 +321,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     parent = run.info.run_id
     for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
                        "experiment": name, "metric": settings.metric, "seed": settings.seed,
-                       **settings.strategy(),
+                       **settings.strategy(base.epochs),
                        "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
                        **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
         client.log_param(parent, key, value)

@@ -53,12 +53,12 @@ class SearchSettings:
         score = self.metric.removeprefix("dev_").removeprefix("greedy_")
         return "dev_" + EPOCH_SCORES.get(score, score)
 
-    def strategy(self) -> dict[str, str]:
+    def strategy(self, base_epochs: int) -> dict[str, str]:
         """How trials are chosen and cut short, with the budgets, as the study's parent run records it."""
         if self.engine == "keras-tuner":
             if self.tuner == "hyperband":
                 return {"sampler": "keras-tuner hyperband", "pruner": f"hyperband brackets(max_epochs="
-                        f"{self.pruner_max_epochs or 'base'}, reduction={self.pruner_reduction})"}
+                        f"{self.pruner_max_epochs or base_epochs}, reduction={self.pruner_reduction})"}
             return {"sampler": "keras-tuner bayesian (Gaussian process)", "pruner": "none"}
         rungs = f"min_epochs={self.pruner_min_epochs}, reduction={self.pruner_reduction}"
         return {"sampler": self.sampler, "pruner": {
