@@ -73,6 +73,19 @@ def test_report_of_two_studies_side_by_side(searched, capsys):
     assert board.count("| complete |") + board.count("| pruned |") == 4
 
 
+def test_attention_maps_of_the_champion_and_a_merge_model_refused(searched, shapes_dir, tmp_path, capsys):
+    from reports import attention_maps
+
+    _, uri = searched
+    out = tmp_path / "maps.png"
+    assert attention_maps.main(["--data", str(shapes_dir), "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000
+    with pytest.raises(SystemExit) as stop:  # version 2: the Keras Tuner study's merge decoder
+        attention_maps.main(["--data", str(shapes_dir), "--tracking-uri", uri, "--model", "models:/captioner/2",
+                             "--out", str(tmp_path / "none.png")])
+    assert stop.value.code == 2 and "merge decoder, which has no attention maps" in capsys.readouterr().err
+
+
 def test_default_report_is_the_latest_study_of_the_experiment(searched, capsys):
     tmp, uri = searched
     assert compare.main(["--experiment", "tiny", "--tracking-uri", uri, "--out", str(tmp / "latest"),
