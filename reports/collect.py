@@ -12,8 +12,8 @@ from captioning.metrics import METRICS
 from captioning.names import quote
 from captioning.workbench import redact
 from tuning.registry import aliases_by_version
+from tuning.tracking import ROLE, STUDY
 
-ROLE, STUDY = "captioning.role", "captioning.study"  # the tags tuning/search.py writes
 BLEU = [f"bleu{n}" for n in range(1, 5)]
 CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (greedy)", "dev_epoch_cider": "dev CIDEr-D (greedy)",
           "train_loss": "train loss"}

@@ -58,8 +58,8 @@ class CaptionTuner(kt.Tuner):
             params["epochs"] = int(trial.hyperparameters.values["tuner/epochs"])
         number = int(trial.trial_id)
         if self.baseline is not None and params == self.baseline:
-            self.runner.say(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "
-                     "search's best is never worse on dev")
+            self.runner.say(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that "
+                            "the search's best is never worse on dev")
         try:
             metrics = self.runner.run(number, params)
         except Exception as exc:

@@ -154,8 +154,7 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
         aliases = aliases_by_version(client, name)
         if registered and str(registered[0].version) in aliases:
             version = registered[0]
-            alias = CHAMPION if CHAMPION in aliases[str(version.version)] else aliases[str(version.version)][0]
-            return {"version": version, "alias": alias, "test": None,
+            return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
                     "why": f"this run is already registered as version {version.version}"}
         old, why = None, "first registered model"
         if current is not None:
@@ -202,14 +201,14 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
 
 
 def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
-    """Version -> its aliases, sorted, for the registered model `name` (empty if it does not exist yet). Read from
-    the model, as version searches leave aliases out on some stores."""
+    """Version -> its aliases, `champion` first, then by name, for the registered model `name` (empty if it does
+    not exist yet). Read from the model, as version searches leave aliases out on some stores."""
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         return {}
     aliases: dict[str, list[str]] = {}
-    for alias, version in sorted((model.aliases or {}).items()):
+    for alias, version in sorted((model.aliases or {}).items(), key=lambda item: (item[0] != CHAMPION, item[0])):
         aliases.setdefault(str(version), []).append(alias)
     return aliases
 

@@ -76,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _git_commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              timeout=5)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
         return done.stdout.strip() or "none"
     except (OSError, subprocess.SubprocessError):
         return "none"

@@ -23,8 +23,8 @@ from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
-from tuning.settings import SearchSettings
 from tuning import tracking
+from tuning.settings import SearchSettings
 from tuning.tracking import ROLE, STUDY
 
 
@@ -95,7 +95,7 @@ class TrialRunner:
             def on_epoch(epoch: int, record: dict) -> None:
                 if epoch == 1 and record.get("resumed_after"):
                     self.say(f"trial {number:3d}  resumes an interrupted run of the same values after its epoch "
-                              f"{record['resumed_after']}")
+                             f"{record['resumed_after']}")
                     mlflow.set_tag("resumed_after_epoch", str(record["resumed_after"]))
                 mlflow.log_metrics({"train_loss": record["loss"], "dev_loss": record["dev_loss"],
                                     "learning_rate": record["learning_rate"], "dev_epoch_cider": record["dev_cider"],
