@@ -1,6 +1,6 @@
 """Which sampler and pruner find a good captioner soonest: the same search budget for each setting, 3 seeds each.
 
-    python benchmarks/search_efficiency.py --data ../shared/flickr8k            # runs what is missing, then reports
+    python benchmarks/search_efficiency.py --data ../shared/flickr8k --jobs 2   # runs what is missing, then reports
     python benchmarks/search_efficiency.py --data ../shared/flickr8k --report   # the table and plot only
 
 The task is fixed and affordable: the merge decoder on Xception features (cached) of a fixed subset of Flickr8k (the
@@ -9,6 +9,8 @@ over a space of sizes and rates. Each setting (a sampler and a pruner) runs `pyt
 time budget (no trial starts after it) for each seed, in a fresh study of its own. From each study's trials: the
 best dev BLEU-4 found so far against the wall time since the study began. Reported: each setting's final best
 (mean over seeds) and the time it needed to reach the final best of the median-pruner setting (the default).
+With --jobs N, N searches run at a time, each pinned to a core of its own, so that every run sees the same machine
+(one core) whatever runs beside it.
 
 Results go to benchmarks/results/search_efficiency.json after every run (a killed benchmark resumes with the runs it
 is missing) and the plot to docs/search-efficiency.png. The subset dataset is written to the cache
@@ -26,6 +28,8 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -79,8 +83,9 @@ def subset(data: Path, train: int, dev: int) -> Path:
     return folder
 
 
-def run(name: str, seed: int, data: Path, budget: float, work: Path) -> list[list[float]]:
-    """One search; returns [[seconds since the study began, best dev metric so far], ...] at each completed trial."""
+def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int | None) -> list[list[float]]:
+    """One search (on `core` alone if given); returns [[seconds since the study began, best dev metric so far], ...]
+    at each trial that reported a value."""
     import optuna
 
     experiment = work / "efficiency.yaml"
@@ -92,7 +97,8 @@ def run(name: str, seed: int, data: Path, budget: float, work: Path) -> list[lis
     command = [sys.executable, str(ROOT / "tuning" / "search.py"), "--data", str(data), "--experiment",
                str(experiment), "--study", study, "--storage", storage, "--tracking-uri",
                f"sqlite:///{work / 'mlflow.db'}", "--timeout", str(budget), "--trials", "1000", "--seed", str(seed)]
-    subprocess.run(command, check=True, cwd=work, stdout=subprocess.DEVNULL)
+    pin = [] if core is None else ["taskset", "--cpu-list", str(core)]
+    subprocess.run(pin + command, check=True, cwd=work, stdout=subprocess.DEVNULL)
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     began = min(t.datetime_start for t in trials if t.datetime_start)
     curve, best = [], float("-inf")
@@ -102,11 +108,16 @@ def run(name: str, seed: int, data: Path, budget: float, work: Path) -> list[lis
     return curve
 
 
-def time_to_reach(curve: list[list[float]], target: float) -> float | None:
-    return next((seconds for seconds, best in curve if best >= target), None)
+def time_to_reach(curve: list[list[float]], target: float) -> float:
+    """Seconds until the best so far reached `target`; inf if the run never did."""
+    return next((seconds for seconds, best in curve if best >= target), float("inf"))
 
 
 def report(results: dict) -> str:
+    """The table (and the plot): each setting's final best, and how soon its seeds reached the reference's median
+    final best, against half the reference's wall time (when its last trial finished, mean over its seeds)."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,25 +126,38 @@ def report(results: dict) -> str:
 
     runs = results["runs"]
     reference = next(iter(SETTINGS))
-    finals = {name: [curve[-1][1] for curve in runs.get(name, {}).values() if curve] for name in SETTINGS}
-    target = float(np.median(finals[reference])) if finals[reference] else None
-    lines = [f"| setting | seeds | final best dev BLEU-4 (mean ± sd) | time to reach {target and round(target, 4)} "
-             "(the reference's median final best), mean over seeds reaching it |", "|---|---|---|---|"]
+    curves = {name: [c for c in runs.get(name, {}).values() if c] for name in SETTINGS}
+    if not curves[reference]:
+        return f"no run of the reference setting ({reference}) yet"
+    target = float(np.median([c[-1][1] for c in curves[reference]]))
+    half = float(np.mean([c[-1][0] for c in curves[reference]])) / 2
+    lines = [f"Target: the reference ({reference}) reaches its median final best {target:.4f} after its whole search, "
+             f"{2 * half / 60:.1f} min (mean over seeds); a setting meets the target when its seeds' median time to "
+             f"reach {target:.4f} is at most half that, {half / 60:.1f} min.", "",
+             "| setting | seeds | final best dev BLEU-4, mean ± sd | trials with a value, mean | time to reach "
+             f"{target:.4f} per seed (min) | median | within {half / 60:.1f} min |", "|---|---|---|---|---|---|---|"]
     figure, axis = plt.subplots(figsize=(8, 5))
-    grid = np.linspace(0, results["budget"] * 1.5, 200)
-    for name in SETTINGS:
-        curves = [c for c in runs.get(name, {}).values() if c]
-        if not curves:
+    grid = np.linspace(0, max(c[-1][0] for cs in curves.values() for c in cs), 300)
+    for name, runs_of in curves.items():
+        if not runs_of:
             continue
-        steps = np.array([[max([b for s, b in c if s <= t], default=np.nan) for t in grid] for c in curves])
-        axis.plot(grid / 60, np.nanmean(steps, axis=0), label=name)
-        reached = [time_to_reach(c, target) for c in curves] if target is not None else []
-        hits = [r for r in reached if r is not None]
-        when = f"{np.mean(hits) / 60:.1f} min ({len(hits)}/{len(curves)})" if hits else f"never (0/{len(curves)})"
-        lines.append(f"| {name} | {len(curves)} | {np.mean(finals[name]):.4f} ± {np.std(finals[name]):.4f} | "
-                     f"{when} |")
-    axis.set_xlabel("wall time (min)")
+        steps = np.array([[max([b for s, b in c if s <= t], default=np.nan) for t in grid] for c in runs_of])
+        with warnings.catch_warnings():  # before any seed's first trial: no value yet
+            warnings.simplefilter("ignore", RuntimeWarning)
+            axis.plot(grid / 60, np.nanmean(steps, axis=0), label=name)
+        finals = [c[-1][1] for c in runs_of]
+        times = [time_to_reach(c, target) for c in runs_of]
+        median = float(np.median(times))
+        shown = ", ".join("never" if t == float("inf") else f"{t / 60:.1f}" for t in times)
+        lines.append(f"| {name} | {len(runs_of)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
+                     f"{np.mean([len(c) for c in runs_of]):.1f} | {shown} | "
+                     f"{'never' if median == float('inf') else f'{median / 60:.1f}'} | "
+                     f"{'yes' if median <= half else 'no'} |")
+    axis.axhline(target, color="grey", linewidth=0.8, linestyle="--")
+    axis.axvline(half / 60, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xlabel("wall time since the study began (min)")
     axis.set_ylabel("best dev BLEU-4 so far (greedy), mean over seeds")
+    axis.set_title("dashed: the reference's median final best; dotted: half its wall time", fontsize=9)
     axis.legend()
     figure.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +168,9 @@ def report(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--budget", type=float, default=1200, help="seconds after which a search starts no trial")
+    parser.add_argument("--budget", type=float, default=720, help="seconds after which a search starts no trial")
+    parser.add_argument("--jobs", type=int, default=1, help="searches at a time, each on a core of its own "
+                        "(at most the number of cores)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--dev", type=int, default=500)
@@ -153,28 +179,47 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only the table and plot of the runs recorded")
     args = parser.parse_args()
     names = [n.strip() for n in args.settings.split(",")] if args.settings else list(SETTINGS)
+    usable = sorted(os.sched_getaffinity(0))
+    if not 1 <= args.jobs <= len(usable):
+        parser.error(f"--jobs {args.jobs}: choose from 1 to {len(usable)}, the cores this process may use")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(SETTINGS)}")
+    task = {"train": args.train, "dev": args.dev, "experiment": EXPERIMENT}
+    measured = {"budget": args.budget, "cores per run": 1 if args.jobs > 1 else len(usable), "task": task}
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    results.setdefault("machine", f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores")
-    results.setdefault("command", " ".join(sys.argv))
-    results.setdefault("budget", args.budget)
-    results.setdefault("task", {"train": args.train, "dev": args.dev, "experiment": EXPERIMENT})
+    differs = [key for key, value in measured.items() if key in results and results[key] != value]
+    if differs and not args.report:
+        parser.error(f"{args.results} holds runs measured with another {', '.join(differs)}; pass the same options "
+                     "(see its 'command'), or --results to a new file")
+    results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+               "command": " ".join(sys.argv), **measured, **results}
     runs = results.setdefault("runs", {})
     if not args.report:
         data = subset(args.data, args.train, args.dev)
-        for seed in range(args.seeds):  # seed-major: an interrupted benchmark has every setting at equal seeds
-            for name in names:
-                if str(seed) in runs.get(name, {}):
-                    continue
+        # seed-major: an interrupted benchmark has every setting at (nearly) equal seeds
+        missing = [(name, seed) for seed in range(args.seeds) for name in names if str(seed) not in runs.get(name, {})]
+        cores, lock = usable[:args.jobs] if args.jobs > 1 else [None], threading.Lock()
+
+        def one(name: str, seed: int) -> None:
+            with lock:
+                core = cores.pop()
+            try:
                 with tempfile.TemporaryDirectory() as work:
-                    curve = run(name, seed, data, results["budget"], Path(work))
+                    curve = run(name, seed, data, results["budget"], Path(work), core)
+            finally:
+                with lock:
+                    cores.append(core)
+            with lock:
                 runs.setdefault(name, {})[str(seed)] = curve
                 results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
                 args.results.write_text(json.dumps(results, indent=1) + "\n")
-                print(f"{name}, seed {seed}: best {curve[-1][1] if curve else float('nan'):.4f} "
-                      f"after {len(curve)} completed trials", flush=True)
+            print(f"{name}, seed {seed}: best {curve[-1][1] if curve else float('nan'):.4f} "
+                  f"after {len(curve)} trials with a value", flush=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for future in [pool.submit(one, name, seed) for name, seed in missing]:
+                future.result()
     print(report(results))
 
 
