@@ -9,8 +9,8 @@ over a space of sizes and rates. Each setting (a sampler and a pruner) runs `pyt
 time budget (no trial starts after it) for each seed, in a fresh study of its own. From each study's trials: the
 best dev BLEU-4 found so far against the wall time since the study began. Reported: each setting's final best
 (mean over seeds) and the time it needed to reach the final best of the median-pruner setting (the default).
-With --jobs N, N searches run at a time, each pinned to a core of its own, so that every run sees the same machine
-(one core) whatever runs beside it.
+With --jobs N, N searches run at a time, each pinned to a core of its own, so that every run has one core to
+itself (the memory and caches are shared; a run left alone at the end of the benchmark has them to itself).
 
 Results go to benchmarks/results/search_efficiency.json after every run (a killed benchmark resumes with the runs it
 is missing) and the plot to docs/search-efficiency.png. The subset dataset is written to the cache
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,9 +84,10 @@ def subset(data: Path, train: int, dev: int) -> Path:
     return folder
 
 
-def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int | None) -> list[list[float]]:
-    """One search (on `core` alone if given); returns [[seconds since the study began, best dev metric so far], ...]
-    at each trial that reported a value."""
+def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int | None) -> dict:
+    """One search (on `core` alone if given). Returns its record: `curve`, [[seconds since the study began, best dev
+    metric so far], ...] at each complete trial (a pruned trial's last epoch is no model the search can return),
+    the trials by state, and the search's wall time."""
     import optuna
 
     experiment = work / "efficiency.yaml"
@@ -98,14 +100,41 @@ def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int |
                str(experiment), "--study", study, "--storage", storage, "--tracking-uri",
                f"sqlite:///{work / 'mlflow.db'}", "--timeout", str(budget), "--trials", "1000", "--seed", str(seed)]
     pin = [] if core is None else ["taskset", "--cpu-list", str(core)]
-    subprocess.run(pin + command, check=True, cwd=work, stdout=subprocess.DEVNULL)
+    started = time.monotonic()
+    done = subprocess.run(pin + command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the search for {name}, seed {seed} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    seconds = time.monotonic() - started
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     began = min(t.datetime_start for t in trials if t.datetime_start)
     curve, best = [], float("-inf")
-    for trial in sorted((t for t in trials if t.value is not None), key=lambda t: t.datetime_complete):
+    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
+                      key=lambda t: t.datetime_complete)
+    for trial in complete:
         best = max(best, trial.value)
         curve.append([(trial.datetime_complete - began).total_seconds(), best])
-    return curve
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    return {"curve": curve, "trials": states, "search_seconds": seconds}
+
+
+def machine() -> str:
+    """The CPU model and the number of cores, as measurements are compared by."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def until(clock: str) -> float:
+    """HH:MM today (tomorrow if already past) as a time.time() value."""
+    hours, minutes = (int(part) for part in clock.split(":"))
+    now = datetime.datetime.now()
+    when = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    return (when if when > now else when + datetime.timedelta(days=1)).timestamp()
 
 
 def time_to_reach(curve: list[list[float]], target: float) -> float:
@@ -124,20 +153,24 @@ def report(results: dict) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    runs = results["runs"]
+    records = {name: list(results["runs"].get(name, {}).values()) for name in SETTINGS}
+    curves = {name: [r["curve"] for r in rs] for name, rs in records.items()}
     reference = next(iter(SETTINGS))
-    curves = {name: [c for c in runs.get(name, {}).values() if c] for name in SETTINGS}
-    if not curves[reference]:
-        return f"no run of the reference setting ({reference}) yet"
-    target = float(np.median([c[-1][1] for c in curves[reference]]))
-    half = float(np.mean([c[-1][0] for c in curves[reference]])) / 2
-    lines = [f"Target: the reference ({reference}) reaches its median final best {target:.4f} after its whole search, "
-             f"{2 * half / 60:.1f} min (mean over seeds); a setting meets the target when its seeds' median time to "
-             f"reach {target:.4f} is at most half that, {half / 60:.1f} min.", "",
-             "| setting | seeds | final best dev BLEU-4, mean ± sd | trials with a value, mean | time to reach "
+    finished = [c for c in curves[reference] if c]
+    if not finished:
+        return f"no complete trial of the reference setting ({reference}) yet"
+    final = lambda c: c[-1][1] if c else float("nan")
+    target = float(np.median([final(c) for c in curves[reference]]))
+    # The reference's wall time: until its last complete trial (the search ends right after it), mean over seeds.
+    half = float(np.mean([c[-1][0] for c in finished])) / 2
+    lines = [f"Target: the reference ({reference}) ends with a median best of {target:.4f} (over its seeds); its "
+             f"searches lasted {2 * half / 60:.1f} min until their last complete trial (mean over seeds). A setting "
+             f"meets the target when the median over its seeds of the time to reach {target:.4f} is at most half "
+             f"that, {half / 60:.1f} min.", "",
+             "| setting | seeds | final best dev BLEU-4, mean ± sd | trials complete / pruned, mean | time to reach "
              f"{target:.4f} per seed (min) | median | within {half / 60:.1f} min |", "|---|---|---|---|---|---|---|"]
     figure, axis = plt.subplots(figsize=(8, 5))
-    grid = np.linspace(0, max(c[-1][0] for cs in curves.values() for c in cs), 300)
+    grid = np.linspace(0, max(c[-1][0] for cs in curves.values() for c in cs if c), 300)
     for name, runs_of in curves.items():
         if not runs_of:
             continue
@@ -145,12 +178,17 @@ def report(results: dict) -> str:
         with warnings.catch_warnings():  # before any seed's first trial: no value yet
             warnings.simplefilter("ignore", RuntimeWarning)
             axis.plot(grid / 60, np.nanmean(steps, axis=0), label=name)
-        finals = [c[-1][1] for c in runs_of]
+        finals = [final(c) for c in runs_of]
         times = [time_to_reach(c, target) for c in runs_of]
+        counts = [np.mean([r["trials"].get(state, 0) for r in records[name]]) for state in ("complete", "pruned")]
         median = float(np.median(times))
         shown = ", ".join("never" if t == float("inf") else f"{t / 60:.1f}" for t in times)
-        lines.append(f"| {name} | {len(runs_of)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
-                     f"{np.mean([len(c) for c in runs_of]):.1f} | {shown} | "
+        found = [f for f in finals if np.isfinite(f)]  # (a seed without a complete trial found nothing)
+        shown_finals = (f"{np.mean(found):.4f} ± {np.std(found, ddof=1) if len(found) > 1 else 0:.4f}"
+                        + (f" ({len(found)} of {len(finals)} seeds)" if len(found) < len(finals) else "")
+                        if found else "none")
+        lines.append(f"| {name} | {len(runs_of)} | {shown_finals} | "
+                     f"{counts[0]:.1f} / {counts[1]:.1f} | {shown} | "
                      f"{'never' if median == float('inf') else f'{median / 60:.1f}'} | "
                      f"{'yes' if median <= half else 'no'} |")
     axis.axhline(target, color="grey", linewidth=0.8, linestyle="--")
@@ -176,6 +214,8 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=500)
     parser.add_argument("--settings", help=f"comma-separated subset of: {', '.join(SETTINGS)}")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--until", metavar="HH:MM", help="start no run after this time of day (the runs under way "
+                        "finish; the next run of the benchmark does the rest)")
     parser.add_argument("--report", action="store_true", help="only the table and plot of the runs recorded")
     args = parser.parse_args()
     names = [n.strip() for n in args.settings.split(",")] if args.settings else list(SETTINGS)
@@ -186,40 +226,51 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(SETTINGS)}")
     task = {"train": args.train, "dev": args.dev, "experiment": EXPERIMENT}
-    measured = {"budget": args.budget, "cores per run": 1 if args.jobs > 1 else len(usable), "task": task}
+    measured = {"machine": machine(), "budget": args.budget, "cores per run": 1 if args.jobs > 1 else len(usable),
+                "task": task}
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    differs = [key for key, value in measured.items() if key in results and results[key] != value]
+    differs = [key for key, value in measured.items() if results.get("runs") and results.get(key) != value]
     if differs and not args.report:
         parser.error(f"{args.results} holds runs measured with another {', '.join(differs)}; pass the same options "
-                     "(see its 'command'), or --results to a new file")
-    results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
-               "command": " ".join(sys.argv), **measured, **results}
+                     "(see its 'command') on the same machine, or --results to a new file")
+    results = {"command": " ".join(sys.argv), **results, **measured}
     runs = results.setdefault("runs", {})
     if not args.report:
         data = subset(args.data, args.train, args.dev)
         # seed-major: an interrupted benchmark has every setting at (nearly) equal seeds
         missing = [(name, seed) for seed in range(args.seeds) for name in names if str(seed) not in runs.get(name, {})]
         cores, lock = usable[:args.jobs] if args.jobs > 1 else [None], threading.Lock()
+        deadline = until(args.until) if args.until else None
 
         def one(name: str, seed: int) -> None:
+            if deadline is not None and time.time() > deadline:
+                return  # (left for the next run of the benchmark)
             with lock:
                 core = cores.pop()
             try:
                 with tempfile.TemporaryDirectory() as work:
-                    curve = run(name, seed, data, results["budget"], Path(work), core)
+                    record = run(name, seed, data, results["budget"], Path(work), core)
             finally:
                 with lock:
                     cores.append(core)
             with lock:
-                runs.setdefault(name, {})[str(seed)] = curve
+                runs.setdefault(name, {})[str(seed)] = record
                 results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
-                args.results.write_text(json.dumps(results, indent=1) + "\n")
-            print(f"{name}, seed {seed}: best {curve[-1][1] if curve else float('nan'):.4f} "
-                  f"after {len(curve)} trials with a value", flush=True)
+                temporary = args.results.with_suffix(".tmp")
+                temporary.write_text(json.dumps(results, indent=1) + "\n")
+                os.replace(temporary, args.results)  # a benchmark killed while writing keeps the previous file
+            curve = record["curve"]
+            print(f"{name}, seed {seed}: best {curve[-1][1] if curve else float('nan'):.4f}; trials "
+                  f"{record['trials']}; {record['search_seconds']:.0f} s", flush=True)
 
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=args.jobs)
+        try:
             for future in [pool.submit(one, name, seed) for name, seed in missing]:
                 future.result()
+        except BaseException:  # a failed search or Ctrl-C: start no other run (the finished ones are kept)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     print(report(results))
 
 
