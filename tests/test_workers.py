@@ -215,7 +215,7 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
 
     (tmp_path / "workers.yaml").write_text(EXPERIMENT % (3, 1))
     settings = read_settings(tmp_path / "workers.yaml")
-    study = open_study("declared-lost", servers.storage, settings, on_lost=lambda trial: None)
+    study = open_study("declared-lost", servers.storage, settings, on_lost=lambda trial, **_: None)
     trial = study.ask()
     trial.set_user_attr(WORKER, "this test")
     other_worker = RDBStorage(servers.storage)

@@ -99,6 +99,3 @@ def open_tuner(directory: Path, study: str, runner: TrialRunner, settings,
         record.write_text(json.dumps(search_identity(settings), indent=1))
     return tuner
 
-
-def finished_trials(tuner: CaptionTuner) -> list:
-    return [t for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID")]

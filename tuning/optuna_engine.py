@@ -44,16 +44,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
                baseline: dict | None = None) -> optuna.Study:
     """Create or load the study. On a database server, trials carry a heartbeat, and a trial whose heartbeat stops
-    for `grace_seconds` is failed by whichever worker notices, which calls on_lost(trial).
+    for `grace_seconds` is failed by whichever worker notices, which calls on_lost(trial, rerun=...).
 
     `baseline` (the base values of the searched keys) is queued as trial 0 if the study holds no trial yet. The
     caller holds the study's lock, so that of several workers opening a new study together only one queues it."""
-    def stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        if _requeue_baseline(study, trial):
-            on_lost(trial, rerun=True)
-        else:
-            on_lost(trial)
-
     if shared(storage):
         with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -61,7 +55,7 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
                 storage, engine_kwargs={"pool_pre_ping": True, "connect_args": KEEPALIVE},
                 heartbeat_interval=settings.heartbeat_seconds,
                 grace_period=settings.grace_seconds,
-                heartbeat_stale_trial_callback=stale)
+                heartbeat_stale_trial_callback=lambda study, trial: _lost(study, trial, on_lost))
     else:  # two studies may share one SQLite file: wait for the other's writes rather than fail
         backend = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(study_name=name, storage=backend, direction="maximize", load_if_exists=True)
@@ -114,18 +108,6 @@ def make_pruner(settings) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=settings.pruner_warmup_epochs + 1)
 
 
-def recorded_search(name: str, storage: str) -> dict | None:
-    """The search space and metric the study `name` was created for; None if there is no such study yet."""
-    backend = optuna.storages.RDBStorage(storage, engine_kwargs={
-        "connect_args": KEEPALIVE if shared(storage) else {"timeout": 60}})
-    try:
-        return backend.get_study_user_attrs(backend.get_study_id_from_name(name)).get(SEARCH)
-    except KeyError:  # no such study
-        return None
-    finally:
-        backend.engine.dispose()
-
-
 def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -> int:
     """On SQLite (one process per study) every trial still RUNNING at start was left by a killed process: it is
     failed (not counted), and its values are queued to run first, so that it resumes from its checkpoint."""
@@ -137,87 +119,6 @@ def fail_interrupted_trials(study: optuna.Study, on_lost: Callable[..., None]) -
         fail(study, trial.number)
         on_lost(trial, rerun=rerun)
     return len(stale)
-
-
-def requeue(study: optuna.Study, number: int, values: dict, attempt: int, baseline: bool = False) -> bool:
-    """Queue an interrupted trial's values to run next, where the new trial resumes its checkpoint; once per trial,
-    and at most MAX_ATTEMPTS times in a row, so that values which kill their process (out of memory) give way.
-    The rerun of the baseline is the baseline."""
-    if not values or attempt >= MAX_ATTEMPTS:
-        return False
-    if not any(t.user_attrs.get(RESUMES) == number for t in study.get_trials(deepcopy=False,
-                                                                            states=(TrialState.WAITING,))):
-        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1,
-                                                **({BASELINE: True} if baseline else {})})
-    return True
-
-
-def _requeue_baseline(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """On a server, a lost trial gives way to new values, except the baseline, whose values run again."""
-    if not trial.user_attrs.get(BASELINE):
-        return False
-    values = queued_values(trial)
-    return requeue(study, trial.number, values, trial.user_attrs.get(ATTEMPT, 1), baseline=True)
-
-
-def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callable[[FrozenTrial], None]) -> None:
-    """On a server, under the study's lock: trials whose heartbeat stopped (Optuna's own check), and trials a worker
-    created but never claimed (its locked start-up was cut short: no worker attribute).
-
-    Heartbeats are skipped until this worker has reached the database for `grace_seconds` without a failure: after
-    an outage every heartbeat is old, and the live workers need one interval to catch up."""
-    if seconds_since_outage() > grace_seconds:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if WORKER not in trial.user_attrs:
-            if not fail(study, trial.number):
-                continue
-            if _requeue_baseline(study, trial):
-                on_lost(trial, rerun=True)
-            else:
-                on_lost(trial)
-
-
-def queued_values(trial: FrozenTrial) -> dict:
-    """The values a trial runs: those suggested, or before that those enqueue_trial gave it (which Optuna keeps in
-    the system attribute `fixed_params` until they are suggested)."""
-    return trial.params or trial.system_attrs.get("fixed_params", {})
-
-
-def fail(study: optuna.Study, number: int) -> bool:
-    """Fail a running trial (of any process) through Optuna's tell(); False if it had finished meanwhile (another
-    worker recorded it first)."""
-    try:
-        study.tell(number, state=TrialState.FAIL)
-    except (ValueError, UpdateFinishedTrialError):  # ValueError: "Cannot tell a COMPLETE trial", and so on
-        return False
-    return True
-
-
-def study_record(study: optuna.Study) -> tuple[dict[str, int], str | None]:
-    """The study's trials by state (a trial failed without an error was interrupted or lost with its process), and
-    the MLflow run of its best complete trial."""
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
-             TrialState.WAITING: "queued"}
-    states: dict[str, int] = {}
-    trials = study.get_trials(deepcopy=False)
-    for t in trials:
-        name = names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
-        states[name] = states.get(name, 0) + 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs]
-    return states, max(complete, key=lambda t: t.value).user_attrs[RUN_ID] if complete else None
-
-
-def held(trials: list[FrozenTrial]) -> int:
-    """Trials the study holds: finished ones, except those lost with their process."""
-    return sum(t.state != TrialState.FAIL or ERROR in t.user_attrs for t in trials if t.state in FINISHED)
-
-
-def _started(trials: list[FrozenTrial]) -> int:
-    # (WAITING trials, enqueued by hand, are not counted: the next ask() runs them first.)
-    return held(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
 
 def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard, beats: Heartbeats | None) -> bool:
@@ -353,3 +254,91 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
             runner.outcome(trial.number, params, "complete", metrics)
         else:
             abandoned(metrics["run_id"])
+
+
+def study_record(study: optuna.Study) -> tuple[dict[str, int], str | None]:
+    """The study's trials by state (a trial failed without an error was interrupted or lost with its process), and
+    the MLflow run of its best complete trial."""
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+             TrialState.WAITING: "queued"}
+    states: dict[str, int] = {}
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        name = names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
+        states[name] = states.get(name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs]
+    return states, max(complete, key=lambda t: t.value).user_attrs[RUN_ID] if complete else None
+
+
+def held(trials: list[FrozenTrial]) -> int:
+    """Trials the study holds: finished ones, except those lost with their process."""
+    return sum(t.state != TrialState.FAIL or ERROR in t.user_attrs for t in trials if t.state in FINISHED)
+
+
+def _started(trials: list[FrozenTrial]) -> int:
+    # (WAITING trials, enqueued by hand, are not counted: the next ask() runs them first.)
+    return held(trials) + sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def fail_lost_trials(study: optuna.Study, grace_seconds: float, on_lost: Callable[..., None]) -> None:
+    """On a server, under the study's lock: trials whose heartbeat stopped (Optuna's own check), and trials a worker
+    created but never claimed (its locked start-up was cut short: no worker attribute).
+
+    Heartbeats are skipped until this worker has reached the database for `grace_seconds` without a failure: after
+    an outage every heartbeat is old, and the live workers need one interval to catch up."""
+    if seconds_since_outage() > grace_seconds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if WORKER not in trial.user_attrs and fail(study, trial.number):
+            _lost(study, trial, on_lost)
+
+
+def _lost(study: optuna.Study, trial: FrozenTrial, on_lost: Callable[..., None]) -> None:
+    """A trial lost with its process on a server (already failed) gives way to new values, except the baseline,
+    whose values run again."""
+    rerun = bool(trial.user_attrs.get(BASELINE)) and requeue(study, trial.number, queued_values(trial),
+                                                              trial.user_attrs.get(ATTEMPT, 1), baseline=True)
+    on_lost(trial, rerun=rerun)
+
+
+def requeue(study: optuna.Study, number: int, values: dict, attempt: int, baseline: bool = False) -> bool:
+    """Queue an interrupted trial's values to run next, where the new trial resumes its checkpoint; once per trial,
+    and at most MAX_ATTEMPTS times in a row, so that values which kill their process (out of memory) give way.
+    The rerun of the baseline is the baseline."""
+    if not values or attempt >= MAX_ATTEMPTS:
+        return False
+    if not any(t.user_attrs.get(RESUMES) == number for t in study.get_trials(deepcopy=False,
+                                                                            states=(TrialState.WAITING,))):
+        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1,
+                                                **({BASELINE: True} if baseline else {})})
+    return True
+
+
+def queued_values(trial: FrozenTrial) -> dict:
+    """The values a trial runs: those suggested, or before that those enqueue_trial gave it (which Optuna keeps in
+    the system attribute `fixed_params` until they are suggested)."""
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+def fail(study: optuna.Study, number: int) -> bool:
+    """Fail a running trial (of any process) through Optuna's tell(); False if it had finished meanwhile (another
+    worker recorded it first)."""
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except (ValueError, UpdateFinishedTrialError):  # ValueError: "Cannot tell a COMPLETE trial", and so on
+        return False
+    return True
+
+
+def recorded_search(name: str, storage: str) -> dict | None:
+    """The search space and metric the study `name` was created for; None if there is no such study yet."""
+    backend = optuna.storages.RDBStorage(storage, engine_kwargs={
+        "connect_args": KEEPALIVE if shared(storage) else {"timeout": 60}})
+    try:
+        return backend.get_study_user_attrs(backend.get_study_id_from_name(name)).get(SEARCH)
+    except KeyError:  # no such study
+        return None
+    finally:
+        backend.engine.dispose()

@@ -34,17 +34,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = PROJECT / "experiments"
 
 
-def _experiment_path(name: str | None, embedded: bool) -> Path:
-    name = name or ("shapes" if embedded else "flickr8k")
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = EXPERIMENTS / f"{name}.yaml"
-    if not path.is_file():
-        available = ", ".join(p.stem for p in sorted(EXPERIMENTS.glob("*.yaml")))
-        raise ConfigError(f"experiment {name!r} not found ({path}); available: {available}")
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="PATH", help="dataset folder (Flickr8k layout); default: the embedded dataset")
@@ -74,84 +63,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _git_commit() -> str:
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+        warning = password_warning(option, url)
+        if warning:
+            print(f"search: {warning}", file=sys.stderr)
+    _quiet_libraries()
+    from captioning.data import DataError
+    from captioning.serving import ModelNotFound
+    from captioning.weights import WeightsError
+    from tuning.registry import RegistryError
+
+    from tuning.trials import INTERRUPTED
+
+    def interrupt(signum, frame):  # as Python's own, but remembered: see stop_if_interrupted
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
-        return done.stdout.strip() or "none"
-    except (OSError, subprocess.SubprocessError):
-        return "none"
+        search(args)
+    except (ConfigError, DataError, WeightsError, RegistryError, ModelNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the running trial is recorded as interrupted (not counted); nothing else is lost
+        print("\nsearch: interrupted; the running trial does not count yet. Run the same command to resume: that "
+              "trial goes on from its last finished epoch.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        while _LOCKS:
+            _LOCKS.pop().close()
+    return 0
 
 
-def _single_worker_lock(storage: str | None, study: str):
-    """An exclusive lock for a study whose state is a local file (Optuna on SQLite, Keras Tuner's folder), held
-    until main() returns or the process dies (the kernel drops it even after kill -9). None for a database server,
-    which several workers may share."""
-    import fcntl
+def _quiet_libraries() -> None:
+    """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
+    model-from-code file, no input example, one tf.function per trial's decoder) and their progress bars out."""
+    import logging
+    import os
+    import warnings
 
-    if storage is None:
-        path, what = inside(run_state("keras_tuner"), f"{study}.lock"), "Keras Tuner keeps its state in local files"
-    elif storage.startswith("sqlite:///"):
-        database = Path(storage[len("sqlite:///"):])
-        path, what = database.with_name(f"{database.name}.{hashlib.sha256(study.encode()).hexdigest()[:12]}.lock"), \
-            "SQLite storage serves one process"
-    else:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(f"another search is already running study {study!r} here, and {what}; wait for it to "
-                          "finish, or run parallel workers on a database server: --storage "
-                          "postgresql://USER@HOST/DB") from None
-    _LOCKS.append(handle)
-    return handle
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
+    warnings.filterwarnings("ignore", message=".*input example was not provided")
+    for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
 
-
-_LOCKS: list = []  # held until main() returns
-
-
-def _check_tracking_server(uri: str) -> None:
-    """A tracking server that does not answer is one clear error now, not minutes of retries later."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
-    except urllib.error.HTTPError:
-        return  # it answers (a proxy or an auth layer may refuse /health itself)
-    except OSError as exc:
-        raise ConfigError(f"the MLflow tracking server {redact(uri)} does not answer ({exc}); start it (for a local "
-                          "try-out: python tuning/infra.py start) or check --tracking-uri / $MLFLOW_TRACKING_URI") \
-            from None
-
-
-def _check_keras_tuner_alone(storage: str) -> None:
-    if any(os.environ.get(v) for v in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")):
-        raise ConfigError("Keras Tuner's distributed mode (KERASTUNER_* variables) is not supported: its chief "
-                          "holds the search in memory, so losing it loses the search. For several workers use "
-                          "--engine optuna with --storage postgresql://... (README: Many workers)")
-    if shared(storage):
-        raise ConfigError("Keras Tuner keeps its state in local files and cannot use --storage "
-                          f"{redact(storage)}; for several workers use --engine optuna")
-
-
-@contextlib.contextmanager
-def _study_database(storage: str):
-    """A study database that cannot be opened (not running, wrong password, no such database) is one clear error."""
-    import sqlalchemy.exc
-    from optuna.exceptions import StorageInternalError
-
-    try:
-        yield
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError) as exc:
-        cause = exc.__cause__ or exc
-        cause = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
-        raise ConfigError(f"cannot open the study database {redact(storage)} ({cause}); start it (for a local "
-                          "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def search(args) -> dict:
@@ -268,66 +230,6 @@ def search(args) -> dict:
                          prepare=lambda config: runner.prepared(config)[0])
 
 
-def _check_same_search(study: str, storage: str, settings) -> None:
-    """A study resumes only the search it was created for (its space and metric, recorded when it was created)."""
-    from tuning.settings import check_same_search
-
-    if settings.engine == "optuna":
-        from tuning.optuna_engine import recorded_search
-
-        check_same_search(study, recorded_search(study, storage), settings)
-    else:
-        from tuning.keras_tuner_engine import recorded_search
-
-        check_same_search(study, recorded_search(run_state("keras_tuner"), study), settings)
-
-
-def _log_study_figures(client, parent: str, study, log) -> None:
-    """The finished study's optimisation history and hyperparameter importances (Optuna's own plots) on its parent
-    run. Importances need two completed trials that differ; without them the run gets a note instead."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization.matplotlib as plots
-
-    with warnings.catch_warnings():  # the matplotlib plots are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (("optimization_history", plots.plot_optimization_history),
-                           ("param_importances", plots.plot_param_importances)):
-            try:
-                axes = plot(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                client.log_text(parent, f"no {name.replace('_', ' ')}: {exc}\n", f"{name}.txt")
-                continue
-            figure = axes.figure
-            figure.set_size_inches(8, 5)
-            figure.tight_layout()
-            client.log_figure(parent, figure, f"{name}.png")
-            plt.close(figure)
-    log("search: the parent run holds the study's optimisation history and parameter importances")
-
-
-def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
-    from tuning import tracking
-
-    run = client.create_run(experiment_id, run_name=study, tags={
-        tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
-        "data_fingerprint": fingerprint, "git_commit": _git_commit()})
-    parent = run.info.run_id
-    for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
-                       "experiment": name, "metric": settings.metric, "seed": settings.seed,
-                       **settings.strategy(base.epochs),
-                       "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
-                       **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
-        client.log_param(parent, key, value)
-    client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
-    return parent
-
-
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
               prepare=None) -> dict:
     """The study's account (`record`: its trials by state, and its best complete trial's MLflow run), then the best
@@ -369,57 +271,155 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
     return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}
 
 
-def _quiet_libraries() -> None:
-    """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
-    model-from-code file, no input example, one tf.function per trial's decoder) and their progress bars out."""
-    import logging
-    import os
+def _experiment_path(name: str | None, embedded: bool) -> Path:
+    name = name or ("shapes" if embedded else "flickr8k")
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENTS / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(p.stem for p in sorted(EXPERIMENTS.glob("*.yaml")))
+        raise ConfigError(f"experiment {name!r} not found ({path}); available: {available}")
+    return path
+
+
+def _check_tracking_server(uri: str) -> None:
+    """A tracking server that does not answer is one clear error now, not minutes of retries later."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an auth layer may refuse /health itself)
+    except OSError as exc:
+        raise ConfigError(f"the MLflow tracking server {redact(uri)} does not answer ({exc}); start it (for a local "
+                          "try-out: python tuning/infra.py start) or check --tracking-uri / $MLFLOW_TRACKING_URI") \
+            from None
+
+
+def _check_keras_tuner_alone(storage: str) -> None:
+    if any(os.environ.get(v) for v in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")):
+        raise ConfigError("Keras Tuner's distributed mode (KERASTUNER_* variables) is not supported: its chief "
+                          "holds the search in memory, so losing it loses the search. For several workers use "
+                          "--engine optuna with --storage postgresql://... (README: Many workers)")
+    if shared(storage):
+        raise ConfigError("Keras Tuner keeps its state in local files and cannot use --storage "
+                          f"{redact(storage)}; for several workers use --engine optuna")
+
+
+def _single_worker_lock(storage: str | None, study: str):
+    """An exclusive lock for a study whose state is a local file (Optuna on SQLite, Keras Tuner's folder), held
+    until main() returns or the process dies (the kernel drops it even after kill -9). None for a database server,
+    which several workers may share."""
+    import fcntl
+
+    if storage is None:
+        path, what = inside(run_state("keras_tuner"), f"{study}.lock"), "Keras Tuner keeps its state in local files"
+    elif storage.startswith("sqlite:///"):
+        database = Path(storage[len("sqlite:///"):])
+        path, what = database.with_name(f"{database.name}.{hashlib.sha256(study.encode()).hexdigest()[:12]}.lock"), \
+            "SQLite storage serves one process"
+    else:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another search is already running study {study!r} here, and {what}; wait for it to "
+                          "finish, or run parallel workers on a database server: --storage "
+                          "postgresql://USER@HOST/DB") from None
+    _LOCKS.append(handle)
+    return handle
+
+
+_LOCKS: list = []  # held until main() returns
+
+
+@contextlib.contextmanager
+def _study_database(storage: str):
+    """A study database that cannot be opened (not running, wrong password, no such database) is one clear error."""
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    try:
+        yield
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError) as exc:
+        cause = exc.__cause__ or exc
+        cause = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+        raise ConfigError(f"cannot open the study database {redact(storage)} ({cause}); start it (for a local "
+                          "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
+
+
+def _check_same_search(study: str, storage: str, settings) -> None:
+    """A study resumes only the search it was created for (its space and metric, recorded when it was created)."""
+    from tuning.settings import check_same_search
+
+    if settings.engine == "optuna":
+        from tuning.optuna_engine import recorded_search
+
+        check_same_search(study, recorded_search(study, storage), settings)
+    else:
+        from tuning.keras_tuner_engine import recorded_search
+
+        check_same_search(study, recorded_search(run_state("keras_tuner"), study), settings)
+
+
+def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
+    from tuning import tracking
+
+    run = client.create_run(experiment_id, run_name=study, tags={
+        tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
+        "data_fingerprint": fingerprint, "git_commit": _git_commit()})
+    parent = run.info.run_id
+    for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
+                       "experiment": name, "metric": settings.metric, "seed": settings.seed,
+                       **settings.strategy(base.epochs),
+                       "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
+                       **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():
+        client.log_param(parent, key, value)
+    client.log_text(parent, json.dumps([p.describe() for p in settings.space], indent=1), "search_space.json")
+    return parent
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
+def _log_study_figures(client, parent: str, study, log) -> None:
+    """The finished study's optimisation history and hyperparameter importances (Optuna's own plots) on its parent
+    run. Importances need two completed trials that differ; without them the run gets a note instead."""
     import warnings
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
-    warnings.filterwarnings("ignore", message=".*input example was not provided")
-    for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     import optuna
+    import optuna.visualization.matplotlib as plots
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
-        warning = password_warning(option, url)
-        if warning:
-            print(f"search: {warning}", file=sys.stderr)
-    _quiet_libraries()
-    from captioning.data import DataError
-    from captioning.serving import ModelNotFound
-    from captioning.weights import WeightsError
-    from tuning.registry import RegistryError
-
-    from tuning.trials import INTERRUPTED
-
-    def interrupt(signum, frame):  # as Python's own, but remembered: see stop_if_interrupted
-        INTERRUPTED.set()
-        raise KeyboardInterrupt
-
-    INTERRUPTED.clear()
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
-        search(args)
-    except (ConfigError, DataError, WeightsError, RegistryError, ModelNotFound) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # the running trial is recorded as interrupted (not counted); nothing else is lost
-        print("\nsearch: interrupted; the running trial does not count yet. Run the same command to resume: that "
-              "trial goes on from its last finished epoch.", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        while _LOCKS:
-            _LOCKS.pop().close()
-    return 0
+    with warnings.catch_warnings():  # the matplotlib plots are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (("optimization_history", plots.plot_optimization_history),
+                           ("param_importances", plots.plot_param_importances)):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                client.log_text(parent, f"no {name.replace('_', ' ')}: {exc}\n", f"{name}.txt")
+                continue
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            client.log_figure(parent, figure, f"{name}.png")
+            plt.close(figure)
+    log("search: the parent run holds the study's optimisation history and parameter importances")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ A key with `when: {parent: value or [values]}` is sampled only in trials whose p
 with choices) takes one of those values; in other trials it keeps its base value. Several parents must all match.
 
 Each searched key's base value (the experiment's config plus --set) must lie in its space (a conditional key's only
-when the base config meets its condition): a new study runs the base config first, so that the search's best is never worse on dev than the config it started from.
+when the base config meets its condition): a new study runs the base config first, so that the search's best is
+never worse on dev than the config it started from.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def parse_space(section: dict[str, Any]) -> list[Param]:
         if name not in FIELDS:
             raise ConfigError(f"search.space names unknown config key {name!r}; known keys: {', '.join(FIELDS)}")
         if not isinstance(spec, dict):
-            raise ConfigError(f"search.space.{name} must be a mapping such as {{choices: [a, b]}} or {{low: 1, high: 3}}")
+            raise ConfigError(f"search.space.{name} must be a mapping such as {{choices: [a, b]}} or "
+                              "{low: 1, high: 3}")
         unknown = set(spec) - {"choices", "low", "high", "log", "when"}
         if unknown:
             raise ConfigError(f"search.space.{name}: unknown field(s) {', '.join(sorted(unknown))}")

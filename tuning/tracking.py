@@ -33,14 +33,17 @@ def parent_run_id(experiment_id: str, study: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def close_stale_runs(experiment_id: str, study: str, role: str | None = None) -> int:
-    """Runs of this study (or only its `role` runs) left RUNNING by a killed process are marked KILLED; returns
-    how many."""
+def close_stale_runs(experiment_id: str, study: str, role: str | None = None, trial: int | None = None) -> int:
+    """Runs of this study (only its `role` runs, or only trial number `trial`'s) left RUNNING by a process that died
+    are marked KILLED, a trial run's state tag too; returns how many."""
     client = MlflowClient()
-    only = f" and tags.`{ROLE}` = {quote(role)}" if role else ""
-    stale = client.search_runs([experiment_id],
-                               f"tags.`{STUDY}` = {quote(study)} and attributes.status = 'RUNNING'{only}")
+    query = f"tags.`{STUDY}` = {quote(study)} and attributes.status = 'RUNNING'"
+    query += f" and tags.`{ROLE}` = {quote(role)}" if role else ""
+    query += f" and tags.trial = {quote(trial)}" if trial is not None else ""
+    stale = client.search_runs([experiment_id], query)
     for run in stale:
+        if run.data.tags.get(ROLE) == "trial":
+            client.set_tag(run.info.run_id, "state", "killed")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
 
@@ -57,13 +60,3 @@ def trial_record(experiment_id: str, study: str, metric: str) -> tuple[dict[str,
     complete = [r for r in runs if r.data.tags.get("state") == "complete" and metric in r.data.metrics]
     return states, max(complete, key=lambda r: r.data.metrics[metric]).info.run_id if complete else None
 
-
-def close_lost_trial_runs(experiment_id: str, study: str, number: int) -> int:
-    """The MLflow run of a trial whose process died (found by another worker or a restart) is marked KILLED."""
-    client = MlflowClient()
-    runs = client.search_runs([experiment_id], f"tags.`{STUDY}` = {quote(study)} and tags.trial = {quote(number)} "
-                              "and attributes.status = 'RUNNING'")
-    for run in runs:
-        client.set_tag(run.info.run_id, "state", "killed")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)

@@ -161,7 +161,7 @@ class TrialRunner:
         in the study: its MLflow run is closed, best effort (a finished study's sweep closes any run missed)."""
         number, worker = trial.number, trial.user_attrs.get("worker")
         try:
-            closed = tracking.close_lost_trial_runs(self.experiment_id, self.study, number)
+            closed = tracking.close_stale_runs(self.experiment_id, self.study, trial=number)
             note = ", its MLflow run KILLED" if closed else ""
         except Exception as exc:
             note = f" (its MLflow run is closed when the study ends: {type(exc).__name__})"
