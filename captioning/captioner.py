@@ -5,6 +5,7 @@
       vocab.json    the vocabulary
       decoder.keras the trained decoder (built-in and this project's layers only, no Lambda; loaded in Keras
                     safe mode)
+      decoder-1.keras, decoder-2.keras, ...   an ensemble's further members (captioning/ensemble.py), if any
 
 The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image.
 """
@@ -51,11 +52,42 @@ def _layer_classes(keras_file: Path) -> set[str]:
     return names
 
 
+def _load_decoder(decoder: Path) -> keras.Model:
+    if "Lambda" in _layer_classes(decoder):
+        raise BundleError(f"{decoder} holds a Lambda layer, which is Python code that loading would run; this "
+                          "project loads decoders made of Keras's and its own layers only: retrain it with "
+                          "python -m captioning train")
+    try:
+        return keras.saving.load_model(decoder, compile=False, safe_mode=True)
+    except (ValueError, TypeError) as exc:  # Keras's safe mode refusing something, or an unknown layer class
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{decoder} cannot be loaded in Keras safe mode ({reason}); retrain it with "
+                          "python -m captioning train") from None
+
+
 class Captioner:
-    def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model):
-        self.config, self.vocab, self.model = config, vocab, model
+    def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model, members: Sequence[keras.Model] = ()):
+        """`members`: further decoders of an ensemble (same features and vocabulary), decoded with `model` as one."""
+        self.config, self.vocab, self.model, self.members = config, vocab, model, list(members)
         self.decoder = make_step_decoder(model, vocab)
+        if self.members:
+            from captioning.ensemble import EnsembleStepDecoder
+
+            self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in self.members])
         self._encoder: Encoder | None = None
+
+    @classmethod
+    def ensemble(cls, captioners: Sequence["Captioner"]) -> "Captioner":
+        """One captioner decoding the mean of these captioners' next-word distributions. The first one's config
+        (its decoding settings) is the ensemble's, reading the maps if any member needs them."""
+        from captioning.ensemble import check_compatible
+
+        check_compatible(list(captioners))
+        first = captioners[0]
+        decoders = [m for c in captioners for m in (c.model, *c.members)]
+        attention = any(m.name == "attention_decoder" for m in decoders)
+        config = first.config.replace(decoder="attention" if attention else first.config.decoder)
+        return cls(config, first.vocab, decoders[0], decoders[1:])
 
     @property
     def encoder(self) -> Encoder:
@@ -69,6 +101,8 @@ class Captioner:
         self.config.save(directory / "config.json")
         self.vocab.save(directory / "vocab.json")
         self.model.save(directory / "decoder.keras")
+        for number, member in enumerate(self.members, start=1):
+            member.save(directory / f"decoder-{number}.keras")
         return directory
 
     @classmethod
@@ -80,18 +114,12 @@ class Captioner:
                               "train one with: python -m captioning train --out DIR")
         import captioning.attention  # noqa: F401  (registers the attention decoder's layers for loading)
 
-        decoder = directory / "decoder.keras"
-        if "Lambda" in _layer_classes(decoder):
-            raise BundleError(f"{decoder} holds a Lambda layer, which is Python code that loading would run; this "
-                              "project loads decoders made of Keras's and its own layers only: retrain it with "
-                              "python -m captioning train")
-        try:
-            model = keras.saving.load_model(decoder, compile=False, safe_mode=True)
-        except (ValueError, TypeError) as exc:  # Keras's safe mode refusing something, or an unknown layer class
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"{decoder} cannot be loaded in Keras safe mode ({reason}); retrain it with "
-                              "python -m captioning train") from None
-        return cls(Config.load(directory / "config.json"), Vocabulary.load(directory / "vocab.json"), model)
+        numbered = {int(p.stem[len("decoder-"):]): p for p in directory.glob("decoder-*.keras")
+                    if p.stem[len("decoder-"):].isdigit()}
+        members = [numbered[n] for n in sorted(numbered)]
+        models = [_load_decoder(path) for path in [directory / "decoder.keras", *members]]
+        return cls(Config.load(directory / "config.json"), Vocabulary.load(directory / "vocab.json"), models[0],
+                   models[1:])
 
     @property
     def has_attention(self) -> bool:

@@ -217,3 +217,25 @@ def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(works
     assert "already running study 'busy'" in err and "SQLite storage serves one process" in err
     assert "postgresql://" in err
     assert _trial_runs("busy") == []  # refused before any trial started
+
+
+def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(workspace, shapes_dir, capsys):
+    from captioning.captioner import Captioner
+    from captioning.serving import download_bundle
+
+    text = TINY % "{low: 0.005, high: 0.02, log: true}"
+    workspace[1].write_text(text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n"))
+    assert _search(workspace, shapes_dir, "--study", "together") == 0
+    out = capsys.readouterr().out
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tiny")
+    [run] = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")
+    assert sorted(run.data.tags["members"].split(",")) == ["0", "1"] and run.data.tags["state"] == "complete"
+    assert "dev_bleu4" in run.data.metrics and "dev_greedy_bleu4" in run.data.metrics
+    best_single = max(r.data.metrics["dev_bleu4"] for r in _trial_runs("together"))
+    champion = client.get_model_version_by_alias("captioner", "champion")
+    if run.data.metrics["dev_bleu4"] > best_single:  # the rule, whichever way the tiny trials went
+        assert champion.run_id == run.info.run_id and "beats the best trial" in out
+    else:
+        assert champion.run_id != run.info.run_id and "does not beat the best trial" in out
+    assert len(Captioner.load(download_bundle(run.data.tags["model_uri"])).members) == 1

@@ -256,9 +256,9 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
             abandoned(metrics["run_id"])
 
 
-def study_record(study: optuna.Study) -> tuple[dict[str, int], str | None]:
+def study_record(study: optuna.Study) -> tuple[dict[str, int], list[str]]:
     """The study's trials by state (a trial failed without an error was interrupted or lost with its process), and
-    the MLflow run of its best complete trial."""
+    the MLflow runs of its complete trials, best first (on equal values the earlier trial, as study.best_trial)."""
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
              TrialState.WAITING: "queued"}
     states: dict[str, int] = {}
@@ -266,8 +266,9 @@ def study_record(study: optuna.Study) -> tuple[dict[str, int], str | None]:
     for t in trials:
         name = names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
         states[name] = states.get(name, 0) + 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs]
-    return states, max(complete, key=lambda t: t.value).user_attrs[RUN_ID] if complete else None
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs),
+                      key=lambda t: -t.value)
+    return states, [t.user_attrs[RUN_ID] for t in complete]
 
 
 def held(trials: list[FrozenTrial]) -> int:

@@ -227,22 +227,31 @@ def search(args) -> dict:
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
             tracking.close_stale_runs(experiment_id, study, role="trial")
         return summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
-                         prepare=lambda config: runner.prepared(config)[0])
+                         prepare=lambda config: runner.prepared(config)[0], ensemble=runner.ensemble)
 
 
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
-              prepare=None) -> dict:
-    """The study's account (`record`: its trials by state, and its best complete trial's MLflow run), then the best
-    model registered (tuning/registry.py decides whether it becomes the champion)."""
+              prepare=None, ensemble=None) -> dict:
+    """The study's account (`record`: its trials by state, and its complete trials' MLflow runs, best first), then
+    the best model (with search.ensemble > 1, the ensemble of the best trials if it beats the best one on dev)
+    registered (tuning/registry.py decides whether it becomes the champion)."""
     from tuning.registry import promote_best
 
-    states, best_run_id = record
+    states, ranked = record
     print(f"\nsearch: {sum(states.values())} trials in study {study} "
           f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); this run took {seconds:.0f}s")
-    if best_run_id is None:
+    if not ranked:
         print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
         return {"study": study, "best": None}
-    best = client.get_run(best_run_id)
+    best = client.get_run(ranked[0])
+    if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
+        combined = ensemble(ranked[:settings.ensemble])
+        if combined is not None:
+            value, single = combined.data.metrics[settings.metric], best.data.metrics[settings.metric]
+            verdict = "beats" if value > single else "does not beat"
+            print(f"search: the {combined.data.tags['trial']} {verdict} the best trial on {settings.metric} "
+                  f"({value:.4f} against {single:.4f})")
+            best = combined if value > single else best
     m = best.data.metrics
     width = int(float(best.data.params.get("beam_width", 3)))
     print(f"best trial {best.data.tags.get('trial')} (run {best.info.run_id}): {settings.metric} "
@@ -377,6 +386,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     parent = run.info.run_id
     for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
                        "experiment": name, "metric": settings.metric, "seed": settings.seed,
+                       "ensemble": settings.ensemble,
                        **settings.strategy(base.epochs),
                        "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
                        **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():

@@ -43,6 +43,7 @@ class SearchSettings:
     registered_model: str = "captioner"
     promote_margin: float = PROMOTE_MARGIN  # how much a new model must beat the champion by, in `metric`'s units
     samples: int = 8  # dev images whose captions are logged with every trial
+    ensemble: int = 1  # when the study ends: the best N complete trials decoded as one model, kept if better on dev
     heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
     grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
 
@@ -98,6 +99,8 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
                           f"{settings.promote_margin!r}")
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
+    if isinstance(settings.ensemble, bool) or not isinstance(settings.ensemble, int) or settings.ensemble < 1:
+        raise ConfigError(f"search.ensemble must be a whole number >= 1 (1: no ensemble), got {settings.ensemble!r}")
     _check_engine_choices(settings)
     return settings
 

@@ -48,9 +48,9 @@ def close_stale_runs(experiment_id: str, study: str, role: str | None = None, tr
     return len(stale)
 
 
-def trial_record(experiment_id: str, study: str, metric: str) -> tuple[dict[str, int], str | None]:
-    """For an engine that keeps no MLflow run ids (Keras Tuner): the study's trial runs by state, and the run of the
-    best complete one by `metric`."""
+def trial_record(experiment_id: str, study: str, metric: str) -> tuple[dict[str, int], list[str]]:
+    """For an engine that keeps no MLflow run ids (Keras Tuner): the study's trial runs by state, and the runs of its
+    complete ones, best first by `metric`."""
     runs = MlflowClient().search_runs([experiment_id], f"tags.`{STUDY}` = {quote(study)} and tags.`{ROLE}` = 'trial'",
                                       max_results=5000)
     states: dict[str, int] = {}
@@ -58,5 +58,4 @@ def trial_record(experiment_id: str, study: str, metric: str) -> tuple[dict[str,
         state = run.data.tags.get("state", "killed" if run.info.status == "KILLED" else "running")
         states[state] = states.get(state, 0) + 1
     complete = [r for r in runs if r.data.tags.get("state") == "complete" and metric in r.data.metrics]
-    return states, max(complete, key=lambda r: r.data.metrics[metric]).info.run_id if complete else None
-
+    return states, [r.info.run_id for r in sorted(complete, key=lambda r: -r.data.metrics[metric])]

@@ -1,0 +1,77 @@
+"""Ensembles: several decoders' mean next-word distribution, decoded, saved and loaded as one captioner."""
+import numpy as np
+import pytest
+
+from captioning.attention import build_attention_decoder
+from captioning.captioner import Captioner
+from captioning.config import Config
+from captioning.ensemble import EnsembleError
+from captioning.features import ImageInputs
+from captioning.model import build_decoder
+from captioning.text import Vocabulary
+from captioning.train import seed_everything
+
+VOCAB = Vocabulary(["red", "blue", "circle", "square"])
+_rng = np.random.default_rng(0)
+INPUTS = ImageInputs(_rng.normal(size=(6, 5)).astype(np.float32), _rng.normal(size=(6, 4, 3)).astype(np.float32))
+
+
+def _captioner(decoder: str, seed: int, vocab: Vocabulary = VOCAB, **changes) -> Captioner:
+    seed_everything(seed)
+    config = Config(encoder="pixels", embedding_size=8, units=16, attention_units=6, dropout=0.0, decoder=decoder,
+                    **changes)
+    if decoder == "merge":
+        model = build_decoder(config, len(vocab), feature_dim=5)
+    else:
+        model = build_attention_decoder(config, len(vocab), feature_dim=5, positions=4, channels=3)
+    for weights in model.weights:  # larger random weights: distributions far from uniform, members far apart
+        weights.assign(weights.numpy() * 3)
+    return Captioner(config, vocab, model)
+
+
+def _probabilities(decoder, inputs, tokens):
+    context, states = decoder.start(inputs)
+    logp, _ = decoder.step(tokens, states, context)
+    return np.exp(logp.numpy())
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members_distributions():
+    merge, attention = _captioner("merge", 1), _captioner("attention", 2)
+    ensemble = Captioner.ensemble([merge, attention])
+    tokens = np.full(len(INPUTS), VOCAB.start_id, np.int32)
+    expected = (_probabilities(merge.decoder, INPUTS.features, tokens)
+                + _probabilities(attention.decoder, INPUTS, tokens)) / 2
+    np.testing.assert_allclose(_probabilities(ensemble.decoder, INPUTS, tokens), expected, atol=1e-5)
+    assert ensemble.config.decoder == "attention" and ensemble.has_attention  # it reads the maps
+
+
+def test_a_model_ensembled_with_itself_captions_as_the_model():
+    single = _captioner("attention", 3)
+    twice = Captioner.ensemble([single, single])
+    for width in (1, 3):
+        assert [c[0][0] for c in twice.decode_features(INPUTS, width)] == \
+            [c[0][0] for c in single.decode_features(INPUTS, width)]
+
+
+def test_a_saved_ensemble_loads_and_captions_the_same(tmp_path):
+    ensemble = Captioner.ensemble([_captioner("attention", 4), _captioner("merge", 5), _captioner("attention", 6)])
+    ensemble.save(tmp_path / "bundle")
+    assert sorted(p.name for p in (tmp_path / "bundle").glob("decoder*.keras")) == \
+        ["decoder-1.keras", "decoder-2.keras", "decoder.keras"]
+    loaded = Captioner.load(tmp_path / "bundle")
+    assert len(loaded.members) == 2
+    captions, maps = loaded.decode_features(INPUTS, 3, with_attention=True)
+    expected = ensemble.decode_features(INPUTS, 3)
+    assert [[text for text, _ in c] for c in captions] == [[text for text, _ in c] for c in expected]
+    np.testing.assert_allclose([s for c in captions for _, s in c], [s for c in expected for _, s in c], rtol=1e-5)
+    assert all(m.shape == (len(c[0][0].split()), 4) for c, m in zip(captions, maps) if c[0][0])
+
+
+@pytest.mark.parametrize("other, message", [
+    (lambda: _captioner("merge", 7, Vocabulary(["red", "circle"])), "another vocabulary"),
+    (lambda: _captioner("merge", 7, feature_flip=True), "other features"),
+    (lambda: _captioner("merge", 7, max_length=12), "max_length"),
+])
+def test_members_that_cannot_be_decoded_together_are_refused(other, message):
+    with pytest.raises(EnsembleError, match=message):
+        Captioner.ensemble([_captioner("merge", 8), other()])
