@@ -239,3 +239,6 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
     else:
         assert champion.run_id != run.info.run_id and "does not beat the best trial" in out
     assert len(Captioner.load(download_bundle(run.data.tags["model_uri"])).members) == 1
+    assert _search(workspace, shapes_dir, "--study", "together") == 0  # the finished study again: nothing new
+    assert len(client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")) == 1
+    assert len(client.search_model_versions("name = 'captioner'")) == 1

@@ -19,6 +19,7 @@ import mlflow
 
 from captioning.config import Config
 from captioning.data import Dataset
+from captioning.names import quote
 from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train_and_evaluate
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
@@ -211,6 +212,10 @@ class TrialRunner:
             numbers.append(run.data.tags.get("trial", "?"))
         if len(members) < 2:
             return None
+        done = client.search_runs([self.experiment_id], f"tags.`{STUDY}` = {quote(self.study)} and tags.`{ROLE}` = "
+                                  f"'ensemble' and tags.members = {quote(','.join(numbers))} and tags.state = 'complete'")
+        if done:  # a rerun of a finished study: the same members were scored and logged before
+            return done[0]
         ensemble = Captioner.ensemble(members)
         prepared, _ = self.prepared(ensemble.config)
         widths = sorted({1, ensemble.config.beam_width})
