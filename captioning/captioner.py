@@ -86,7 +86,9 @@ class Captioner:
         first = captioners[0]
         decoders = [m for c in captioners for m in (c.model, *c.members)]
         attention = any(m.name == "attention_decoder" for m in decoders)
-        config = first.config.replace(decoder="attention" if attention else first.config.decoder)
+        # An attention member needs the maps, which the inputs hold when the config names the attention decoder (a
+        # merge member's layer count lives in its own model).
+        config = first.config.replace(decoder="attention", lstm_layers=1) if attention else first.config
         return cls(config, first.vocab, decoders[0], decoders[1:])
 
     @property
@@ -101,6 +103,8 @@ class Captioner:
         self.config.save(directory / "config.json")
         self.vocab.save(directory / "vocab.json")
         self.model.save(directory / "decoder.keras")
+        for stale in directory.glob("decoder-*.keras"):  # an earlier bundle's members would be decoded with this one
+            stale.unlink()
         for number, member in enumerate(self.members, start=1):
             member.save(directory / f"decoder-{number}.keras")
         return directory

@@ -25,16 +25,17 @@ class EnsembleStepDecoder:
         self.has_attention = first.has_attention
         self.banned, self.start_id, self.end_id = first.banned, first.start_id, first.end_id
         self.signature = None
-        self._sizes: list[tuple[int, int]] = []
+        # Each member's share of the context and states: (annotations, keys) and [h, c] for attention, the projected
+        # image and [h, c] per layer for merge. Fixed here, so that one decoder serves several threads (app, server).
+        self._sizes = [(2, 2) if d.has_attention else (1, 2 * len(d.cells)) for d in self.members]
 
     def start(self, inputs):
-        context, states, self._sizes = [], [], []
+        context, states = [], []
         for member in self.members:
             own = inputs if member.has_attention or not hasattr(inputs, "maps") else inputs.features
             member_context, member_states = member.start(own)
             context += list(member_context)
             states += list(member_states)
-            self._sizes.append((len(member_context), len(member_states)))
         return tuple(context), states
 
     def _split(self, states, context):

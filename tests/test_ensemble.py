@@ -45,6 +45,12 @@ def test_the_ensemble_predicts_the_mean_of_its_members_distributions():
     assert ensemble.config.decoder == "attention" and ensemble.has_attention  # it reads the maps
 
 
+def test_a_two_layer_merge_model_first_and_an_attention_model_decode_together():
+    merge = _captioner("merge", 9, lstm_layers=2)
+    ensemble = Captioner.ensemble([merge, _captioner("attention", 10)])
+    assert ensemble.config.decoder == "attention" and len(ensemble.decode_features(INPUTS, 3)) == len(INPUTS)
+
+
 def test_a_model_ensembled_with_itself_captions_as_the_model():
     single = _captioner("attention", 3)
     twice = Captioner.ensemble([single, single])

@@ -225,7 +225,8 @@ def search(args) -> dict:
         return {"study": study, "best": None}
     with guard.hold("registering the champion"):  # workers finishing together register once
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
-            tracking.close_stale_runs(experiment_id, study, role="trial")
+            for role in ("trial", "ensemble"):
+                tracking.close_stale_runs(experiment_id, study, role=role)
         return summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
                          prepare=lambda config: runner.prepared(config)[0], ensemble=runner.ensemble)
 
@@ -245,16 +246,21 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
         return {"study": study, "best": None}
     best = client.get_run(ranked[0])
     if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
-        combined = ensemble(ranked[:settings.ensemble])
+        try:
+            combined = ensemble(ranked[:settings.ensemble])
+        except Exception as exc:  # the best trial is registered all the same
+            print(f"search: no ensemble ({type(exc).__name__}: {exc}); the best trial goes on alone")
+            combined = None
         if combined is not None:
             value, single = combined.data.metrics[settings.metric], best.data.metrics[settings.metric]
             verdict = "beats" if value > single else "does not beat"
-            print(f"search: the {combined.data.tags['trial']} {verdict} the best trial on {settings.metric} "
+            print(f"search: the {combined.data.tags['label']} {verdict} the best trial on {settings.metric} "
                   f"({value:.4f} against {single:.4f})")
             best = combined if value > single else best
     m = best.data.metrics
     width = int(float(best.data.params.get("beam_width", 3)))
-    print(f"best trial {best.data.tags.get('trial')} (run {best.info.run_id}): {settings.metric} "
+    name = best.data.tags.get("label") or f"trial {best.data.tags.get('trial')}"
+    print(f"best: {name} (run {best.info.run_id}): {settings.metric} "
           f"{m[settings.metric]:.4f}")
     print(f"  dev  BLEU-1..4 (beam-{width}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
                                                          for n in range(1, 5)))

@@ -195,17 +195,17 @@ class TrialRunner:
         and logged as a run of its own (role `ensemble`, model included); None if fewer than two of them can be
         decoded together (a trial reading other features or another vocabulary is left out, said why)."""
         from captioning.captioner import Captioner
-        from captioning.ensemble import EnsembleError, check_compatible
+        from captioning.ensemble import check_compatible
         from captioning.pipeline import evaluate
         from tuning.registry import load_captioner
 
         client = mlflow.MlflowClient()
         members, numbers = [], []
         for run in (client.get_run(run_id) for run_id in run_ids):
-            captioner = load_captioner(run.data.tags["model_uri"])
             try:
+                captioner = load_captioner(run.data.tags["model_uri"])
                 check_compatible(members[:1] + [captioner])
-            except EnsembleError as exc:
+            except Exception as exc:  # another vocabulary or features (EnsembleError), a model that cannot load
                 self.say(f"search: trial {run.data.tags.get('trial')} is left out of the ensemble: {exc}")
                 continue
             members.append(captioner)
@@ -221,13 +221,17 @@ class TrialRunner:
         widths = sorted({1, ensemble.config.beam_width})
         metrics = RunResult(ensemble, None, [evaluate(ensemble, prepared, "dev", w) for w in widths]).metrics()
         tags = {ROLE: "ensemble", STUDY: self.study, "engine": self.engine, "worker": worker_id(),
-                "trial": f"ensemble of trials {', '.join(numbers)}", "members": ",".join(numbers),
+                "label": f"ensemble of trials {', '.join(numbers)}", "members": ",".join(numbers),
                 "mlflow.parentRunId": self.parent_run_id}
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"{self.study}-ensemble", tags=tags) as run:
-            mlflow.log_params(ensemble.config.to_dict())  # the first member's, which decodes the ensemble
-            mlflow.log_metrics(metrics)
-            with tempfile.TemporaryDirectory() as tmp:
-                info = log_captioner(ensemble.save(Path(tmp) / "captioner"))
+            try:
+                mlflow.log_params(ensemble.config.to_dict())  # the first member's, which decodes the ensemble
+                mlflow.log_metrics(metrics)
+                with tempfile.TemporaryDirectory() as tmp:
+                    info = log_captioner(ensemble.save(Path(tmp) / "captioner"))
+            except Exception as exc:
+                mlflow.set_tags({"state": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
+                raise
             mlflow.set_tags({"state": "complete", "model_uri": info.model_uri})
         return client.get_run(run.info.run_id)
 
