@@ -200,8 +200,19 @@ class TrialRunner:
         from tuning.registry import load_captioner
 
         client = mlflow.MlflowClient()
+
+        def logged(numbers: list[str]):  # a rerun of a finished study: these members were scored and logged before
+            done = client.search_runs([self.experiment_id], f"tags.`{STUDY}` = {quote(self.study)} and "
+                                      f"tags.`{ROLE}` = 'ensemble' and tags.members = {quote(','.join(numbers))} "
+                                      "and tags.state = 'complete'")
+            return done[0] if done else None
+
+        runs = [client.get_run(run_id) for run_id in run_ids]
+        earlier = logged([run.data.tags.get("trial", "?") for run in runs])  # before loading any model
+        if earlier is not None:
+            return earlier
         members, numbers = [], []
-        for run in (client.get_run(run_id) for run_id in run_ids):
+        for run in runs:
             try:
                 captioner = load_captioner(run.data.tags["model_uri"])
                 check_compatible(members[:1] + [captioner])
@@ -212,10 +223,9 @@ class TrialRunner:
             numbers.append(run.data.tags.get("trial", "?"))
         if len(members) < 2:
             return None
-        done = client.search_runs([self.experiment_id], f"tags.`{STUDY}` = {quote(self.study)} and tags.`{ROLE}` = "
-                                  f"'ensemble' and tags.members = {quote(','.join(numbers))} and tags.state = 'complete'")
-        if done:  # a rerun of a finished study: the same members were scored and logged before
-            return done[0]
+        earlier = logged(numbers) if len(numbers) < len(runs) else None  # some were left out
+        if earlier is not None:
+            return earlier
         ensemble = Captioner.ensemble(members)
         prepared, _ = self.prepared(ensemble.config)
         widths = sorted({1, ensemble.config.beam_width})
