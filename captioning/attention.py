@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from captioning.config import Config
+from captioning.features import host_tensor
 from captioning.model import banned_logits
 from captioning.text import END, SPECIALS, Vocabulary
 
@@ -187,8 +188,7 @@ class AttentionStepDecoder:
         features, maps = inputs.features, inputs.maps
         maps = maps.read() if hasattr(maps, "read") else np.asarray(maps, np.float32)
         maps = maps.reshape(len(maps), -1, maps.shape[-1])
-        annotations, keys, h, c = self._start(tf.convert_to_tensor(features, tf.float32),
-                                              tf.convert_to_tensor(maps, tf.float32))
+        annotations, keys, h, c = self._start(tf.convert_to_tensor(features, tf.float32), host_tensor(maps))
         return (annotations, keys), [h, c]
 
     def _start_impl(self, features, maps):
@@ -221,7 +221,7 @@ class AttentionStepDecoder:
         """The model's inputs for captions `tokens` of the images `inputs` (caption i is of image owner[i])."""
         maps = inputs.maps.read() if hasattr(inputs.maps, "read") else inputs.maps
         maps = np.asarray(maps, np.float32).reshape(len(maps), -1, maps.shape[-1])
-        return [tf.constant(maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
+        return [host_tensor(maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
                 tf.constant(tokens, tf.int32)]
 
 

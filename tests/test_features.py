@@ -293,3 +293,36 @@ def test_an_interrupted_append_is_overwritten_and_rows_stay_aligned(tmp_path):
     assert final.rows == {"a": 0, "b": 1, "c": 2}
     np.testing.assert_array_equal(final.array()[:, 0, 0, 0], [1, 2, 3])
     assert final.data.stat().st_size == 3 * 4 * 2
+
+
+def test_maps_reach_tensorflow_without_a_copy_and_other_arrays_are_copied_safely(tmp_path):
+    """The maps a MapView reads (averaged over its parts) are aligned, so host_tensor shares their memory; a
+    misaligned, read-only or float64 array is copied into an aligned buffer first and gives the same values."""
+    from captioning.features import ALIGN, MapStore, MapView, host_tensor
+
+    store = MapStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(5, 2, 2, 8)).astype(np.float16)
+    with store.lock():
+        store.append([f"sha{i}" for i in range(5)], maps)
+    array = store.array()
+    read = MapView([(array, np.array([4, 0, 2])), (array, np.array([1, 1, 3]))]).read()
+    expected = (maps[[4, 0, 2]].astype(np.float32) + maps[[1, 1, 3]].astype(np.float32)) / 2
+    np.testing.assert_array_equal(read, expected.reshape(3, 4, 8))
+    assert read.ctypes.data % ALIGN == 0
+    shared = host_tensor(read)
+    read[0, 0, 0] = 123.0  # the tensor sees the array's memory
+    assert float(shared[0, 0, 0]) == 123.0
+
+    padded = np.zeros(4 * 6 + 1, np.float32)[1:].reshape(4, 6)  # 4 bytes past an aligned start at best
+    padded[:] = np.arange(24).reshape(4, 6)
+    frozen = np.arange(24, dtype=np.float64).reshape(4, 6)
+    frozen.flags.writeable = False
+    for source in (padded, frozen, array[:2].reshape(2, -1)):
+        tensor = host_tensor(source)
+        assert tensor.dtype == tf.float32
+        np.testing.assert_array_equal(tensor.numpy(), np.asarray(source, np.float32))
+    padded[0, 0] = -1.0
+    copy = host_tensor(padded)
+    padded[0, 0] = -2.0  # a copy does not follow its source
+    assert float(copy[0, 0]) == -1.0
