@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from captioning.config import Config
 from captioning.features import host_tensor
-from captioning.model import banned_logits
+from captioning.model import banned_logits, graph_function
 from captioning.text import END, SPECIALS, Vocabulary
 
 PACKAGE = "captioning"
@@ -175,10 +175,10 @@ class AttentionStepDecoder:
         states = [spec(None, self.units)] * 2
         context = (spec(None, None, self.annotations.units), spec(None, None, self.keys.units))
         self.signature = {"states": states, "context": context}
-        self._start = tf.function(self._start_impl, input_signature=[spec(None, dim), spec(None, None, channels)])
-        self._step = tf.function(self._step_impl, input_signature=[spec(None, dtype=tf.int32), states, context])
-        self._top = tf.function(self._top_impl, input_signature=[spec(None, dtype=tf.int32), states, context,
-                                                                 spec(dtype=tf.int32)])
+        self._start = graph_function(self._start_impl, input_signature=[spec(None, dim), spec(None, None, channels)])
+        self._step = graph_function(self._step_impl, input_signature=[spec(None, dtype=tf.int32), states, context])
+        self._top = graph_function(self._top_impl, input_signature=[spec(None, dtype=tf.int32), states, context,
+                                                                   spec(dtype=tf.int32)])
         self.training_signature = [spec(None, None, channels), spec(None, dim), spec(None, dtype=tf.int32),
                                    spec(None, None, dtype=tf.int32)]
 

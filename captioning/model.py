@@ -33,6 +33,13 @@ def build_decoder(config: Config, vocab_size: int, feature_dim: int) -> keras.Mo
     return keras.Model([features, tokens], logits, name="merge_decoder")
 
 
+def graph_function(function, **kwargs):
+    """tf.function without autograph, for this package's graph code (plain TensorFlow ops, no Python control flow
+    over tensors). Autograph reads a function's source from disk when it traces, at the line numbers of the module
+    already imported, so an edit of the package under a running search broke the search's next trace."""
+    return tf.function(function, autograph=False, **kwargs)
+
+
 def masked_cross_entropy(targets, logits):
     """Mean cross-entropy over real tokens (target id 0 is padding)."""
     mask = tf.cast(tf.not_equal(targets, 0), logits.dtype)
@@ -69,9 +76,9 @@ class StepDecoder:
         self.logits = model.get_layer("logits")
         self.banned = banned_logits(vocab)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
-        self._step = tf.function(self._step_impl, reduce_retracing=True)
-        self._top = tf.function(self._top_impl, reduce_retracing=True)
-        self._image = tf.function(lambda f: self.image_dense(f, training=False), reduce_retracing=True)
+        self._step = graph_function(self._step_impl, reduce_retracing=True)
+        self._top = graph_function(self._top_impl, reduce_retracing=True)
+        self._image = graph_function(lambda f: self.image_dense(f, training=False), reduce_retracing=True)
         self.training_signature = [tf.TensorSpec((None, self.image_dense.kernel.shape[0]), tf.float32),
                                    tf.TensorSpec((None, None), tf.int32)]
         self.signature = None  # (the merge decoder's steps trace per shape pattern, see reduce_retracing)

@@ -21,7 +21,7 @@ import tensorflow as tf
 from captioning.config import Config
 from captioning.decode import greedy_search
 from captioning.metrics import CiderD
-from captioning.model import make_step_decoder
+from captioning.model import graph_function, make_step_decoder
 from captioning.text import Vocabulary, pad_batch
 from captioning.train import run_pass
 
@@ -39,13 +39,13 @@ class SelfCritical:
         self.decoder = make_step_decoder(model, vocab)
         self.banned = tf.maximum(self.decoder.banned, BANNED)
         if self.decoder.signature is None:
-            self._sample_step = tf.function(self._sample_step_impl, reduce_retracing=True)
+            self._sample_step = graph_function(self._sample_step_impl, reduce_retracing=True)
         else:
             signature = self.decoder.signature
-            self._sample_step = tf.function(self._sample_step_impl, input_signature=[
+            self._sample_step = graph_function(self._sample_step_impl, input_signature=[
                 tf.TensorSpec((None,), tf.int32), signature["states"], signature["context"],
                 tf.TensorSpec((2,), tf.int32)])
-        self._train_step = tf.function(self._train_step_impl, input_signature=[
+        self._train_step = graph_function(self._train_step_impl, input_signature=[
             self.decoder.training_signature, tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32)])
 
     # --- One epoch -----------------------------------------------------------------------------------------------
