@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent('''
     from captioning.encoders import make_encoder
     from captioning.features import ImageInputs, image_pipeline
     from captioning.model import build_decoder, make_step_decoder
+    from captioning.scst import SelfCritical
     from captioning.text import Vocabulary
     import keras
     from captioning.model import masked_cross_entropy
@@ -29,19 +30,22 @@ SCRIPT = textwrap.dedent('''
     features = rng.normal(size=(4, 5)).astype(np.float32)
     maps = rng.normal(size=(4, 4, 3)).astype(np.float32)
     tokens = rng.integers(1, len(vocab), size=(4, 6)).astype(np.int32)
-    merge = build_decoder(Config(encoder="pixels", embedding_size=8, units=8), len(vocab), feature_dim=5)
-    attention = build_attention_decoder(Config(encoder="pixels", embedding_size=8, units=8, attention_units=4,
-                                               decoder="attention"), len(vocab), feature_dim=5, positions=4,
-                                        channels=3)
+    merge_config = Config(encoder="pixels", embedding_size=8, units=8, scst_samples=2)
+    attention_config = merge_config.replace(attention_units=4, decoder="attention")
+    merge = build_decoder(merge_config, len(vocab), feature_dim=5)
+    attention = build_attention_decoder(attention_config, len(vocab), feature_dim=5, positions=4, channels=3)
     # Every package module the traced code lives in gets lines inserted at its top, as an edit would.
     for module in Path(sys.argv[1]).glob("*.py"):
         module.write_text("\\n" * 7 + module.read_text())
-    for model, inputs in ((merge, features), (attention, ImageInputs(features, maps))):
+    captions = [[["red", "circle"], ["blue", "circle"]]] * 4
+    for model, config, inputs in ((merge, merge_config, features),
+                                  (attention, attention_config, ImageInputs(features, maps))):
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_cross_entropy, jit_compile=False)
         decoder = make_step_decoder(model, vocab)
         model.train_on_batch(decoder.training_inputs(inputs, np.arange(4), tokens[:, :-1]), tokens[:, 1:])
         greedy_search(decoder, inputs, 6)
         beam_search(decoder, inputs, 6, 2, 0.5)
+        SelfCritical(config, vocab, model, inputs, captions, None, None).step(np.arange(2), seed=(0, 0))
     from PIL import Image
     paths = []
     for i, colour in enumerate(("red", "blue")):
@@ -57,6 +61,8 @@ def test_editing_the_package_under_a_running_process_does_not_break_its_tracing(
     copy = tmp_path / "captioning"
     shutil.copytree(PROJECT / "captioning", copy, ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(copy)], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3",
+                               # an autograph conversion that fails is an error, not a quiet run of the raw code
+                               "AUTOGRAPH_STRICT_CONVERSION": "1"},
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
