@@ -185,10 +185,8 @@ class AttentionStepDecoder:
     # The decoder's inputs: ImageInputs (feature vectors and maps).
     def start(self, inputs) -> tuple[tuple[tf.Tensor, ...], list[tf.Tensor]]:
         """Per-image context (annotations, keys) and the initial states [h, c]."""
-        features, maps = inputs.features, inputs.maps
-        maps = maps.read() if hasattr(maps, "read") else np.asarray(maps, np.float32)
-        maps = maps.reshape(len(maps), -1, maps.shape[-1])
-        annotations, keys, h, c = self._start(tf.convert_to_tensor(features, tf.float32), host_tensor(maps))
+        annotations, keys, h, c = self._start(tf.convert_to_tensor(inputs.features, tf.float32),
+                                              _maps_tensor(inputs.maps))
         return (annotations, keys), [h, c]
 
     def _start_impl(self, features, maps):
@@ -219,10 +217,14 @@ class AttentionStepDecoder:
 
     def training_inputs(self, inputs, owner: np.ndarray, tokens: np.ndarray) -> list:
         """The model's inputs for captions `tokens` of the images `inputs` (caption i is of image owner[i])."""
-        maps = inputs.maps.read() if hasattr(inputs.maps, "read") else inputs.maps
-        maps = np.asarray(maps, np.float32).reshape(len(maps), -1, maps.shape[-1])
-        return [host_tensor(maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
+        return [_maps_tensor(inputs.maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
                 tf.constant(tokens, tf.int32)]
+
+
+def _maps_tensor(maps) -> tf.Tensor:
+    """The maps (a MapView, read now, or an array) as a float32 tensor (images, positions, channels)."""
+    maps = maps.read() if hasattr(maps, "read") else np.asarray(maps)
+    return host_tensor(maps.reshape(len(maps), -1, maps.shape[-1]))
 
 
 def spotlight(rgb: np.ndarray, weights: np.ndarray, size: int = 160) -> np.ndarray:

@@ -231,8 +231,9 @@ class XceptionEncoder(Encoder):
         model.set_weights(xception_weights())
         model.trainable = False
         self._model = model
-        self._call = tf.function(lambda x: self._unmirror_maps(model(x, training=False)), autograph=False,
-                                 reduce_retracing=True)  # (why no autograph: captioning.model.graph_function)
+        from captioning.model import graph_function
+
+        self._call = graph_function(lambda x: self._unmirror_maps(model(x, training=False)), reduce_retracing=True)
 
     def preprocess(self, image: tf.Tensor) -> tf.Tensor:
         return _resize(self._prepare(image), self.image_size) / 127.5 - 1.0  # Xception's scaling to [-1, 1]

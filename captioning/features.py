@@ -171,8 +171,8 @@ def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
 def host_tensor(array: np.ndarray) -> tf.Tensor:
     """A float32 tensor over the array's own memory. TensorFlow's conversion copies, at a fraction of memory speed
     here (90 ms for a decoding batch's 100 MB of maps, as long as projecting them); DLPack hands the buffer over.
-    An array that is read-only, not aligned or not float32 is copied first (by NumPy, 5x faster). The caller must not write to
-    the array while the tensor is in use (here: fresh arrays, read once)."""
+    An array that is read-only, not aligned or not float32 is copied first (by NumPy, 5x faster). The caller must
+    not write to the array while the tensor is in use (here: fresh arrays, read once)."""
     array = np.asarray(array)
     if not (array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
             and array.ctypes.data % ALIGN == 0):  # (one copy, converting as it goes)

@@ -11,6 +11,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent('''
     import sys
     from pathlib import Path
+    import keras
     import numpy as np
     import captioning
     assert Path(captioning.__file__).parent == Path(sys.argv[1]), captioning.__file__
@@ -19,11 +20,9 @@ SCRIPT = textwrap.dedent('''
     from captioning.decode import beam_search, greedy_search
     from captioning.encoders import make_encoder
     from captioning.features import ImageInputs, image_pipeline
-    from captioning.model import build_decoder, make_step_decoder
+    from captioning.model import build_decoder, make_step_decoder, masked_cross_entropy
     from captioning.scst import SelfCritical
     from captioning.text import Vocabulary
-    import keras
-    from captioning.model import masked_cross_entropy
 
     vocab = Vocabulary(["red", "blue", "circle"])
     rng = np.random.default_rng(0)
