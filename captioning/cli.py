@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from captioning.config import ConfigError, load_config
+from captioning.config import ConfigError, load_config, parse_overrides
 from captioning.workbench import run_state
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -45,22 +45,27 @@ def _table(evaluations) -> str:
     return "\n".join(lines)
 
 
-def cmd_train(args) -> None:
-    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+def _prepare(config, args):
+    from captioning.pipeline import load_and_report, prepare
 
-    config = _config(args)
     dataset = load_and_report(_data_path(args), seed=config.seed)
     prepared = prepare(config, dataset)
     stats = prepared.stats
     print(f"features: {stats.images} images, {stats.cache_hits} from cache, {stats.extracted} extracted"
           + (f" in {stats.seconds:.0f}s ({stats.images_per_second:.1f} img/s)" if stats.extracted else ""))
-    result = train_and_evaluate(config, prepared, verbose=not args.quiet)
-    out = Path(args.out or run_state("outputs") / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
+    return prepared
+
+
+def _save_and_report(result, out, dataset) -> None:
+    """Save the trained captioner with its history and scores, and print them with a few sample captions."""
+    out = Path(out or run_state("outputs") / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
+    training = result.training
     result.captioner.save(out)
-    (out / "metrics.json").write_text(json.dumps({"best_epoch": result.training.best_epoch,
-                                                  "history": result.training.history, **result.metrics()}, indent=2))
-    print(f"\nbest epoch {result.training.best_epoch} of {len(result.training.history)} "
-          f"({result.training.seconds:.0f}s training)\n")
+    (out / "metrics.json").write_text(json.dumps({"best_epoch": training.best_epoch, "history": training.history,
+                                                  **result.metrics()}, indent=2))
+    kept = "the starting weights (no epoch beat them on dev)" if training.best_epoch == 0 else \
+        f"best epoch {training.best_epoch} of {len(training.history)}"
+    print(f"\n{kept} ({training.seconds:.0f}s training)\n")
     print(_table(result.evaluations))
     last = next((ev for ev in reversed(result.evaluations)), None)
     if last is not None:
@@ -68,6 +73,52 @@ def cmd_train(args) -> None:
         for name in list(last.captions)[:5]:
             print(f"  {name}: {last.captions[name]}\n    reference: {dataset.raw_captions[name][0].strip()}")
     print(f"\nsaved the captioner to {out}")
+
+
+def cmd_train(args) -> None:
+    from captioning.pipeline import train_and_evaluate
+
+    config = _config(args)
+    prepared = _prepare(config, args)
+    _save_and_report(train_and_evaluate(config, prepared, verbose=not args.quiet), args.out, prepared.dataset)
+
+
+# What a fine-tuning may change: how the self-critical stage trains, selects and decodes, not the model or its inputs.
+FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
+                 "selection_metric", "seed", "batch_size", "beam_width", "length_penalty")
+
+
+def finetune_config(config, pairs: list[str]):
+    """The fine-tuning's config: the trained captioner's, with `--set` overrides of FINETUNE_KEYS only."""
+    changes = parse_overrides(pairs)
+    fixed = sorted(set(changes) - set(FINETUNE_KEYS))
+    if fixed:
+        raise ConfigError(f"config key(s) {', '.join(fixed)} shape the model or its inputs and cannot change in a "
+                          f"fine-tuning (it may change {', '.join(FINETUNE_KEYS)}); train a new captioner with: "
+                          f"python -m captioning train --set KEY=VALUE")
+    config = config.replace(**changes)
+    if not config.scst_epochs:
+        raise ConfigError("fine-tuning runs self-critical epochs and this captioner was trained without them: "
+                          "say how many with --set scst_epochs=4")
+    return config
+
+
+def cmd_finetune(args) -> None:
+    from captioning.pipeline import train_and_evaluate
+
+    start = _load_captioner(args.model)
+    if start.members:
+        raise ConfigError(f"{args.model} is an ensemble of {len(start.members) + 1} decoders, which are not trained "
+                          "together; fine-tune one captioner (e.g. a member's trial model) and ensemble again")
+    config = finetune_config(start.config, args.set)
+    prepared = _prepare(config, args)
+    checkpoint = Path(args.out) / "finetune-checkpoint.npz" if args.out else None
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    result = train_and_evaluate(config, prepared, verbose=not args.quiet, start=start, checkpoint=checkpoint)
+    _save_and_report(result, args.out, prepared.dataset)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # finished: nothing to resume
 
 
 def _load_captioner(reference: str):
@@ -138,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/captioner-TIME)")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     train.set_defaults(run=cmd_train)
+
+    finetune = commands.add_parser(
+        "finetune", help="more self-critical epochs for a trained captioner, selected on dev, scored on dev and test",
+        description="Continue a trained captioner (a bundle or a models:/ URI) with self-critical epochs: its "
+                    "vocabulary, sizes and features stay; the self-critical settings may change. The starting weights "
+                    "are scored on dev first and kept unless an epoch beats them. With --out, an interrupted run "
+                    "resumes after its last finished epoch.")
+    data_options(finetune)
+    finetune.add_argument("--model", required=True, metavar="MODEL", help="captioner bundle directory or MLflow URI")
+    finetune.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                          help="override a self-critical setting (repeatable), e.g. --set scst_epochs=6 "
+                               "--set scst_learning_rate=1e-4")
+    finetune.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/captioner-TIME)")
+    finetune.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")

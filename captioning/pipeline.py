@@ -118,14 +118,18 @@ class RunResult:
 def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: EpochCallback | None = None,
                        eval_splits: tuple[str, ...] = ("dev", "test"), verbose: bool = True,
                        checkpoint: Path | None = None,
-                       after_teacher_forcing: Callable[[Captioner], None] | None = None) -> RunResult:
+                       after_teacher_forcing: Callable[[Captioner], None] | None = None,
+                       start: Captioner | None = None) -> RunResult:
     """Build the vocabulary on train, train with dev selection, then score greedy and beam on `eval_splits`.
     `checkpoint`: a file that keeps the training's state after every epoch, and resumes it (see train_decoder).
-    `after_teacher_forcing`: called with the best teacher-forced captioner before a self-critical stage starts."""
+    `after_teacher_forcing`: called with the best teacher-forced captioner before a self-critical stage starts.
+    `start`: a trained captioner to fine-tune (its vocabulary and weights; `config` is its own with other
+    self-critical settings): only the self-critical stage runs."""
     dataset = prepared.dataset
     start_java_scorers()  # METEOR's start takes seconds of loading: let it overlap with the training
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
-    vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
+    vocab = start.vocab if start is not None else Vocabulary.build(
+        (c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
     mirrored = prepared.mirrored is not None
     training = train_decoder(config, vocab, prepared.inputs("train", config.decoder),
                              [dataset.captions[n] for n in train_names], prepared.inputs("dev", config.decoder),
@@ -133,7 +137,8 @@ def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: Epoch
                              epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint,
                              train_mirrored=prepared.inputs("train", config.decoder, mirrored=True) if mirrored else None,
                              after_teacher_forcing=after_teacher_forcing and (
-                                 lambda model: after_teacher_forcing(Captioner(config, vocab, model))))
+                                 lambda model: after_teacher_forcing(Captioner(config, vocab, model))),
+                             start_weights=None if start is None else start.model.get_weights())
     captioner = Captioner(config, vocab, training.model)
     widths = sorted({1, config.beam_width})
     evaluations = [evaluate(captioner, prepared, split, width) for split in eval_splits

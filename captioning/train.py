@@ -161,6 +161,14 @@ def evaluate_greedy(decoder, vocab: Vocabulary, features,
     return scores
 
 
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """A short fingerprint of a model's weights (a fine-tuning's checkpoint belongs to its starting point)."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]
+
+
 class Checkpoint:
     """An unfinished training as of its latest epoch, in one file that each epoch replaces atomically: the model's
     variables (weights and the dropout layers' random-generator states), the optimizer's (step, learning rate,
@@ -241,6 +249,7 @@ class _DevSelection:
         self.history, self.best, self.best_epoch, self.best_weights = [], None, -1, None
         self.stage_start = 0  # epochs finished before the current stage began
         self.stopped_early = False
+        self.start = None  # a fine-tuning's starting point, scored: epoch 0
 
     def end_epoch(self, model, epoch: int, loss: float, dev_loss: float, optimizer, started: float,
                   stage: str = "teacher", extra: dict | None = None) -> None:
@@ -272,6 +281,18 @@ class _DevSelection:
         if self.epoch_callback is not None:
             self.epoch_callback(epoch, record)  # may raise, e.g. to prune a search trial
 
+    def start_from(self, model, dev_loss: float) -> None:
+        """Score the weights a fine-tuning starts from, as epoch 0: only a better epoch replaces them."""
+        scores = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references,
+                                 self.config.max_length, self.dev_cider)
+        self.start = {"epoch": 0, "stage": "start", "dev_loss": float(dev_loss),
+                      **{f"dev_{k}": v for k, v in scores.items()}}
+        self.best, self.best_epoch, self.best_weights = self.start[f"dev_{self.config.selection_metric}"], 0, \
+            model.get_weights()
+        if self.verbose:
+            print(f"start     dev loss {dev_loss:.3f}  dev BLEU-1..4 {scores['bleu1']:.3f} {scores['bleu2']:.3f} "
+                  f"{scores['bleu3']:.3f} {scores['bleu4']:.3f}  CIDEr-D {scores['cider']:.3f}", flush=True)
+
     def done(self, epochs: int) -> bool:
         """Whether `patience` epochs in a row of the current stage have passed without a better one."""
         return epochs > 0 and epochs - max(self.best_epoch, self.stage_start) > self.config.patience
@@ -281,8 +302,13 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
                   train_captions: list[list[list[str]]], dev_features: np.ndarray,
                   dev_captions: list[list[list[str]]], epoch_callback: EpochCallback | None = None,
                   verbose: bool = True, checkpoint: Path | None = None, train_mirrored: np.ndarray | None = None,
-                  after_teacher_forcing: Callable[[keras.Model], None] | None = None) -> TrainResult:
+                  after_teacher_forcing: Callable[[keras.Model], None] | None = None,
+                  start_weights: list[np.ndarray] | None = None) -> TrainResult:
     """Train on (features, cleaned captions) pairs; returns the model with its best dev-epoch weights.
+
+    With `start_weights` (a trained decoder's, of this config and vocabulary) the run fine-tunes: no teacher
+    forcing, only the self-critical stage's `scst_epochs`, starting from these weights, which are scored on dev
+    first (epoch 0) so that only a better epoch replaces them.
 
     With `checkpoint`, the state after every epoch is kept in that file, and a run that finds the file of an
     interrupted run of the same setting continues after its last epoch: epoch_callback first sees the finished
@@ -307,9 +333,16 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     if checkpoint is not None:
         saver = Checkpoint(checkpoint, {"config": config.to_dict(), "vocabulary": vocab.words,
                                         "features": list(train_features.shape) + list(dev_features.shape),
-                                        "tokens": [train.tokens, dev.tokens]})
+                                        "tokens": [train.tokens, dev.tokens],
+                                        "start": None if start_weights is None else weights_digest(start_weights)})
     selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose, saver)
     scst = None
+    if start_weights is not None:
+        if not config.scst_epochs:
+            raise TrainingError("fine-tuning runs the self-critical stage: set scst_epochs to 1 or more")
+        model.set_weights(start_weights)
+        selection.decoder = make_step_decoder(model, vocab)
+        selection.start_from(model, run_pass(model, dev, train=False))
     if config.scst_epochs:
         from captioning.scst import SelfCritical
 
@@ -318,7 +351,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     if done and epoch_callback is not None:
         for record in selection.history:
             epoch_callback(record["epoch"], {**record, "resumed_after": done})
-    if stage == "teacher":
+    if stage == "teacher" and start_weights is None:
         if done:
             train.epoch = done  # the batch order of the epoch it resumes at
             train._plan()
@@ -344,5 +377,6 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         selection.stopped_early = scst.train(done_epochs=len(selection.history))
         model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
-                       best=selection.history[selection.best_epoch - 1], stopped_early=selection.stopped_early,
+                       best=selection.history[selection.best_epoch - 1] if selection.best_epoch else selection.start,
+                       stopped_early=selection.stopped_early,
                        train_tokens=train.tokens)

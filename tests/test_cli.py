@@ -1,9 +1,11 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from captioning.captioner import Captioner
 from captioning.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,23 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
     assert main(["caption", str(image), "--model", str(out), "--alternatives"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].strip()
+
+    # Fine-tuning it: self-critical epochs only, its sizes fixed; an ensemble is not fine-tuned as one.
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", "--model", str(out), "--data", str(shapes_dir), "--out", str(tuned), "--quiet",
+                 "--set", "scst_epochs=1", "--set", "scst_samples=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| test | beam-3 |" in printed and f"saved the captioner to {tuned}" in printed
+    assert [h["stage"] for h in json.loads((tuned / "metrics.json").read_text())["history"]] == ["scst"]
+    assert not (tuned / "finetune-checkpoint.npz").exists()  # finished: nothing left to resume
+    loaded = Captioner.load(tuned)
+    Captioner(loaded.config, loaded.vocab, loaded.model, [loaded.model]).save(tmp_path / "ensemble")
+    for argv, message in ((["--set", "units=8", "--set", "scst_epochs=1"], "key(s) units shape the model"),
+                          ([], "--set scst_epochs=4"),
+                          (["--model", str(tmp_path / "ensemble"), "--set", "scst_epochs=1"], "an ensemble of 2")):
+        assert main(["finetune", "--model", str(out), "--data", str(shapes_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -45,4 +64,4 @@ def test_bad_image_to_caption_is_one_line(shapes_dir, tmp_path, capsys):
 
 def test_help_lists_the_commands():
     done = subprocess.run([sys.executable, "-m", "captioning", "--help"], cwd=PROJECT, capture_output=True, text=True)
-    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "caption"))
+    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "finetune", "evaluate", "caption"))

@@ -88,3 +88,50 @@ def test_the_attention_decoder_trains_both_stages_and_its_bundle_captions_with_a
     caption, attention = loaded.caption_with_attention(images[0])
     assert attention.shape == (len(caption.split()), 8, 8)  # the pixel encoder's 8 x 8 map
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared, tmp_path):
+    """Self-critical epochs from a teacher-forced captioner: its vocabulary stays, its weights are scored as epoch
+    0 (the same dev score as its own best epoch) and kept unless an epoch beats them; an interrupted fine-tuning
+    resumes from its checkpoint as if it had not stopped, and a checkpoint of another start is not resumed."""
+    config, data = prepared
+    config = config.replace(epochs=2, selection_metric="cider")
+    start = train_and_evaluate(config, data, eval_splits=(), verbose=False)
+    tuned_config = config.replace(scst_epochs=2, scst_samples=2)
+    checkpoint = tmp_path / "finetune.npz"
+
+    def stop_after_epoch_1(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(tuned_config, data, stop_after_epoch_1, eval_splits=(), verbose=False, start=start.captioner,
+                           checkpoint=checkpoint)
+    resumed = train_and_evaluate(tuned_config, data, eval_splits=(), verbose=False, start=start.captioner,
+                                 checkpoint=checkpoint)
+    whole = train_and_evaluate(tuned_config, data, eval_splits=("dev",), verbose=False, start=start.captioner)
+    history = whole.training.history
+    assert [(h["epoch"], h["stage"]) for h in history] == [(1, "scst"), (2, "scst")]
+    assert whole.captioner.vocab is start.captioner.vocab
+    assert resumed.training.history == [{**h, "seconds": r["seconds"]} for h, r in zip(history, resumed.training.history)]
+    start_cider = start.training.best["dev_cider"]
+    best = whole.training.best
+    if whole.training.best_epoch == 0:  # no epoch beat the start: its weights are kept
+        assert best["stage"] == "start" and best["dev_cider"] == pytest.approx(start_cider)
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(whole.training.model.get_weights(), start.training.model.get_weights()))
+    else:
+        assert best["dev_cider"] > start_cider and best == max(history, key=lambda h: h["dev_cider"])
+    assert np.isfinite(whole.metrics()["dev_bleu4"])
+
+    other = train_and_evaluate(config.replace(seed=1), data, eval_splits=(), verbose=False)
+    seen = []
+
+    def note_and_stop(epoch, record):
+        seen.append((epoch, record.get("resumed_after")))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the leftover checkpoint (2 epochs) is the first start's: not resumed
+        train_and_evaluate(tuned_config, data, note_and_stop, eval_splits=(), verbose=False, start=other.captioner,
+                           checkpoint=checkpoint)
+    assert seen == [(1, None)]
