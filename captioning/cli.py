@@ -121,6 +121,29 @@ def cmd_finetune(args) -> None:
         checkpoint.unlink(missing_ok=True)  # finished: nothing to resume
 
 
+def cmd_ensemble(args) -> None:
+    from captioning.captioner import Captioner
+    from captioning.ensemble import EnsembleError
+    from captioning.pipeline import RunResult, evaluate
+
+    if len(args.model) < 2:
+        raise ConfigError(f"an ensemble needs at least two captioners, got {len(args.model)}: repeat --model")
+    try:
+        ensemble = Captioner.ensemble([_load_captioner(reference) for reference in args.model])
+    except EnsembleError as exc:
+        raise ConfigError(f"cannot ensemble {', '.join(args.model)}: {exc}") from None
+    prepared = _prepare(ensemble.config, args)
+    widths = sorted({1, ensemble.config.beam_width})
+    evaluations = [evaluate(ensemble, prepared, split, width) for split in ("dev", "test")
+                   if prepared.dataset.splits[split] for width in widths]
+    out = Path(args.out or run_state("outputs") / datetime.datetime.now().strftime("ensemble-%Y%m%d-%H%M%S"))
+    ensemble.save(out)
+    (out / "metrics.json").write_text(json.dumps({"members": args.model,
+                                                  **RunResult(ensemble, None, evaluations).metrics()}, indent=2))
+    print(_table(evaluations))
+    print(f"\nsaved the ensemble of {len(args.model)} captioners ({len(ensemble.members) + 1} decoders) to {out}")
+
+
 def _load_captioner(reference: str):
     """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model)."""
     from captioning.captioner import Captioner
@@ -204,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/captioner-TIME)")
     finetune.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     finetune.set_defaults(run=cmd_finetune)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="decode several captioners as one (the mean of their next-word distributions), scored on "
+                         "dev and test", description="Combine captioners that read the same features and share a "
+                         "vocabulary into one bundle, decoded with the first one's settings.")
+    data_options(ensemble)
+    ensemble.add_argument("--model", required=True, action="append", metavar="MODEL",
+                          help="a captioner bundle directory or MLflow URI (repeat: two or more)")
+    ensemble.add_argument("--out", metavar="DIR", help="where to save the ensemble (default: outputs/ensemble-TIME)")
+    ensemble.set_defaults(run=cmd_ensemble)
 
     evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,21 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
 
+    # Ensembling the two: one bundle of both decoders, scored; one captioner alone or another max_length is an error.
+    assert main(["ensemble", "--model", str(out), "--model", str(tuned), "--data", str(shapes_dir),
+                 "--out", str(tmp_path / "both")]) == 0
+    printed = capsys.readouterr().out
+    assert "| dev | beam-3 |" in printed and "| test | greedy |" in printed and "(2 decoders)" in printed
+    both = Captioner.load(tmp_path / "both")
+    assert len(both.members) == 1 and both.caption(str(image)).strip()
+    shutil.copytree(tuned, tmp_path / "longer")
+    longer = json.loads((tmp_path / "longer" / "config.json").read_text())
+    (tmp_path / "longer" / "config.json").write_text(json.dumps({**longer, "max_length": longer["max_length"] + 1}))
+    for models, message in (([out], "at least two captioners"), ([out, tmp_path / "longer"], "max_length")):
+        assert main(["ensemble", *(a for m in models for a in ("--model", str(m))), "--data", str(shapes_dir)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--set", "unitz=3"], "unknown config key 'unitz'"),
@@ -64,4 +80,4 @@ def test_bad_image_to_caption_is_one_line(shapes_dir, tmp_path, capsys):
 
 def test_help_lists_the_commands():
     done = subprocess.run([sys.executable, "-m", "captioning", "--help"], cwd=PROJECT, capture_output=True, text=True)
-    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "finetune", "evaluate", "caption"))
+    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "finetune", "ensemble", "evaluate", "caption"))
