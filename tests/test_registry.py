@@ -123,3 +123,37 @@ def test_a_second_promotion_waits_for_the_lock_held_by_another_process(store):
     assert waited > 1.5 and said == ["registry: waiting for another process that is moving captioner's aliases"]
     champion = MlflowClient().get_model_version_by_alias("captioner", "champion")
     assert champion.version == 1 and "after the other process" in champion.tags["promotion"]
+
+
+def test_a_captioner_from_outside_a_search_is_registered_under_the_same_rule(store, capsys, tmp_path, monkeypatch):
+    from captioning.serving import download_bundle
+
+    uri, dataset, runs, _ = store
+    monkeypatch.chdir(tmp_path)  # the new experiment's artifacts
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    model_uri = client.get_run(runs["trained"]).data.tags["model_uri"]
+    command = ["--tracking-uri", uri, "--name", "outside", "register"]
+    data = ["--data", str(dataset.root)]
+    assert registry.main([*command, model_uri, *data, "--label", "fine-tuned by hand"]) == 0
+    out = capsys.readouterr().out
+    assert "outside version 1 as @champion (first registered model)" in out and "test BLEU-1..4: " in out
+    version = client.get_model_version("outside", "1")
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == "fine-tuned by hand" and run.data.tags["source"] == model_uri
+    assert run.data.tags["captioning.role"] == "registered" and version.tags["study"] == "fine-tuned by hand"
+    assert 0 <= float(version.tags["test_bleu4"]) <= 1 and float(version.tags["dev_bleu4"]) > 0
+
+    # The same weights as a bundle directory: scored against the champion now, equal, so not promoted.
+    assert registry.main([*command, str(download_bundle(model_uri)), *data, "--label", "again", "--margin", "0"]) == 0
+    assert "outside version 2 as @challenger" in capsys.readouterr().out
+    assert client.get_model_version_by_alias("outside", "champion").version == 1
+
+    for argv, message in (([str(tmp_path), *data], "is not a captioner bundle"),
+                          ([model_uri, "--data", str(tmp_path / "none")], "does not exist"),
+                          ([model_uri, *data, "--metric", "dev_bleu9"], "unknown metric 'dev_bleu9'"),
+                          ([model_uri, *data, "--margin", "-1"], "--margin must be a number >= 0")):
+        assert registry.main([*command, *argv, "--label", "x"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert len(client.search_model_versions("name = 'outside'")) == 2  # nothing registered by a refused command

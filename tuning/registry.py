@@ -3,6 +3,7 @@
     python tuning/registry.py list                               # versions, aliases, scores, why each moved
     python tuning/registry.py promote 3 --reason "better on the new dev set"
     python tuning/registry.py rollback --reason "version 4 drops articles"
+    python tuning/registry.py register outputs/tuned --data ~/flickr8k --label "trial 7 fine-tuned"
     (--name NAME for another registered model, --tracking-uri URI for another store, --storage for the searches'
      PostgreSQL storage, whose lock they take too: default $CAPTIONING_STORAGE)
 
@@ -137,10 +138,10 @@ def _note_promotion(client: MlflowClient, name: str, version: str, by: str, reas
 
 
 def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
-                 prepare=None, log: Callable[[str], None] = print) -> dict:
+                 prepare=None, log: Callable[[str], None] = print, by: str | None = None) -> dict:
     """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
     both scored now on the same split with the same decoding; then score the registered version on test.
-    Returns {version, alias, why, test}."""
+    `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, greedy, score_name = split_metric(metric)
@@ -193,7 +194,7 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
             raise RegistryError(f"{name}'s champion moved to version {now and now.version} while version "
                                 f"{version.version} was being compared; run the search again to compare anew")
         if alias == CHAMPION:
-            _make_champion(client, name, str(version.version), why, f"search {study}")
+            _make_champion(client, name, str(version.version), why, by or f"search {study}")
         else:
             client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     test = score_registered(name, str(version.version), dataset, prepare)
@@ -244,6 +245,35 @@ def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str
 
 
 # --- By hand ------------------------------------------------------------------------------------------------------
+
+def register(reference: str, name: str, data: Path, label: str, metric: str, margin: float,
+             experiment: str = "registered", storage: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """A captioner trained outside a search (a bundle directory or a model URI: a fine-tuning, an ensemble)
+    logged as a run of `experiment` and registered under the same rule as a search's best (promote_best)."""
+    import tempfile
+
+    from captioning.captioner import Captioner
+    from captioning.pipeline import load_and_report
+    from captioning.serving import download_bundle, log_captioner
+    from tuning.settings import METRICS
+    from tuning.tracking import ROLE, STUDY, ensure_experiment
+
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if not margin >= 0:
+        raise ConfigError(f"--margin must be a number >= 0 (in the metric's units), got {margin}")
+    bundle = download_bundle(reference) if reference.startswith(("models:/", "runs:/")) else Path(reference)
+    captioner = Captioner.load(bundle)  # a BundleError names what is missing
+    dataset = load_and_report(Path(data), seed=captioner.config.seed, log=log)
+    tags = {ROLE: "registered", STUDY: label, "label": label, "source": reference}
+    with mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=label, tags=tags) as run:
+        mlflow.log_params(captioner.config.to_dict())
+        with tempfile.TemporaryDirectory() as tmp:
+            info = log_captioner(captioner.save(Path(tmp) / "captioner"))
+        mlflow.set_tags({"state": "complete", "model_uri": info.model_uri})
+    return promote_best(MlflowClient().get_run(run.info.run_id), name, metric, margin, dataset, label, storage,
+                        log=log, by=f"registered by hand ({label})")
+
 
 def list_versions(name: str) -> list[dict]:
     from captioning.workbench import redact
@@ -306,12 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("promote", help="give a version the champion alias")
     up.add_argument("version")
     up.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
+    add = commands.add_parser("register", help="register a captioner trained outside a search (a bundle or model "
+                              "URI) under the champion rule: scored on dev against the champion, then on test")
+    add.add_argument("model", metavar="MODEL", help="a captioner bundle directory (e.g. from python -m captioning "
+                     "finetune or ensemble) or a models:/ or runs:/ URI")
+    add.add_argument("--data", required=True, metavar="PATH", help="the dataset to score it on (dev, then test)")
+    add.add_argument("--label", required=True, help="what it is, e.g. 'trial 7 fine-tuned': its run's name")
+    add.add_argument("--metric", default="dev_bleu4", help="the champion rule's metric (default: dev_bleu4)")
+    add.add_argument("--margin", type=float, default=None, help="how much it must beat the champion by (default: "
+                     "search.promote_margin's default)")
+    add.add_argument("--experiment", default="registered", help="the MLflow experiment of its run")
     back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
     back.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
     return p
 
 
 def main(argv=None) -> int:
+    from captioning.captioner import BundleError
+    from captioning.data import DataError
+    from captioning.serving import ModelNotFound
     from captioning.workbench import resolve_tracking_uri
 
     args = build_parser().parse_args(argv)
@@ -327,13 +370,23 @@ def main(argv=None) -> int:
             print("  ".join(c.ljust(widths[c]) for c in columns))
             for row in rows:
                 print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        elif args.command == "register":
+            from tuning.settings import PROMOTE_MARGIN
+
+            margin = PROMOTE_MARGIN if args.margin is None else args.margin
+            outcome = register(args.model, args.name, Path(args.data), args.label, args.metric, margin,
+                               args.experiment, storage)
+            test = outcome["test"] or {}
+            scores = " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5) if f"test_bleu{n}" in test)
+            print(f"registered: {args.name} version {outcome['version'].version} as @{outcome['alias']} "
+                  f"({outcome['why']})" + (f"\n  test BLEU-1..4: {scores}" if scores else ""))
         elif args.command == "promote":
             promote(args.name, args.version, args.reason, storage)
             print(f"{args.name} version {args.version} is now @champion")
         else:
             version = rollback(args.name, args.reason, storage)
             print(f"{args.name} version {version} is @champion again")
-    except (RegistryError, ConfigError, MlflowException) as exc:
+    except (RegistryError, ConfigError, MlflowException, BundleError, DataError, ModelNotFound) as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     return 0
