@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from captioning.config import ConfigError, load_config, parse_overrides
+from captioning.config import ConfigError, finetune_config, load_config, parse_overrides
 from captioning.workbench import run_state
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -61,8 +61,9 @@ def _save_and_report(result, out, dataset) -> None:
     out = Path(out or run_state("outputs") / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
     training = result.training
     result.captioner.save(out)
-    (out / "metrics.json").write_text(json.dumps({"best_epoch": training.best_epoch, "history": training.history,
-                                                  **result.metrics()}, indent=2))
+    start = {"start": training.start} if training.start else {}  # a fine-tuning's starting point, scored
+    (out / "metrics.json").write_text(json.dumps({"best_epoch": training.best_epoch, **start,
+                                                  "history": training.history, **result.metrics()}, indent=2))
     kept = "the starting weights (no epoch beat them on dev)" if training.best_epoch == 0 else \
         f"best epoch {training.best_epoch} of {len(training.history)}"
     print(f"\n{kept} ({training.seconds:.0f}s training)\n")
@@ -83,26 +84,6 @@ def cmd_train(args) -> None:
     _save_and_report(train_and_evaluate(config, prepared, verbose=not args.quiet), args.out, prepared.dataset)
 
 
-# What a fine-tuning may change: how the self-critical stage trains, selects and decodes, not the model or its inputs.
-FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
-                 "selection_metric", "seed", "batch_size", "beam_width", "length_penalty")
-
-
-def finetune_config(config, pairs: list[str]):
-    """The fine-tuning's config: the trained captioner's, with `--set` overrides of FINETUNE_KEYS only."""
-    changes = parse_overrides(pairs)
-    fixed = sorted(set(changes) - set(FINETUNE_KEYS))
-    if fixed:
-        raise ConfigError(f"config key(s) {', '.join(fixed)} shape the model or its inputs and cannot change in a "
-                          f"fine-tuning (it may change {', '.join(FINETUNE_KEYS)}); train a new captioner with: "
-                          f"python -m captioning train --set KEY=VALUE")
-    config = config.replace(**changes)
-    if not config.scst_epochs:
-        raise ConfigError("fine-tuning runs self-critical epochs and this captioner was trained without them: "
-                          "say how many with --set scst_epochs=4")
-    return config
-
-
 def cmd_finetune(args) -> None:
     from captioning.pipeline import train_and_evaluate
 
@@ -110,7 +91,7 @@ def cmd_finetune(args) -> None:
     if start.members:
         raise ConfigError(f"{args.model} is an ensemble of {len(start.members) + 1} decoders, which are not trained "
                           "together; fine-tune one captioner (e.g. a member's trial model) and ensemble again")
-    config = finetune_config(start.config, args.set)
+    config = finetune_config(start.config, parse_overrides(args.set))
     prepared = _prepare(config, args)
     checkpoint = Path(args.out) / "finetune-checkpoint.npz" if args.out else None
     if checkpoint is not None:

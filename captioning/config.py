@@ -189,3 +189,28 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         values.update(section)
     values.update(parse_overrides(overrides or []))
     return from_dict(values)
+
+
+# What a fine-tuning may change: how the self-critical stage trains, selects and decodes; not the model, its inputs
+# or the data's split (seed: a seeded split would move dev and test images into training).
+FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
+                 "selection_metric", "batch_size", "beam_width", "length_penalty")
+
+
+def check_finetune(trained: Config, config: Config) -> None:
+    """A fine-tuning's config is the trained captioner's with other FINETUNE_KEYS only, and some SCST epochs."""
+    fixed = sorted(k for k in FIELDS if k not in FINETUNE_KEYS and getattr(config, k) != getattr(trained, k))
+    if fixed:
+        raise ConfigError(f"config key(s) {', '.join(fixed)} shape the model, its inputs or the data's split and cannot "
+                          f"change in a fine-tuning (it may change {', '.join(FINETUNE_KEYS)}); train a new "
+                          "captioner with: python -m captioning train --set KEY=VALUE")
+    if not config.scst_epochs:
+        raise ConfigError("a fine-tuning runs self-critical epochs: give their number, e.g. --set scst_epochs=4"
+                          + ("" if trained.scst_epochs else " (this captioner was trained without them)"))
+
+
+def finetune_config(trained: Config, changes: dict[str, Any]) -> Config:
+    """The fine-tuning's config: the trained captioner's, with `changes` (parsed overrides) of FINETUNE_KEYS only."""
+    config = trained.replace(**changes)
+    check_finetune(trained, config)
+    return config

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from captioning.captioner import Captioner
-from captioning.config import Config
+from captioning.config import Config, check_finetune
 from captioning.data import SPLITS, DataError, Dataset, load_dataset
 from captioning.encoders import make_encoder
 from captioning.features import ExtractionStats, ImageInputs, MapView, extract
@@ -128,8 +128,14 @@ def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: Epoch
     dataset = prepared.dataset
     start_java_scorers()  # METEOR's start takes seconds of loading: let it overlap with the training
     train_names, dev_names = dataset.split("train"), dataset.split("dev")
-    vocab = start.vocab if start is not None else Vocabulary.build(
-        (c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
+    vocab = Vocabulary.build((c for name in train_names for c in dataset.captions[name]), config.vocab_min_count)
+    if start is not None:
+        check_finetune(start.config, config)
+        if start.vocab.words != vocab.words:  # (words are counted on the train split: the same data, the same list)
+            raise DataError(f"the captioner to fine-tune was trained on other captions than {dataset.root}'s train "
+                            f"split (a vocabulary of {len(start.vocab.words)} words; this split gives "
+                            f"{len(vocab.words)}); give the dataset it was trained on with --data")
+        vocab = start.vocab
     mirrored = prepared.mirrored is not None
     training = train_decoder(config, vocab, prepared.inputs("train", config.decoder),
                              [dataset.captions[n] for n in train_names], prepared.inputs("dev", config.decoder),

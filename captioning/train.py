@@ -144,6 +144,7 @@ class TrainResult:
     best: dict
     stopped_early: bool
     train_tokens: int
+    start: dict | None = None  # a fine-tuning's starting weights, scored on dev (epoch 0)
 
     @property
     def seconds(self) -> float:
@@ -331,10 +332,11 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     model.optimizer.build(model.trainable_variables)  # now: the first step would otherwise be traced twice
     saver = None
     if checkpoint is not None:
-        saver = Checkpoint(checkpoint, {"config": config.to_dict(), "vocabulary": vocab.words,
-                                        "features": list(train_features.shape) + list(dev_features.shape),
-                                        "tokens": [train.tokens, dev.tokens],
-                                        "start": None if start_weights is None else weights_digest(start_weights)})
+        identity = {"config": config.to_dict(), "vocabulary": vocab.words,
+                    "features": list(train_features.shape) + list(dev_features.shape), "tokens": [train.tokens, dev.tokens]}
+        if start_weights is not None:  # (only then: a training's checkpoint from before fine-tuning existed resumes)
+            identity["start"] = weights_digest(start_weights)
+        saver = Checkpoint(checkpoint, identity)
     selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose, saver)
     scst = None
     if start_weights is not None:
@@ -378,5 +380,4 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1] if selection.best_epoch else selection.start,
-                       stopped_early=selection.stopped_early,
-                       train_tokens=train.tokens)
+                       stopped_early=selection.stopped_early, train_tokens=train.tokens, start=selection.start)

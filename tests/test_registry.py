@@ -152,6 +152,7 @@ def test_a_captioner_from_outside_a_search_is_registered_under_the_same_rule(sto
     for argv, message in (([str(tmp_path), *data], "is not a captioner bundle"),
                           ([model_uri, "--data", str(tmp_path / "none")], "does not exist"),
                           ([model_uri, *data, "--metric", "dev_bleu9"], "unknown metric 'dev_bleu9'"),
+                          ([model_uri, *data, "--metric", "dev_spice"], "'dev_spice' cannot be computed here"),
                           ([model_uri, *data, "--margin", "-1"], "--margin must be a number >= 0")):
         assert registry.main([*command, *argv, "--label", "x"]) == 2
         err = capsys.readouterr().err

@@ -124,7 +124,11 @@ def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared,
         assert best["dev_cider"] > start_cider and best == max(history, key=lambda h: h["dev_cider"])
     assert np.isfinite(whole.metrics()["dev_bleu4"])
 
-    other = train_and_evaluate(config.replace(seed=1), data, eval_splits=(), verbose=False)
+    from captioning.captioner import Captioner
+    from captioning.model import build_decoder
+
+    trained = start.captioner  # the same config and vocabulary, other (untrained) weights
+    other = Captioner(config, trained.vocab, build_decoder(config, len(trained.vocab), data.features["train"].shape[1]))
     seen = []
 
     def note_and_stop(epoch, record):
@@ -132,6 +136,16 @@ def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared,
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # the leftover checkpoint (2 epochs) is the first start's: not resumed
-        train_and_evaluate(tuned_config, data, note_and_stop, eval_splits=(), verbose=False, start=other.captioner,
+        train_and_evaluate(tuned_config, data, note_and_stop, eval_splits=(), verbose=False, start=other,
                            checkpoint=checkpoint)
     assert seen == [(1, None)]
+
+    # What the library refuses before any epoch: a config changed beyond the self-critical settings, other captions.
+    from captioning.data import DataError
+    from captioning.text import Vocabulary
+
+    with pytest.raises(ConfigError, match="units shape the model"):
+        train_and_evaluate(tuned_config.replace(units=32), data, eval_splits=(), verbose=False, start=trained)
+    other_words = Captioner(trained.config, Vocabulary([*trained.vocab.words[4:-1], "zebra"]), trained.model)
+    with pytest.raises(DataError, match="trained on other captions"):
+        train_and_evaluate(tuned_config, data, eval_splits=(), verbose=False, start=other_words)

@@ -253,26 +253,43 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
     import tempfile
 
     from captioning.captioner import Captioner
-    from captioning.pipeline import load_and_report
+    from captioning.metrics import unavailable
+    from captioning.pipeline import feature_key, load_and_report, prepare
     from captioning.serving import download_bundle, log_captioner
     from tuning.settings import METRICS
     from tuning.tracking import ROLE, STUDY, ensure_experiment
 
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    why = unavailable(metric)
+    if why is not None:
+        raise ConfigError(f"metric {metric!r} cannot be computed here: {why}; choose another, e.g. dev_bleu4")
     if not margin >= 0:
         raise ConfigError(f"--margin must be a number >= 0 (in the metric's units), got {margin}")
     bundle = download_bundle(reference) if reference.startswith(("models:/", "runs:/")) else Path(reference)
     captioner = Captioner.load(bundle)  # a BundleError names what is missing
     dataset = load_and_report(Path(data), seed=captioner.config.seed, log=log)
+    # Features before the run is logged (a failure logs nothing), shared by every scoring that reads the same ones.
+    features = {feature_key(captioner.config): prepare(captioner.config, dataset, progress=False)}
+
+    def prepared(config):
+        key = feature_key(config)
+        if key not in features:  # the champion may read others
+            features[key] = prepare(config, dataset, progress=False)
+        return features[key]
+
     tags = {ROLE: "registered", STUDY: label, "label": label, "source": reference}
     with mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=label, tags=tags) as run:
         mlflow.log_params(captioner.config.to_dict())
         with tempfile.TemporaryDirectory() as tmp:
             info = log_captioner(captioner.save(Path(tmp) / "captioner"))
         mlflow.set_tags({"state": "complete", "model_uri": info.model_uri})
-    return promote_best(MlflowClient().get_run(run.info.run_id), name, metric, margin, dataset, label, storage,
-                        log=log, by=f"registered by hand ({label})")
+    try:
+        return promote_best(MlflowClient().get_run(run.info.run_id), name, metric, margin, dataset, label, storage,
+                            prepare=prepared, log=log, by=f"registered by hand ({label})")
+    except BaseException as exc:  # the run stays, marked, so that it is not taken for a registered one
+        MlflowClient().set_tag(run.info.run_id, "state", f"not registered: {type(exc).__name__}: {exc}"[:5000])
+        raise
 
 
 def list_versions(name: str) -> list[dict]:
@@ -355,6 +372,7 @@ def main(argv=None) -> int:
     from captioning.captioner import BundleError
     from captioning.data import DataError
     from captioning.serving import ModelNotFound
+    from captioning.weights import WeightsError
     from captioning.workbench import resolve_tracking_uri
 
     args = build_parser().parse_args(argv)
@@ -386,7 +404,7 @@ def main(argv=None) -> int:
         else:
             version = rollback(args.name, args.reason, storage)
             print(f"{args.name} version {version} is @champion again")
-    except (RegistryError, ConfigError, MlflowException, BundleError, DataError, ModelNotFound) as exc:
+    except (RegistryError, ConfigError, MlflowException, BundleError, DataError, ModelNotFound, WeightsError) as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     return 0
