@@ -56,9 +56,14 @@ def _prepare(config, args):
     return prepared
 
 
+def _out_dir(out: str | None, kind: str) -> Path:
+    """--out, or a new folder under outputs/ named by kind and time."""
+    return Path(out or run_state("outputs") / datetime.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S"))
+
+
 def _save_and_report(result, out, dataset) -> None:
     """Save the trained captioner with its history and scores, and print them with a few sample captions."""
-    out = Path(out or run_state("outputs") / datetime.datetime.now().strftime("captioner-%Y%m%d-%H%M%S"))
+    out = _out_dir(out, "captioner")
     training = result.training
     result.captioner.save(out)
     start = {"start": training.start} if training.start else {}  # a fine-tuning's starting point, scored
@@ -117,7 +122,7 @@ def cmd_ensemble(args) -> None:
     widths = sorted({1, ensemble.config.beam_width})
     evaluations = [evaluate(ensemble, prepared, split, width) for split in ("dev", "test")
                    if prepared.dataset.splits[split] for width in widths]
-    out = Path(args.out or run_state("outputs") / datetime.datetime.now().strftime("ensemble-%Y%m%d-%H%M%S"))
+    out = _out_dir(args.out, "ensemble")
     ensemble.save(out)
     (out / "metrics.json").write_text(json.dumps({"members": args.model,
                                                   **RunResult(ensemble, None, evaluations).metrics()}, indent=2))

@@ -20,6 +20,7 @@ from captioning.decode import greedy_search
 from captioning.metrics import CiderD, corpus_bleu_scores
 from captioning.model import build_decoder, make_step_decoder, masked_cross_entropy
 from captioning.text import Vocabulary, pad_batch
+from captioning.weights import arrays_sha256
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -162,14 +163,6 @@ def evaluate_greedy(decoder, vocab: Vocabulary, features,
     return scores
 
 
-def weights_digest(weights: list[np.ndarray]) -> str:
-    """A short fingerprint of a model's weights (a fine-tuning's checkpoint belongs to its starting point)."""
-    digest = hashlib.sha256()
-    for w in weights:
-        digest.update(np.ascontiguousarray(w).tobytes())
-    return digest.hexdigest()[:16]
-
-
 class Checkpoint:
     """An unfinished training as of its latest epoch, in one file that each epoch replaces atomically: the model's
     variables (weights and the dropout layers' random-generator states), the optimizer's (step, learning rate,
@@ -257,11 +250,9 @@ class _DevSelection:
         if not math.isfinite(loss):
             raise TrainingError(f"the training loss became {loss} in epoch {epoch}; lower the learning rate "
                                 "(e.g. --set learning_rate=0.0003, or scst_learning_rate for the self-critical stage)")
-        scores = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references,
-                                 self.config.max_length, self.dev_cider)
         learning_rate = optimizer.learning_rate
-        record = {"epoch": epoch, "stage": stage, "loss": float(loss), "dev_loss": float(dev_loss),
-                  **{f"dev_{k}": v for k, v in scores.items()}, "learning_rate": float(learning_rate.numpy()),
+        record = {"epoch": epoch, "stage": stage, "loss": float(loss), **self._dev_record(dev_loss),
+                  "learning_rate": float(learning_rate.numpy()),
                   **(extra or {}), "seconds": time.perf_counter() - started}
         self.history.append(record)
         metric = self.config.selection_metric
@@ -273,30 +264,36 @@ class _DevSelection:
             learning_rate.assign(learning_rate * self.config.lr_decay)
         if self.verbose:
             reward = f"  reward {record['reward']:.3f}" if "reward" in record else ""
-            print(f"epoch {epoch:2d}{' scst' if stage == 'scst' else ''}  loss {record['loss']:.3f}  dev loss "
-                  f"{record['dev_loss']:.3f}{reward}  dev BLEU-1..4 {scores['bleu1']:.3f} {scores['bleu2']:.3f} "
-                  f"{scores['bleu3']:.3f} {scores['bleu4']:.3f}  CIDEr-D {scores['cider']:.3f}  "
-                  f"{record['seconds']:.0f}s" + ("  *" if better else ""), flush=True)
+            print(f"epoch {epoch:2d}{' scst' if stage == 'scst' else ''}  loss {record['loss']:.3f}  "
+                  f"{_dev_text(record, reward)}  {record['seconds']:.0f}s" + ("  *" if better else ""), flush=True)
         if self.checkpoint is not None:  # before the callback, which may stop the run (pruned, interrupted)
             self.checkpoint.save(model, self, optimizer, stage)
         if self.epoch_callback is not None:
             self.epoch_callback(epoch, record)  # may raise, e.g. to prune a search trial
 
-    def start_from(self, model, dev_loss: float) -> None:
-        """Score the weights a fine-tuning starts from, as epoch 0: only a better epoch replaces them."""
+    def _dev_record(self, dev_loss: float) -> dict:
+        """The model's dev loss and greedy dev scores, as an epoch's record holds them."""
         scores = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references,
                                  self.config.max_length, self.dev_cider)
-        self.start = {"epoch": 0, "stage": "start", "dev_loss": float(dev_loss),
-                      **{f"dev_{k}": v for k, v in scores.items()}}
+        return {"dev_loss": float(dev_loss), **{f"dev_{k}": v for k, v in scores.items()}}
+
+    def start_from(self, model, dev_loss: float) -> None:
+        """Score the weights a fine-tuning starts from, as epoch 0: only a better epoch replaces them."""
+        self.start = {"epoch": 0, "stage": "start", **self._dev_record(dev_loss)}
         self.best, self.best_epoch, self.best_weights = self.start[f"dev_{self.config.selection_metric}"], 0, \
             model.get_weights()
         if self.verbose:
-            print(f"start     dev loss {dev_loss:.3f}  dev BLEU-1..4 {scores['bleu1']:.3f} {scores['bleu2']:.3f} "
-                  f"{scores['bleu3']:.3f} {scores['bleu4']:.3f}  CIDEr-D {scores['cider']:.3f}", flush=True)
+            print(f"start     {_dev_text(self.start)}", flush=True)
 
     def done(self, epochs: int) -> bool:
         """Whether `patience` epochs in a row of the current stage have passed without a better one."""
         return epochs > 0 and epochs - max(self.best_epoch, self.stage_start) > self.config.patience
+
+
+def _dev_text(record: dict, reward: str = "") -> str:
+    return (f"dev loss {record['dev_loss']:.3f}{reward}  dev BLEU-1..4 {record['dev_bleu1']:.3f} "
+            f"{record['dev_bleu2']:.3f} {record['dev_bleu3']:.3f} {record['dev_bleu4']:.3f}  CIDEr-D "
+            f"{record['dev_cider']:.3f}")
 
 
 def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
@@ -335,13 +332,11 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
         identity = {"config": config.to_dict(), "vocabulary": vocab.words,
                     "features": list(train_features.shape) + list(dev_features.shape), "tokens": [train.tokens, dev.tokens]}
         if start_weights is not None:  # (only then: a training's checkpoint from before fine-tuning existed resumes)
-            identity["start"] = weights_digest(start_weights)
+            identity["start"] = arrays_sha256(start_weights)
         saver = Checkpoint(checkpoint, identity)
     selection = _DevSelection(config, vocab, dev_features, dev_captions, epoch_callback, verbose, saver)
     scst = None
-    if start_weights is not None:
-        if not config.scst_epochs:
-            raise TrainingError("fine-tuning runs the self-critical stage: set scst_epochs to 1 or more")
+    if start_weights is not None:  # (its config was checked: captioning.config.check_finetune)
         model.set_weights(start_weights)
         selection.decoder = make_step_decoder(model, vocab)
         selection.start_from(model, run_pass(model, dev, train=False))

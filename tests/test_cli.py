@@ -32,7 +32,8 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
                  "--set", "scst_epochs=1", "--set", "scst_samples=2"]) == 0
     printed = capsys.readouterr().out
     assert "| test | beam-3 |" in printed and f"saved the captioner to {tuned}" in printed
-    assert [h["stage"] for h in json.loads((tuned / "metrics.json").read_text())["history"]] == ["scst"]
+    record = json.loads((tuned / "metrics.json").read_text())
+    assert [h["stage"] for h in record["history"]] == ["scst"] and record["start"]["stage"] == "start"
     assert not (tuned / "finetune-checkpoint.npz").exists()  # finished: nothing left to resume
     loaded = Captioner.load(tuned)
     Captioner(loaded.config, loaded.vocab, loaded.model, [loaded.model]).save(tmp_path / "ensemble")

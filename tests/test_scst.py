@@ -114,7 +114,10 @@ def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared,
     assert [(h["epoch"], h["stage"]) for h in history] == [(1, "scst"), (2, "scst")]
     assert whole.captioner.vocab is start.captioner.vocab
     assert resumed.training.history == [{**h, "seconds": r["seconds"]} for h, r in zip(history, resumed.training.history)]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.training.model.get_weights(),
+                                                     whole.training.model.get_weights()))
     start_cider = start.training.best["dev_cider"]
+    assert whole.training.start["dev_cider"] == pytest.approx(start_cider)  # the same weights, scored again
     best = whole.training.best
     if whole.training.best_epoch == 0:  # no epoch beat the start: its weights are kept
         assert best["stage"] == "start" and best["dev_cider"] == pytest.approx(start_cider)

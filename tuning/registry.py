@@ -89,19 +89,35 @@ def split_metric(metric: str) -> tuple[str, bool, str]:
     return split, greedy, score.removeprefix("greedy_")
 
 
-def load_captioner(model_uri: str):
+def load_captioner(reference: str):
+    """A captioner from a models:/ or runs:/ URI, or from a bundle directory."""
     from captioning.captioner import Captioner
     from captioning.serving import download_bundle
 
-    return Captioner.load(download_bundle(model_uri))
+    is_uri = reference.startswith(("models:/", "runs:/"))
+    return Captioner.load(download_bundle(reference) if is_uri else Path(reference))
+
+
+def feature_cache(dataset):
+    """config -> the dataset's prepared features for it, extracted (or read from the cache) once per setting."""
+    from captioning.pipeline import feature_key, prepare
+
+    prepared = {}
+
+    def get(config):
+        key = feature_key(config)
+        if key not in prepared:
+            prepared[key] = prepare(config, dataset, progress=False)
+        return prepared[key]
+
+    return get
 
 
 def score(captioner, dataset, split: str, beam_width: int, prepare=None) -> dict[str, float]:
     """A captioner's scores on one split of `dataset`, decoded with `beam_width` (1: greedy)."""
-    from captioning.pipeline import evaluate, prepare as prepare_features
+    from captioning.pipeline import evaluate
 
-    prepared = (prepare or (lambda config: prepare_features(config, dataset, progress=False)))(captioner.config)
-    return evaluate(captioner, prepared, split, beam_width).scores
+    return evaluate(captioner, (prepare or feature_cache(dataset))(captioner.config), split, beam_width).scores
 
 
 def champion_info(name: str, alias: str = CHAMPION):
@@ -145,6 +161,7 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, greedy, score_name = split_metric(metric)
+    prepare = prepare or feature_cache(dataset)  # the challenger, the champion and the test scores share them
     challenger = load_captioner(model_uri)
     width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
     decoding = "greedy" if width == 1 else f"beam-{width}"
@@ -225,11 +242,9 @@ def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str
     trial runs with test scores) and kept as the version's tags."""
     if not dataset.splits.get("test"):
         return None
-    from captioning.pipeline import prepare as prepare_features
-
     client = MlflowClient()
     captioner = load_captioner(f"models:/{name}/{version}")
-    prepared = (prepare or (lambda config: prepare_features(config, dataset, progress=False)))(captioner.config)
+    prepared = (prepare or feature_cache(dataset))(captioner.config)
     once = lambda config: prepared  # both decodings read the same features
     width = captioner.config.beam_width
     beam = score(captioner, dataset, "test", width, once)
@@ -252,31 +267,18 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
     logged as a run of `experiment` and registered under the same rule as a search's best (promote_best)."""
     import tempfile
 
-    from captioning.captioner import Captioner
-    from captioning.metrics import unavailable
-    from captioning.pipeline import feature_key, load_and_report, prepare
-    from captioning.serving import download_bundle, log_captioner
-    from tuning.settings import METRICS
+    from captioning.pipeline import load_and_report
+    from captioning.serving import log_captioner
+    from tuning.settings import check_metric
     from tuning.tracking import ROLE, STUDY, ensure_experiment
 
-    if metric not in METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    why = unavailable(metric)
-    if why is not None:
-        raise ConfigError(f"metric {metric!r} cannot be computed here: {why}; choose another, e.g. dev_bleu4")
+    check_metric(metric, "--metric")
     if not margin >= 0:
         raise ConfigError(f"--margin must be a number >= 0 (in the metric's units), got {margin}")
-    bundle = download_bundle(reference) if reference.startswith(("models:/", "runs:/")) else Path(reference)
-    captioner = Captioner.load(bundle)  # a BundleError names what is missing
+    captioner = load_captioner(reference)  # a BundleError names what is missing
     dataset = load_and_report(Path(data), seed=captioner.config.seed, log=log)
-    # Features before the run is logged (a failure logs nothing), shared by every scoring that reads the same ones.
-    features = {feature_key(captioner.config): prepare(captioner.config, dataset, progress=False)}
-
-    def prepared(config):
-        key = feature_key(config)
-        if key not in features:  # the champion may read others
-            features[key] = prepare(config, dataset, progress=False)
-        return features[key]
+    prepared = feature_cache(dataset)
+    prepared(captioner.config)  # before the run is logged: a failure (e.g. no encoder weights) logs nothing
 
     tags = {ROLE: "registered", STUDY: label, "label": label, "source": reference}
     with mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=label, tags=tags) as run:

@@ -83,13 +83,7 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
     if settings.engine not in ENGINES:
         raise ConfigError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
     check_name(settings.registered_model, "--registered-model (or search.registered_model)", "captioner")
-    if settings.metric not in METRICS:
-        raise ConfigError(f"unknown metric {settings.metric!r} (--metric or search.metric); choose one of "
-                          f"{', '.join(METRICS)}")
-    why = unavailable(settings.metric)
-    if why is not None:
-        raise ConfigError(f"metric {settings.metric!r} (--metric or search.metric) cannot be computed here: {why}; "
-                          f"choose another, e.g. dev_cider or dev_bleu4")
+    check_metric(settings.metric, "--metric or search.metric")
     if not (settings.heartbeat_seconds >= 1 and settings.grace_seconds >= 2 * settings.heartbeat_seconds):
         raise ConfigError(f"search.grace_seconds ({settings.grace_seconds}) must be at least twice "
                           f"search.heartbeat_seconds ({settings.heartbeat_seconds}), which must be at least 1")
@@ -103,6 +97,16 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         raise ConfigError(f"search.ensemble must be a whole number >= 1 (1: no ensemble), got {settings.ensemble!r}")
     _check_engine_choices(settings)
     return settings
+
+
+def check_metric(metric: str, where: str) -> None:
+    """A metric the champion rule and the searches can use: known, and computable on this machine."""
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r} ({where}); choose one of {', '.join(METRICS)}")
+    why = unavailable(metric)
+    if why is not None:
+        raise ConfigError(f"metric {metric!r} cannot be computed here: {why}; choose another ({where}), e.g. "
+                          "dev_cider or dev_bleu4")
 
 
 def _check_engine_choices(settings: SearchSettings) -> None:
