@@ -29,6 +29,11 @@ class TrainingError(RuntimeError):
     """Training that cannot go on (e.g. the loss became NaN)."""
 
 
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training after that epoch (a search's time budget ran out): the result is
+    the best epoch so far, as if patience had run out; a self-critical stage not yet begun is skipped."""
+
+
 def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow generators
 
@@ -146,6 +151,7 @@ class TrainResult:
     stopped_early: bool
     train_tokens: int
     start: dict | None = None  # a fine-tuning's starting weights, scored on dev (epoch 0)
+    cut_after: int | None = None  # the epoch after which an epoch callback stopped the run (StopTraining)
 
     @property
     def seconds(self) -> float:
@@ -345,34 +351,41 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
 
         scst = SelfCritical(config, vocab, model, train_features, train_captions, dev, selection)
     done, stage = saver.restore(model, selection, scst and scst.optimizer) if saver is not None else (0, "teacher")
-    if done and epoch_callback is not None:
-        for record in selection.history:
-            epoch_callback(record["epoch"], {**record, "resumed_after": done})
-    if stage == "teacher" and start_weights is None:
-        if done:
-            train.epoch = done  # the batch order of the epoch it resumes at
-            train._plan()
-        if done < config.epochs and not selection.done(done):
-            selection.decoder = make_step_decoder(model, vocab)  # shares the model's layers: sees every update
-            for epoch in range(done + 1, config.epochs + 1):
-                started = time.perf_counter()
-                loss = run_pass(model, train, train=True)
-                train.on_epoch_end()  # the next epoch's order
-                selection.end_epoch(model, epoch, loss, run_pass(model, dev, train=False), model.optimizer, started)
-                if selection.done(epoch):
-                    selection.stopped_early = True
-                    break
-        else:
-            selection.stopped_early = selection.done(done)
-        model.set_weights(selection.best_weights)  # the self-critical stage starts from the best of teacher forcing
+    cut_after = None
+    try:
+        if done and epoch_callback is not None:
+            for record in selection.history:
+                epoch_callback(record["epoch"], {**record, "resumed_after": done})
+        if stage == "teacher" and start_weights is None:
+            if done:
+                train.epoch = done  # the batch order of the epoch it resumes at
+                train._plan()
+            if done < config.epochs and not selection.done(done):
+                selection.decoder = make_step_decoder(model, vocab)  # shares the model's layers: sees every update
+                for epoch in range(done + 1, config.epochs + 1):
+                    started = time.perf_counter()
+                    loss = run_pass(model, train, train=True)
+                    train.on_epoch_end()  # the next epoch's order
+                    selection.end_epoch(model, epoch, loss, run_pass(model, dev, train=False), model.optimizer,
+                                        started)
+                    if selection.done(epoch):
+                        selection.stopped_early = True
+                        break
+            else:
+                selection.stopped_early = selection.done(done)
+            model.set_weights(selection.best_weights)  # the self-critical stage starts from the best of teacher forcing
+            if scst is not None:
+                selection.stage_start = len(selection.history)
+                if after_teacher_forcing is not None:
+                    after_teacher_forcing(model)
         if scst is not None:
-            selection.stage_start = len(selection.history)
-            if after_teacher_forcing is not None:
-                after_teacher_forcing(model)
-    if scst is not None:
-        selection.decoder = make_step_decoder(model, vocab)
-        selection.stopped_early = scst.train(done_epochs=len(selection.history))
-        model.set_weights(selection.best_weights)
+            selection.decoder = make_step_decoder(model, vocab)
+            selection.stopped_early = scst.train(done_epochs=len(selection.history))
+    except StopTraining:
+        cut_after = selection.history[-1]["epoch"] if selection.history else 0
+        selection.stopped_early = True
+    model.set_weights(selection.best_weights)
     return TrainResult(model=model, history=selection.history, best_epoch=selection.best_epoch,
                        best=selection.history[selection.best_epoch - 1] if selection.best_epoch else selection.start,
-                       stopped_early=selection.stopped_early, train_tokens=train.tokens, start=selection.start)
+                       stopped_early=selection.stopped_early, train_tokens=train.tokens, start=selection.start,
+                       cut_after=cut_after)

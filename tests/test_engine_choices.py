@@ -55,11 +55,19 @@ def test_successive_halving_prunes_a_bad_trial_on_the_epochs_it_reports(tmp_path
     ({"tuner": "grid"}, "unknown search.tuner 'grid'; choose one of bayesian, hyperband"),
     ({"pruner_min_epochs": 0}, "pruner_min_epochs (0) must be a whole number >= 1"),
     ({"pruner_min_epochs": 4, "pruner_max_epochs": 2}, "pruner_max_epochs (2) one >= pruner_min_epochs"),
-    ({"pruner_reduction": 1}, "pruner_reduction must be a whole number >= 2, got 1")])
+    ({"pruner_reduction": 1}, "pruner_reduction must be a whole number >= 2, got 1"),
+    ({"budget": 0}, "--budget (search.budget) must be a number of seconds > 0, got 0"),
+    ({"timeout": "1h"}, "--timeout (search.timeout) must be a number of seconds > 0, got '1h'")])
 def test_bad_engine_choices_are_one_error_each(tmp_path, search, message):
     with pytest.raises(ConfigError) as error:
         _settings(tmp_path, **search)
     assert message in str(error.value)
+
+
+def test_a_budget_also_ends_the_starting_of_trials(tmp_path):
+    assert _settings(tmp_path, budget=600).timeout == 600  # no trial starts that the budget would cut at once
+    assert _settings(tmp_path, budget=600, timeout=60).timeout == 60
+    assert _settings(tmp_path, timeout=60).budget is None
 
 
 def test_gp_without_pytorch_says_what_it_needs(tmp_path):

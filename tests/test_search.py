@@ -169,17 +169,25 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_di
                for t in study.trials)
 
 
-def test_a_single_worker_stopped_by_the_timeout_still_registers_its_best(workspace, shapes_dir, capsys):
+def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_best(workspace, shapes_dir, capsys):
     # (With CIDEr-D as the metric: any dev score can be; and another sampler and pruner than the defaults.)
+    # The budget of 1 s ends trial 0's training after its first of 2 epochs: complete with that epoch.
     experiment = workspace[1]
     experiment.write_text(experiment.read_text().replace("search:\n", "search:\n  sampler: random\n  pruner: hyperband\n"))
-    assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--metric", "dev_cider") == 0
+    assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--budget", "1",
+                   "--metric", "dev_cider") == 0
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" not in out and "dev_cider" in out
+    assert "(the budget ended it after epoch 1)" in out
     assert "registered: captioner version 1 as @champion" in out and "other workers" not in out
-    version = mlflow.MlflowClient().get_model_version_by_alias("captioner", "champion")
-    run = mlflow.MlflowClient().get_run(version.run_id)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("captioner", "champion")
+    run = client.get_run(version.run_id)
     assert run.data.metrics["dev_cider"] >= 0 and {"dev_rouge_l", "dev_epoch_cider"} <= set(run.data.metrics)
+    assert run.data.tags["cut_by_budget_after_epoch"] == "1" and run.data.metrics["best_epoch"] == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_epoch_cider")] == [1]
+    trial = optuna.load_study(study_name="short", storage="sqlite:///optuna.db").trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["cut_by_budget_after_epoch"] == 1
 
 
 def test_keras_tuner_engine_end_to_end(workspace, shapes_dir, capsys):

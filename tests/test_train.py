@@ -5,7 +5,7 @@ import pytest
 from captioning.captioner import BundleError, Captioner
 from captioning.model import build_decoder
 from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate
-from captioning.train import TrainingError, seed_everything
+from captioning.train import StopTraining, TrainingError, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,18 @@ def test_patience_zero_stops_after_the_first_epoch_that_does_not_improve(trained
                               None)
     assert len(history) == (first_without_gain or 6) and result.training.best_epoch >= 1
     assert result.training.stopped_early == (first_without_gain is not None)
+
+
+def test_a_callback_can_end_training_after_an_epoch_keeping_the_best_so_far(trained):
+    config, prepared, _ = trained
+
+    def stop_after_epoch_2(epoch, record):
+        if epoch == 2:
+            raise StopTraining
+
+    result = train_and_evaluate(config.replace(epochs=4, scst_epochs=1), prepared, stop_after_epoch_2,
+                                eval_splits=("dev",), verbose=False)
+    training = result.training
+    assert [h["epoch"] for h in training.history] == [1, 2] and training.cut_after == 2  # no self-critical epoch
+    assert training.stopped_early and training.best == training.history[training.best_epoch - 1]
+    assert result.metrics()["dev_greedy_bleu4"] == pytest.approx(training.best["dev_bleu4"])

@@ -36,6 +36,7 @@ RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and c
 ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
 BASELINE = "baseline"  # user attribute (True): the trial runs the experiment's base config
 RUN_ID = "mlflow_run_id"  # user attribute of a recorded trial: its MLflow run, the mirror of this record
+CUT = "cut_by_budget_after_epoch"  # user attribute of a complete trial whose training search.budget ended
 SEARCH = "search"  # study user attribute: the search space and metric the study was created for
 MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -199,11 +200,13 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
         if prune and not baseline:  # the baseline runs to the end: it is what the search must not fall below
             raise PruneTrial(f"pruned after epoch {epoch}")
 
-    def finish(state: TrialState, value: float | None = None, error: str | None = None) -> bool:
-        """Record the outcome, with the trial's MLflow run; False if another worker had declared the trial lost
-        meanwhile."""
+    def finish(state: TrialState, value: float | None = None, error: str | None = None,
+               cut: int | None = None) -> bool:
+        """Record the outcome, with the trial's MLflow run (and the epoch after which the budget ended it); False if
+        another worker had declared the trial lost meanwhile."""
         run_id = runner.last_run_id
-        attrs = {**({ERROR: error[:2000]} if error is not None else {}), **({RUN_ID: run_id} if run_id else {})}
+        attrs = {**({ERROR: error[:2000]} if error is not None else {}), **({RUN_ID: run_id} if run_id else {}),
+                 **({CUT: cut} if cut is not None else {})}
         try:
             for key, text in attrs.items():
                 retry(lambda: trial.set_user_attr(key, text), "recording a trial's result", log=log)
@@ -250,7 +253,7 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
                 runner.mark(metrics["run_id"], "failed", reason)
             else:
                 abandoned(metrics["run_id"])
-        elif finish(TrialState.COMPLETE, value):
+        elif finish(TrialState.COMPLETE, value, cut=metrics.get("cut_after")):
             runner.outcome(trial.number, params, "complete", metrics)
         else:
             abandoned(metrics["run_id"])

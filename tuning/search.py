@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold; a rerun "
                    "only runs the missing ones (default: the experiment's)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="this run's wall-time budget: no trial starts "
+                   "after it, and a trial still training ends with its current epoch, complete with its best epoch "
+                   "so far; then the best model is registered as usual (default: the experiment's search.budget)")
     p.add_argument("--study", metavar="NAME", help="study name (default: EXPERIMENT-ENGINE-HASH of the data "
                    "and base config); the same name resumes the same study, which must keep its search space and "
                    "metric (1-100 letters, digits, '.', '_', '-')")
@@ -131,7 +134,8 @@ def search(args) -> dict:
     if args.study is not None:
         check_name(args.study, "--study", "shapes-wider-space")
     settings = read_settings(experiment, engine=args.engine, trials=args.trials, timeout=args.timeout,
-                             metric=args.metric, seed=args.seed, registered_model=args.registered_model)
+                             budget=args.budget, metric=args.metric, seed=args.seed,
+                             registered_model=args.registered_model)
     overrides = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
     base = load_config(experiment, overrides)
     baseline = base_values(settings.space, base)  # a new study's first trial; outside the space: an error now
@@ -183,6 +187,8 @@ def search(args) -> dict:
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
                          checkpoints)
     start = time.perf_counter()
+    if settings.budget is not None:
+        runner.deadline = time.monotonic() + settings.budget
     status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":

@@ -30,6 +30,7 @@ class SearchSettings:
     engine: str = "optuna"
     trials: int = 8
     timeout: float | None = None  # seconds after which no new trial starts
+    budget: float | None = None  # seconds after which a running trial ends with its epoch (and no new trial starts)
     metric: str = "dev_bleu4"
     seed: int = 0
     sampler: str = "tpe"  # tpe: multivariate TPE, conditional keys grouped (constant liar with several workers)
@@ -91,6 +92,12 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
             or not settings.promote_margin >= 0:
         raise ConfigError(f"search.promote_margin must be a number >= 0 (in the metric's units), got "
                           f"{settings.promote_margin!r}")
+    for key in ("timeout", "budget"):
+        value = getattr(settings, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigError(f"--{key} (search.{key}) must be a number of seconds > 0, got {value!r}")
+    if settings.budget is not None and (settings.timeout is None or settings.timeout > settings.budget):
+        settings.timeout = settings.budget  # (no trial starts that the budget would cut at once)
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     if isinstance(settings.ensemble, bool) or not isinstance(settings.ensemble, int) or settings.ensemble < 1:

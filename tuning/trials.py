@@ -21,6 +21,7 @@ from captioning.config import Config
 from captioning.data import Dataset
 from captioning.names import quote
 from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train_and_evaluate
+from captioning.train import StopTraining
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
@@ -57,6 +58,7 @@ class TrialRunner:
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self._prepared: dict[str, Prepared] = {}
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
+        self.deadline: float | None = None  # time.monotonic() of search.budget's end: a trial then ends its training
         self.sample_names = dataset.split("dev")[: settings.samples]
 
     def prepared(self, config: Config) -> tuple[Prepared, int]:
@@ -108,6 +110,8 @@ class TrialRunner:
                 stop_if_interrupted()
                 if report is not None:
                     report(epoch, record[self.settings.epoch_metric])
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise StopTraining  # the trial is complete with its best epoch so far
 
             result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False,
                                         checkpoint=checkpoint, eval_splits=("dev",))  # test: registered only
@@ -116,10 +120,12 @@ class TrialRunner:
             self._log_samples(result, prepared)
             with tempfile.TemporaryDirectory() as tmp:
                 info = log_captioner(result.captioner.save(Path(tmp) / "captioner"))
-            mlflow.set_tags({"state": "complete", "model_uri": info.model_uri})
+            cut = result.training.cut_after
+            mlflow.set_tags({"state": "complete", "model_uri": info.model_uri,
+                             **({"cut_by_budget_after_epoch": str(cut)} if cut is not None else {})})
             status = "FINISHED"
             return {**metrics, "wall_seconds": time.perf_counter() - start, "run_id": run.info.run_id,
-                    "model_uri": info.model_uri}
+                    "model_uri": info.model_uri, "cut_after": cut}
         except PruneTrial:
             mlflow.set_tags({"state": "pruned"})
             status = "FINISHED"
@@ -153,6 +159,8 @@ class TrialRunner:
         """The line that stays for a trial the engine has recorded: complete (with its metric), pruned or failed."""
         if state == "complete":
             result = f"{self.settings.metric} {metrics[self.settings.metric]:.4f}  {metrics['wall_seconds']:.0f}s"
+            if metrics.get("cut_after") is not None:
+                result += f"  (the budget ended it after epoch {metrics['cut_after']})"
         else:
             result = f"{state.upper()}: {note}"
         self.say(f"trial {number:3d}  {short(params)}  {result}")
