@@ -14,7 +14,6 @@ pruned, and if it is interrupted or lost its values run again, like any interrup
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 import warnings
@@ -188,8 +187,8 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
     log = runner.say
     runner.last_run_id = None  # until runner.run has started this trial's MLflow run
 
-    def abandoned(run_id: str | None = None) -> None:  # its result came too late: the study counts a replacement
-        runner.abandoned(trial.number, run_id, settings.grace_seconds)
+    def abandoned() -> None:  # its result came too late: the study counts a replacement
+        runner.abandoned(trial.number, settings.grace_seconds)
 
     def report(epoch: int, value: float) -> None:
         try:
@@ -238,25 +237,17 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
     except PruneTrial as exc:
         runner.outcome(trial.number, params, "pruned", note=str(exc))
         if not finish(TrialState.PRUNED):
-            abandoned(runner.last_run_id)
+            abandoned()
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         runner.outcome(trial.number, params, "failed", note=reason)
         if not finish(TrialState.FAIL, error=reason):
-            abandoned(runner.last_run_id)
+            abandoned()
     else:
-        value = metrics[settings.metric]
-        if not math.isfinite(value):
-            reason = f"{settings.metric} is {value}"
-            runner.outcome(trial.number, params, "failed", note=reason)
-            if finish(TrialState.FAIL, error=reason):
-                runner.mark(metrics["run_id"], "failed", reason)
-            else:
-                abandoned(metrics["run_id"])
-        elif finish(TrialState.COMPLETE, value, cut=metrics.get("cut_after")):
+        if finish(TrialState.COMPLETE, metrics[settings.metric], cut=metrics.get("cut_after")):
             runner.outcome(trial.number, params, "complete", metrics)
         else:
-            abandoned(metrics["run_id"])
+            abandoned()
 
 
 def study_record(study: optuna.Study) -> tuple[dict[str, int], list[str]]:

@@ -113,18 +113,18 @@ def feature_cache(dataset):
     return get
 
 
-def score(captioner, dataset, split: str, beam_width: int, prepare=None) -> dict[str, float]:
-    """A captioner's scores on one split of `dataset`, decoded with `beam_width` (1: greedy)."""
+def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
+    """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
     from captioning.pipeline import evaluate
 
-    return evaluate(captioner, (prepare or feature_cache(dataset))(captioner.config), split, beam_width).scores
+    return evaluate(captioner, prepare(captioner.config), split, beam_width).scores
 
 
-def champion_info(name: str, alias: str = CHAMPION):
-    """The version holding `alias`; None if there is none (any other failure, e.g. an unreachable server, raises:
-    it must not look like an empty registry)."""
+def champion_info(name: str):
+    """The version holding `champion`; None if there is none (any other failure, e.g. an unreachable server,
+    raises: it must not look like an empty registry)."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -136,36 +136,36 @@ def _history(client: MlflowClient, name: str) -> list[str]:
     return [v for v in text.split(",") if v]
 
 
-def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str) -> None:
-    """Move `champion` to `version` (the lock held), with the reason on the version and in the model's history."""
-    history = _history(client, name)
-    current = champion_info(name)
-    if not history and current is not None:  # a champion from before the history was kept
-        history = [str(current.version)]
+def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str,
+                   history: list[str] | None = None) -> None:
+    """Move `champion` to `version` (the lock held), with the reason on the version and the model's history of
+    champions (given: a rollback's, ending with `version`; else the current one with `version` added)."""
+    if history is None:
+        history = _history(client, name)
+        current = champion_info(name)
+        if not history and current is not None:  # a champion from before the history was kept
+            history = [str(current.version)]
+        if not history or history[-1] != version:
+            history = history + [version]
     client.set_registered_model_alias(name, CHAMPION, version)
-    if not history or history[-1] != version:
-        client.set_registered_model_tag(name, HISTORY, ",".join(history + [version]))
-    _note_promotion(client, name, version, by, reason)
-
-
-def _note_promotion(client: MlflowClient, name: str, version: str, by: str, reason: str) -> None:
+    client.set_registered_model_tag(name, HISTORY, ",".join(history))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
 
 
-def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
-                 prepare=None, log: Callable[[str], None] = print, by: str | None = None) -> dict:
+def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None,
+                 prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
     """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
     both scored now on the same split with the same decoding; then score the registered version on test.
+    `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).
     `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, greedy, score_name = split_metric(metric)
-    prepare = prepare or feature_cache(dataset)  # the challenger, the champion and the test scores share them
     challenger = load_captioner(model_uri)
     width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
     decoding = "greedy" if width == 1 else f"beam-{width}"
-    value = score(challenger, dataset, split, width, prepare)[score_name]  # (before the lock: it is the same)
+    value = score(challenger, split, width, prepare)[score_name]  # (before the lock: it is the same)
     with registry_lock(name, storage, log) as guard:
         current = champion_info(name)
         registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
@@ -178,7 +178,7 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
         if current is not None:
             try:
                 champion = load_captioner(f"models:/{name}/{current.version}")
-                old = score(champion, dataset, split, width, prepare)[score_name]
+                old = score(champion, split, width, prepare)[score_name]
             except Exception as exc:  # an old or damaged version: it cannot be compared, so nothing moves
                 why = (f"the champion (version {current.version}) cannot be scored here ({type(exc).__name__}: "
                        f"{exc}); promote by hand if you trust it: python tuning/registry.py promote VERSION")
@@ -237,18 +237,16 @@ def _check_held(guard, name: str) -> None:
                             "moved: run the search again to register its best")
 
 
-def score_registered(name: str, version: str, dataset, prepare=None) -> dict[str, float] | None:
+def score_registered(name: str, version: str, dataset, prepare) -> dict[str, float] | None:
     """The test split's scores of a registered version, greedy and with its beam width: logged to its run (the only
     trial runs with test scores) and kept as the version's tags."""
     if not dataset.splits.get("test"):
         return None
     client = MlflowClient()
     captioner = load_captioner(f"models:/{name}/{version}")
-    prepared = (prepare or feature_cache(dataset))(captioner.config)
-    once = lambda config: prepared  # both decodings read the same features
     width = captioner.config.beam_width
-    beam = score(captioner, dataset, "test", width, once)
-    greedy = beam if width == 1 else score(captioner, dataset, "test", 1, once)
+    beam = score(captioner, "test", width, prepare)
+    greedy = beam if width == 1 else score(captioner, "test", 1, prepare)
     metrics = {f"test_{k}": v for k, v in beam.items()} | {f"test_greedy_{k}": v for k, v in greedy.items()}
     run_id = client.get_model_version(name, version).run_id
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
@@ -336,12 +334,9 @@ def rollback(name: str, reason: str, storage: str | None = None, log: Callable[[
         if not history:
             raise RegistryError(f"{name} has no earlier champion to roll back to; promote a version by hand: "
                                 "python tuning/registry.py promote VERSION --reason TEXT")
-        previous = history[-1]
         _check_held(guard, name)
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_registered_model_tag(name, HISTORY, ",".join(history))
-        _note_promotion(client, name, previous, "rollback", reason)
-        return previous
+        _make_champion(client, name, history[-1], reason, "rollback", history)
+        return history[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,7 +119,7 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def search(args) -> dict:
+def search(args) -> None:
     from mlflow import MlflowClient
 
     from captioning.pipeline import load_and_report
@@ -228,17 +228,17 @@ def search(args) -> dict:
         summarize(client, parent, study, settings, dataset, uri, seconds, record(), register=False)
         print("search: trials are still running on other workers (or the timeout came first); the worker that "
               "finishes the study's last trial registers its best model")
-        return {"study": study, "best": None}
+        return
     with guard.hold("registering the champion"):  # workers finishing together register once
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
             for role in ("trial", "ensemble"):
                 tracking.close_stale_runs(experiment_id, study, role=role)
-        return summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
-                         prepare=lambda config: runner.prepared(config)[0], ensemble=runner.ensemble)
+        summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
+                  prepare=lambda config: runner.prepared(config)[0], ensemble=runner.ensemble)
 
 
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
-              prepare=None, ensemble=None) -> dict:
+              prepare=None, ensemble=None) -> None:
     """The study's account (`record`: its trials by state, and its complete trials' MLflow runs, best first), then
     the best model (with search.ensemble > 1, the ensemble of the best trials if it beats the best one on dev)
     registered (tuning/registry.py decides whether it becomes the champion)."""
@@ -249,7 +249,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
           f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); this run took {seconds:.0f}s")
     if not ranked:
         print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
-        return {"study": study, "best": None}
+        return
     best = client.get_run(ranked[0])
     if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
         try:
@@ -271,7 +271,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
     print(f"  dev  BLEU-1..4 (beam-{width}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
                                                          for n in range(1, 5)))
     if not register:
-        return {"study": study, "best": best.info.run_id}
+        return
     outcome = promote_best(best, settings.registered_model, settings.metric, settings.promote_margin, dataset, study,
                            storage, prepare, log=print)
     version, alias = outcome["version"], outcome["alias"]
@@ -289,7 +289,6 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
         print("browse:     mlflow ui   (in this directory)")
     else:
         print(f"browse:     mlflow ui --backend-store-uri {uri}")
-    return {"study": study, "best": best.info.run_id, "version": version.version, "alias": alias}
 
 
 def _experiment_path(name: str | None, embedded: bool) -> Path:

@@ -6,8 +6,10 @@ MLflow and to the console: `run` while it trains, `outcome` when the engine has 
 died. Checkpoints only let an interrupted trial resume."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import textwrap
 import threading
 import time
 import traceback
@@ -21,7 +23,7 @@ from captioning.config import Config
 from captioning.data import Dataset
 from captioning.names import quote
 from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train_and_evaluate
-from captioning.train import StopTraining
+from captioning.train import StopTraining, TrainingError
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
@@ -116,6 +118,8 @@ class TrialRunner:
             result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False,
                                         checkpoint=checkpoint, eval_splits=("dev",))  # test: registered only
             metrics = result.metrics()
+            if not math.isfinite(metrics[self.settings.metric]):  # failed like any trial that raises
+                raise TrainingError(f"{self.settings.metric} is {metrics[self.settings.metric]}")
             mlflow.log_metrics({**metrics, "best_epoch": result.training.best_epoch})
             self._log_samples(result, prepared)
             with tempfile.TemporaryDirectory() as tmp:
@@ -124,8 +128,7 @@ class TrialRunner:
             mlflow.set_tags({"state": "complete", "model_uri": info.model_uri,
                              **({"cut_by_budget_after_epoch": str(cut)} if cut is not None else {})})
             status = "FINISHED"
-            return {**metrics, "wall_seconds": time.perf_counter() - start, "run_id": run.info.run_id,
-                    "model_uri": info.model_uri, "cut_after": cut}
+            return {**metrics, "wall_seconds": time.perf_counter() - start, "cut_after": cut}
         except PruneTrial:
             mlflow.set_tags({"state": "pruned"})
             status = "FINISHED"
@@ -179,24 +182,20 @@ class TrialRunner:
         self.say(f"search: trial {number} was lost with its process ({worker or 'worker unknown'}); marked failed"
                  f"{note}; {then}")
 
-    def abandoned(self, number: int, run_id: str | None, grace_seconds: int) -> None:
+    def abandoned(self, number: int, grace_seconds: int) -> None:
         """This worker's trial was declared lost by another one (no heartbeat seen in time): its result is not
-        recorded, and its run is marked KILLED."""
-        if run_id:
-            self.mark(run_id, "killed", "declared lost by another worker before its result was recorded")
+        recorded, and its run (if it began) is marked KILLED, best effort: the study's record is what counts."""
+        if self.last_run_id:
+            client = mlflow.MlflowClient()
+            try:
+                client.set_tag(self.last_run_id, "state", "killed")
+                client.set_tag(self.last_run_id, "note", "declared lost by another worker before its result was "
+                               "recorded")
+                client.set_terminated(self.last_run_id, "KILLED")
+            except Exception as exc:  # the tracking server is away
+                self.say(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")
         self.say(f"search: trial {number} was declared lost by another worker (no heartbeat seen for "
                  f"{grace_seconds} s); this worker abandons it and goes on")
-
-    def mark(self, run_id: str, state: str, note: str) -> None:
-        """Correct a finished trial run's state after the fact, as the engine recorded it; best effort."""
-        client = mlflow.MlflowClient()
-        try:
-            client.set_tag(run_id, "state", state)
-            client.set_tag(run_id, "error" if state == "failed" else "note", note)
-            if state == "killed":
-                client.set_terminated(run_id, "KILLED")
-        except Exception as exc:  # the tracking server is away: the study's record is what counts
-            self.say(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")
 
     def ensemble(self, run_ids: list[str]):
         """The complete trials `run_ids` (best first) decoded as one ensemble captioner, scored on dev as a trial is
@@ -285,18 +284,8 @@ def gallery(dataset: Dataset, names: list[str], captions: list[str]):
         ax.axis("off")
     for ax, name, caption in zip(axes.flat, names, captions):
         ax.imshow(load_rgb(dataset.images[name]))
-        ax.set_title("\n".join(_wrap(caption, 34)), fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(caption, 34, break_long_words=False) or ["(empty)"]), fontsize=8)
     figure.tight_layout()
     plt.close(figure)
     return figure
 
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line] if line else lines or ["(empty)"]
