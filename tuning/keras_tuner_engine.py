@@ -74,7 +74,8 @@ class CaptionTuner(kt.Tuner):
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
-        if self.settings.timeout is not None and time.monotonic() - self.started > self.settings.timeout:
+        if self.settings.timeout is not None and time.monotonic() - self.started > self.settings.timeout or \
+                self.runner.deadline is not None and time.monotonic() >= self.runner.deadline:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle stops once max_trials exist
 
     def save_model(self, trial_id, model, step=0):

@@ -127,6 +127,8 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard,
     may be lost and need replacing. Returns True when the study is finished: enough trials, none running."""
     log = runner.say
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
+    if runner.deadline is not None:  # search.budget: counted from before the study opened
+        deadline = min(deadline or runner.deadline, runner.deadline)
     waiting = False
     while True:
         stop_if_interrupted()

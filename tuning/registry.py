@@ -153,8 +153,8 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, b
     client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
 
 
-def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None,
-                 prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
+def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
+                 *, prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
     """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
     both scored now on the same split with the same decoding; then score the registered version on test.
     `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).

@@ -97,7 +97,7 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise ConfigError(f"--{key} (search.{key}) must be a number of seconds > 0, got {value!r}")
     if settings.budget is not None and (settings.timeout is None or settings.timeout > settings.budget):
-        settings.timeout = settings.budget  # (no trial starts that the budget would cut at once)
+        settings.timeout = settings.budget  # no trial starts after the budget either
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
     if isinstance(settings.ensemble, bool) or not isinstance(settings.ensemble, int) or settings.ensemble < 1:

@@ -112,8 +112,8 @@ class TrialRunner:
                 stop_if_interrupted()
                 if report is not None:
                     report(epoch, record[self.settings.epoch_metric])
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    raise StopTraining  # the trial is complete with its best epoch so far
+                if self.deadline is not None and time.monotonic() >= self.deadline and not record.get("resumed_after"):
+                    raise StopTraining  # the trial is complete with its best epoch so far (resumed ones: all logged)
 
             result = train_and_evaluate(config, prepared, epoch_callback=on_epoch, verbose=False,
                                         checkpoint=checkpoint, eval_splits=("dev",))  # test: registered only
