@@ -2,18 +2,22 @@
 
     python benchmarks/search_efficiency.py --data ../shared/flickr8k --jobs 2   # runs what is missing, then reports
     python benchmarks/search_efficiency.py --data ../shared/flickr8k --report   # the table and plot only
+    python benchmarks/search_efficiency.py --data ../shared/flickr8k --task merge-256 --budget 720 --report
 
 The task is fixed and affordable: the merge decoder on Xception features (cached) of a fixed subset of Flickr8k (the
-first 1,000 official train images, the first 500 dev images), 10 epochs at most, greedy dev BLEU-4 as the metric,
-over a space of sizes and rates. Each setting (a sampler and a pruner) runs `python tuning/search.py` with a wall
-time budget (no trial starts after it) for each seed, in a fresh study of its own. From each study's trials: the
-best dev BLEU-4 found so far against the wall time since the study began. Reported: each setting's final best
-(mean over seeds) and the time it needed to reach the final best of the median-pruner setting (the default).
+first 1,000 official train images, the first 500 dev images), greedy dev BLEU-4 as the metric, over a space of
+sizes and rates: `merge-small` (the default; LSTM 64-256, 8 epochs at most, trials of under a minute on one core,
+so that a search holds enough trials for the samplers and pruners to act) or `merge-256` (LSTM 128-512, 10 epochs,
+trials of 2.5-5 minutes: the first benchmark's). Each setting (a sampler and a pruner) runs `python
+tuning/search.py` with a wall-time budget (no trial starts after it) for each seed, in a fresh study of its own.
+From each study's trials: the best dev BLEU-4 found so far against the wall time since the study began.
+Reported: each setting's final best (mean over seeds) and the time it needed to reach the final best of the
+median-pruner setting (the default).
 With --jobs N, N searches run at a time, each pinned to a core of its own, so that every run has one core to
 itself (the memory and caches are shared; a run left alone at the end of the benchmark has them to itself).
 
-Results go to benchmarks/results/search_efficiency.json after every run (a killed benchmark resumes with the runs it
-is missing) and the plot to docs/search-efficiency.png. The subset dataset is written to the cache
+Results go to benchmarks/results/search_efficiency[_small].json after every run (a killed benchmark resumes with the
+runs it is missing) and the plot to docs/search-efficiency[-small].png. The subset dataset is written to the cache
 ($CAPTIONING_CACHE/datasets/flickr8k-subset-...): split files and captions only; its Images folder links to the
 original.
 """
@@ -38,8 +42,7 @@ import yaml
 from captioning.cache import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "search_efficiency.json"
-FIGURE = ROOT / "docs" / "search-efficiency.png"
+RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = {  # name -> search settings; the first is the reference (today's default)
     "tpe + median": {"sampler": "tpe", "pruner": "median"},
     "tpe + hyperband": {"sampler": "tpe", "pruner": "hyperband"},
@@ -47,14 +50,23 @@ SETTINGS = {  # name -> search settings; the first is the reference (today's def
     "tpe, no pruning": {"sampler": "tpe", "pruner": "none"},
     "random + median": {"sampler": "random", "pruner": "median"},
 }
-EXPERIMENT = {
-    "config": {"decoder": "merge", "embedding_size": 256, "units": 256, "dropout": 0.5, "learning_rate": 1e-3,
-               "batch_size": 64, "epochs": 10, "patience": 10, "beam_width": 1},
-    "search": {"metric": "dev_greedy_bleu4", "samples": 0, "pruner_startup_trials": 2, "pruner_warmup_epochs": 2,
-               "pruner_min_epochs": 1, "pruner_max_epochs": 10, "pruner_reduction": 3,
-               "space": {"units": {"choices": [128, 256, 512]}, "embedding_size": {"choices": [128, 256]},
-                         "lstm_layers": {"low": 1, "high": 2}, "dropout": {"low": 0.1, "high": 0.6},
-                         "learning_rate": {"low": 3.0e-4, "high": 1.0e-2, "log": True}}},
+
+def _task(units: list[int], embedding: list[int], epochs: int) -> dict:
+    """The experiment file of a benchmark task: its base config is the middle of the space."""
+    return {"config": {"decoder": "merge", "embedding_size": embedding[-1], "units": units[1], "dropout": 0.5,
+                       "learning_rate": 1e-3, "batch_size": 64, "epochs": epochs, "patience": epochs,
+                       "beam_width": 1},
+            "search": {"metric": "dev_greedy_bleu4", "samples": 0, "pruner_startup_trials": 2,
+                       "pruner_warmup_epochs": 2, "pruner_min_epochs": 1, "pruner_max_epochs": epochs,
+                       "pruner_reduction": 3,
+                       "space": {"units": {"choices": units}, "embedding_size": {"choices": embedding},
+                                 "lstm_layers": {"low": 1, "high": 2}, "dropout": {"low": 0.1, "high": 0.6},
+                                 "learning_rate": {"low": 3.0e-4, "high": 1.0e-2, "log": True}}}}
+
+
+TASKS = {  # name -> (experiment, results file, figure)
+    "merge-small": (_task([64, 128, 256], [64, 128], 8), "search_efficiency_small.json", "search-efficiency-small.png"),
+    "merge-256": (_task([128, 256, 512], [128, 256], 10), "search_efficiency.json", "search-efficiency.png"),
 }
 
 
@@ -84,14 +96,14 @@ def subset(data: Path, train: int, dev: int) -> Path:
     return folder
 
 
-def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int | None) -> dict:
+def run(name: str, seed: int, data: Path, budget: float, work: Path, core: int | None, task: dict) -> dict:
     """One search (on `core` alone if given). Returns its record: `curve`, [[seconds since the study began, best dev
     metric so far], ...] at each complete trial (a pruned trial's last epoch is no model the search can return),
     the trials by state, and the search's wall time."""
     import optuna
 
     experiment = work / "efficiency.yaml"
-    spec = json.loads(json.dumps(EXPERIMENT))
+    spec = json.loads(json.dumps(task))
     spec["search"].update(SETTINGS[name])
     experiment.write_text(yaml.safe_dump(spec))
     storage = f"sqlite:///{work / 'optuna.db'}"
@@ -142,7 +154,7 @@ def time_to_reach(curve: list[list[float]], target: float) -> float:
     return next((seconds for seconds, best in curve if best >= target), float("inf"))
 
 
-def report(results: dict) -> str:
+def report(results: dict, figure_path: Path) -> str:
     """The table (and the plot): each setting's final best, and how soon its seeds reached the reference's median
     final best, against half the reference's wall time (when its last trial finished, mean over its seeds)."""
     import warnings
@@ -201,26 +213,31 @@ def report(results: dict) -> str:
     axis.set_title("dashed: the reference's median final best; dotted: half its wall time", fontsize=9)
     axis.legend()
     figure.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(FIGURE, dpi=110)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(figure_path, dpi=110)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--budget", type=float, default=720, help="seconds after which a search starts no trial")
+    parser.add_argument("--task", choices=TASKS, default="merge-small", help="the search benchmarked (default: "
+                        "merge-small)")
+    parser.add_argument("--budget", type=float, default=480, help="seconds after which a search starts no trial "
+                        "(default 480; the merge-256 task's results used 720)")
     parser.add_argument("--jobs", type=int, default=1, help="searches at a time, each on a core of its own "
                         "(at most the number of cores)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--dev", type=int, default=500)
     parser.add_argument("--settings", help=f"comma-separated subset of: {', '.join(SETTINGS)}")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results/ with the task's file name")
     parser.add_argument("--until", metavar="HH:MM", help="start no run after this time of day (the runs under way "
                         "finish; the next run of the benchmark does the rest)")
     parser.add_argument("--report", action="store_true", help="only the table and plot of the runs recorded")
     args = parser.parse_args()
+    experiment, results_name, figure_name = TASKS[args.task]
+    args.results = args.results or RESULTS / results_name
     names = [n.strip() for n in args.settings.split(",")] if args.settings else list(SETTINGS)
     usable = sorted(os.sched_getaffinity(0))
     if not 1 <= args.jobs <= len(usable):
@@ -228,7 +245,7 @@ def main() -> None:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(SETTINGS)}")
-    task = {"train": args.train, "dev": args.dev, "experiment": EXPERIMENT}
+    task = {"train": args.train, "dev": args.dev, "experiment": experiment}
     measured = {"machine": machine(), "budget": args.budget, "cores per run": 1 if args.jobs > 1 else len(usable),
                 "task": task}
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -252,7 +269,7 @@ def main() -> None:
                 core = cores.pop()
             try:
                 with tempfile.TemporaryDirectory() as work:
-                    record = run(name, seed, data, results["budget"], Path(work), core)
+                    record = run(name, seed, data, results["budget"], Path(work), core, experiment)
             finally:
                 with lock:
                     cores.append(core)
@@ -274,7 +291,7 @@ def main() -> None:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
-    print(report(results))
+    print(report(results, ROOT / "docs" / figure_name))
 
 
 if __name__ == "__main__":
