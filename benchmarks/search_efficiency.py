@@ -52,7 +52,8 @@ SETTINGS = {  # name -> search settings; the first is the reference (today's def
 }
 
 def _task(units: list[int], embedding: list[int], epochs: int) -> dict:
-    """The experiment file of a benchmark task: its base config is the middle of the space."""
+    """The experiment file of a benchmark task: its base config has the middle LSTM size and the larger
+    embedding."""
     return {"config": {"decoder": "merge", "embedding_size": embedding[-1], "units": units[1], "dropout": 0.5,
                        "learning_rate": 1e-3, "batch_size": 64, "epochs": epochs, "patience": epochs,
                        "beam_width": 1},

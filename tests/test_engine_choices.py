@@ -65,7 +65,7 @@ def test_bad_engine_choices_are_one_error_each(tmp_path, search, message):
 
 
 def test_a_budget_also_ends_the_starting_of_trials(tmp_path):
-    assert _settings(tmp_path, budget=600).timeout == 600  # no trial starts that the budget would cut at once
+    assert _settings(tmp_path, budget=600).timeout == 600  # no trial starts after the budget either
     assert _settings(tmp_path, budget=600, timeout=60).timeout == 60
     assert _settings(tmp_path, timeout=60).budget is None
 
