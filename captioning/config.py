@@ -45,6 +45,7 @@ class Config:
     patience: int = 3  # epochs without improvement of the selection metric before stopping
     lr_decay: float = 0.5  # after an epoch that does not improve the selection metric, learning_rate *= lr_decay
     selection_metric: str = "bleu4"  # dev-split metric used for early stopping and model selection
+    selection_beam: int = 1  # how dev is decoded after each epoch: 1 greedy (fast), k beam search of width k
     seed: int = 0
     # Self-critical sequence training (Rennie et al. 2017) after teacher forcing: reward CIDEr-D on train captions.
     scst_epochs: int = 0  # 0: off
@@ -98,7 +99,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _check(config: Config) -> Config:
     positive = ("image_size", "feature_grid", "vocab_min_count", "embedding_size", "units", "lstm_layers",
-                "batch_size", "epochs", "beam_width", "attention_units")
+                "batch_size", "epochs", "beam_width", "attention_units", "selection_beam")
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {getattr(config, key)}")
@@ -194,7 +195,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 # What a fine-tuning may change: how the self-critical stage trains, selects and decodes; not the model, its inputs
 # or the data's split (seed: a seeded split would move dev and test images into training).
 FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
-                 "selection_metric", "batch_size", "beam_width", "length_penalty")
+                 "selection_metric", "selection_beam", "batch_size", "beam_width", "length_penalty")
 
 
 def check_finetune(trained: Config, config: Config) -> None:

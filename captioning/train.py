@@ -16,7 +16,7 @@ import numpy as np
 
 from captioning.cache import atomic_write
 from captioning.config import Config
-from captioning.decode import greedy_search
+from captioning.decode import beam_search, greedy_search
 from captioning.metrics import CiderD, corpus_bleu_scores
 from captioning.model import build_decoder, make_step_decoder, masked_cross_entropy
 from captioning.text import Vocabulary, pad_batch
@@ -158,11 +158,16 @@ class TrainResult:
         return sum(h["seconds"] for h in self.history)
 
 
-def evaluate_greedy(decoder, vocab: Vocabulary, features,
-                    references: list[list[list[str]]], max_length: int,
-                    cider: CiderD | None = None) -> dict[str, float]:
-    """Greedy captions scored with NLTK BLEU-1..4 and, given a scorer of these references, CIDEr-D."""
-    hypotheses = [vocab.decode(ids) for ids in greedy_search(decoder, features, max_length)]
+def evaluate_dev(decoder, vocab: Vocabulary, features, references: list[list[list[str]]], config: Config,
+                 cider: CiderD | None = None) -> dict[str, float]:
+    """Captions decoded as `selection_beam` says (1: greedy; k: beam search of width k with the config's length
+    penalty), scored with NLTK BLEU-1..4 and, given a scorer of these references, CIDEr-D."""
+    if config.selection_beam > 1:
+        found = beam_search(decoder, features, config.max_length, config.selection_beam, config.length_penalty)
+        ids = [beams[0][0] for beams in found]
+    else:
+        ids = greedy_search(decoder, features, config.max_length)
+    hypotheses = [vocab.decode(row) for row in ids]
     scores = corpus_bleu_scores(references, hypotheses)
     if cider is not None:
         scores["cider"] = cider.corpus_score(hypotheses)
@@ -278,9 +283,9 @@ class _DevSelection:
             self.epoch_callback(epoch, record)  # may raise, e.g. to prune a search trial
 
     def _dev_record(self, dev_loss: float) -> dict:
-        """The model's dev loss and greedy dev scores, as an epoch's record holds them."""
-        scores = evaluate_greedy(self.decoder, self.vocab, self.dev_features, self.dev_references,
-                                 self.config.max_length, self.dev_cider)
+        """The model's dev loss and dev scores (decoded as selection_beam says), as an epoch's record holds them."""
+        scores = evaluate_dev(self.decoder, self.vocab, self.dev_features, self.dev_references, self.config,
+                              self.dev_cider)
         return {"dev_loss": float(dev_loss), **{f"dev_{k}": v for k, v in scores.items()}}
 
     def start_from(self, model, dev_loss: float) -> None:

@@ -174,3 +174,13 @@ def test_a_callback_can_end_training_after_an_epoch_keeping_the_best_so_far(trai
     assert [h["epoch"] for h in training.history] == [1, 2] and training.cut_after == 2  # no self-critical epoch
     assert training.stopped_early and training.best == training.history[training.best_epoch - 1]
     assert result.metrics()["dev_greedy_bleu4"] == pytest.approx(training.best["dev_bleu4"])
+
+
+def test_selection_on_beam_search_scores_each_epoch_as_the_final_beam_evaluation(trained):
+    config, prepared, _ = trained
+    result = train_and_evaluate(config.replace(epochs=3, selection_beam=3), prepared, eval_splits=("dev",),
+                                verbose=False)
+    training, metrics = result.training, result.metrics()
+    assert training.best == training.history[training.best_epoch - 1]
+    assert metrics["dev_bleu4"] == pytest.approx(training.best["dev_bleu4"])  # beam 3: the config's beam_width
+    assert metrics["dev_greedy_bleu4"] != pytest.approx(training.best["dev_bleu4"])  # (they differ here)

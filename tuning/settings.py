@@ -19,7 +19,8 @@ METRICS = tuple(f"dev{kind}_{score}" for kind in ("", "_greedy") for score in SC
 # Dev BLEU-4's noise: its bootstrap standard deviation over the 1,000 Flickr8k dev images (benchmarks/dev_noise.py:
 # 0.0050 for an attention model at 0.096). A challenger within it of the champion does not replace it.
 PROMOTE_MARGIN = 0.005
-# What the pruner watches after every epoch (greedy, on dev): the metric itself, or its closest per-epoch score.
+# What the pruner watches after every epoch (on dev, decoded as selection_beam says): the metric itself, or its
+# closest per-epoch score.
 EPOCH_SCORES = {"coco_bleu1": "bleu1", "coco_bleu2": "bleu2", "coco_bleu3": "bleu3", "coco_bleu4": "bleu4",
                 "meteor": "cider", "rouge_l": "cider", "spice": "cider"}
 
@@ -50,7 +51,7 @@ class SearchSettings:
 
     @property
     def epoch_metric(self) -> str:
-        """The per-epoch dev metric the pruner watches (greedy decoding, scored after every epoch: NLTK BLEU-1..4
+        """The per-epoch dev metric the pruner watches (scored after every epoch, see selection_beam: NLTK BLEU-1..4
         and CIDEr-D; the Java-based and slower metrics are watched through CIDEr-D)."""
         score = self.metric.removeprefix("dev_").removeprefix("greedy_")
         return "dev_" + EPOCH_SCORES.get(score, score)
