@@ -137,12 +137,13 @@ class Captioner:
         width = self.config.beam_width if beam_width is None else beam_width
         with_attention = with_attention and self.has_attention
         if width <= 1:
-            found = greedy_search(self.decoder, inputs, self.config.max_length, with_attention=with_attention)
+            found = greedy_search(self.decoder, inputs, self.config.max_length, with_attention=with_attention,
+                                  no_repeat_ngram=self.config.no_repeat_ngram)
             ids, attention = found if with_attention else (found, None)
             captions = [[(" ".join(self.vocab.decode(row)), float("nan"))] for row in ids]
         else:
             found = beam_search(self.decoder, inputs, self.config.max_length, width, self.config.length_penalty,
-                                with_attention=with_attention)
+                                with_attention=with_attention, no_repeat_ngram=self.config.no_repeat_ngram)
             beams, attention = found if with_attention else (found, None)
             captions = [[(" ".join(self.vocab.decode(ids)), score) for ids, score in image_beams]
                         for image_beams in beams]

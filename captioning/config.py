@@ -55,6 +55,7 @@ class Config:
     # Decoding.
     beam_width: int = 3
     length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
+    no_repeat_ngram: int = 0  # n >= 2: no caption repeats an n-gram of words (greedy and beam search); 0: off
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +133,9 @@ def _check(config: Config) -> Config:
     if config.scst_baseline not in SCST_BASELINES:
         raise ConfigError(f"config key 'scst_baseline' must be one of {', '.join(SCST_BASELINES)}, "
                           f"got {config.scst_baseline!r}")
+    if config.no_repeat_ngram < 0 or config.no_repeat_ngram == 1:
+        raise ConfigError(f"config key 'no_repeat_ngram' must be 0 (off) or at least 2 (no repeated word pairs), "
+                          f"got {config.no_repeat_ngram}")
     if config.patience < 0:
         raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
     if config.selection_metric not in SELECTION_METRICS:
@@ -195,7 +199,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 # What a fine-tuning may change: how the self-critical stage trains, selects and decodes; not the model, its inputs
 # or the data's split (seed: a seeded split would move dev and test images into training).
 FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
-                 "selection_metric", "selection_beam", "batch_size", "beam_width", "length_penalty")
+                 "selection_metric", "selection_beam", "batch_size", "beam_width", "length_penalty",
+                 "no_repeat_ngram")
 
 
 def check_finetune(trained: Config, config: Config) -> None:

@@ -39,30 +39,37 @@ def _batches(inputs, batch_size: int):
 
 
 def greedy_search(decoder: StepDecoder, inputs, max_length: int, batch_size: int = 2048,
-                  with_attention: bool = False):
+                  with_attention: bool = False, no_repeat_ngram: int = 0):
     """The most likely next word at each step; word ids without start and end tokens (and, with `with_attention`,
-    a list of (words, positions) attention arrays beside them; None each for a decoder without attention)."""
+    a list of (words, positions) attention arrays beside them; None each for a decoder without attention).
+    With `no_repeat_ngram` n >= 2, a word that would repeat an n-gram of the caption is never chosen."""
     out, maps = [], []
     collect = with_attention and decoder.has_attention
     for batch in _batches(inputs, _batch_size(decoder, batch_size)):
-        words, attention = _greedy_batch(decoder, batch, max_length, collect)
+        words, attention = _greedy_batch(decoder, batch, max_length, collect, no_repeat_ngram)
         out += words
         maps += attention if collect else [None] * len(words)
     return (out, maps) if with_attention else out
 
 
-def _greedy_batch(decoder: StepDecoder, inputs, max_length: int, with_attention: bool):
+def _greedy_batch(decoder: StepDecoder, inputs, max_length: int, with_attention: bool, no_repeat_ngram: int = 0):
     context, states = decoder.start(inputs)
     n = len(inputs)
     tokens = np.full(n, decoder.start_id, np.int32)
     words = np.zeros((n, max_length), np.int32)
     finished = np.zeros(n, bool)
     alphas = []
+    candidates = _candidates(decoder, 1, no_repeat_ngram)
     for t in range(max_length - 2):  # start + words + end fit in max_length, as in training
-        _, top, states, alpha = _step_live(decoder, tokens, states, context, ~finished, 1,
-                                           with_attention=with_attention)
+        values, top, states, alpha = _step_live(decoder, tokens, states, context, ~finished, candidates,
+                                                with_attention=with_attention)
         alphas.append(alpha)
-        tokens = top[:, 0].astype(np.int32)
+        if no_repeat_ngram:
+            _block_repeats(values, top, words[:, :t], ~finished, no_repeat_ngram)
+            best = np.argmax(values, axis=1)  # the first allowed candidate (they come best first)
+            tokens = top[np.arange(n), best].astype(np.int32)
+        else:
+            tokens = top[:, 0].astype(np.int32)
         words[:, t] = np.where(finished, 0, tokens)
         finished |= tokens == decoder.end_id
         if finished.all():
@@ -104,6 +111,30 @@ def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor]
     return values, ids, new_states, alpha
 
 
+BLOCKING_SPARE = 4  # candidates taken beyond the k needed, so that k remain when some would repeat an n-gram
+
+
+def _candidates(decoder, k: int, no_repeat_ngram: int) -> int:
+    """How many next words to take per hypothesis: k, or k spare ones too when repeats are blocked."""
+    return min(k + BLOCKING_SPARE, int(decoder.banned.shape[0])) if no_repeat_ngram else k
+
+
+def _block_repeats(values: np.ndarray, ids: np.ndarray, history: np.ndarray, live: np.ndarray, n: int) -> None:
+    """Set to -inf the candidates (values, ids: (rows, c), best first) of live rows that would complete an n-gram
+    already in that row's words so far (history: (rows, t)). Should all c of a row do so (rare: c is k + 4), its
+    best one stays, so that every hypothesis can go on."""
+    if history.shape[1] < n - 1:
+        return
+    for row in np.flatnonzero(live):
+        words = history[row].tolist()
+        prefix = words[len(words) - n + 1:]
+        repeats = {words[j + n - 1] for j in range(len(words) - n + 1) if words[j:j + n - 1] == prefix}
+        if repeats:
+            blocked = np.isin(ids[row], list(repeats))
+            blocked[0] &= not blocked.all()
+            values[row, blocked] = -np.inf
+
+
 def _strip(row: np.ndarray, end_id: int) -> list[int]:
     ids = []
     for i in row:
@@ -114,26 +145,27 @@ def _strip(row: np.ndarray, end_id: int) -> list[int]:
 
 
 def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, length_penalty: float,
-                batch_size: int = 512, with_attention: bool = False):
+                batch_size: int = 512, with_attention: bool = False, no_repeat_ngram: int = 0):
     """For each image, `width` captions (word ids) with their scores, best first (and, with `with_attention`, the
     best caption's attention per image, as greedy_search gives it).
 
     A hypothesis scores sum(log p) / length ** length_penalty (length counts the end token), which is also how
     beams are ranked at every step, so that short captions do not win merely by being short. A width above the
-    vocabulary size is the vocabulary size.
+    vocabulary size is the vocabulary size. With `no_repeat_ngram` n >= 2, no hypothesis repeats an n-gram.
     """
     width = min(width, int(decoder.banned.shape[0]))
     out, maps = [], []
     collect = with_attention and decoder.has_attention
     for batch in _batches(inputs, _batch_size(decoder, batch_size)):
-        beams, attention = _beam_batch(decoder, batch, max_length, width, length_penalty, collect)
+        beams, attention = _beam_batch(decoder, batch, max_length, width, length_penalty, collect, no_repeat_ngram)
         out += beams
         maps += attention if collect else [None] * len(beams)
     return (out, maps) if with_attention else out
 
 
-def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention):
+def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat_ngram=0):
     n = len(inputs)
+    c = _candidates(decoder, k, no_repeat_ngram)  # continuations ranked per hypothesis
     context, states = decoder.start(inputs)
     context = tuple(tf.repeat(c, k, axis=0) for c in context)
     states = [tf.repeat(s, k, axis=0) for s in states]
@@ -147,25 +179,28 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention):
     rows = np.arange(n)[:, None]
     for t in range(max_length - 1):
         # The best k overall are among the best k continuations of each beam, so only k x k candidates per image
-        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations).
+        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations); k x c when
+        # repeats are blocked, so that k allowed ones remain.
         live = (~finished & np.isfinite(scores)).reshape(-1)
         # The last position holds the end token, as in training.
-        values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, k,
-                                                     end_only=t == max_length - 2,
+        end_only = t == max_length - 2
+        values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, c, end_only=end_only,
                                                      with_attention=with_attention and t < max_length - 2)
-        values = values.astype(np.float64).reshape(n, k, k)
-        ids = ids.reshape(n, k, k)
+        if no_repeat_ngram and not end_only:
+            _block_repeats(values, ids, words.reshape(n * k, words.shape[2]), live, no_repeat_ngram)
+        values = values.astype(np.float64).reshape(n, k, c)
+        ids = ids.reshape(n, k, c)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.
         values[finished] = -np.inf
         values[finished, 0] = 0.0
         ids[finished] = 0
         total = scores[:, :, None] + values
         new_lengths = lengths + ~finished
-        ranked = (total / (new_lengths[:, :, None] ** alpha)).reshape(n, k * k)
+        ranked = (total / (new_lengths[:, :, None] ** alpha)).reshape(n, k * c)
         top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-        beam = top // k
-        word = ids.reshape(n, k * k)[rows, top]
-        scores = total.reshape(n, k * k)[rows, top]
+        beam = top // c
+        word = ids.reshape(n, k * c)[rows, top]
+        scores = total.reshape(n, k * c)[rows, top]
         lengths = new_lengths[rows, beam]
         finished = finished[rows, beam] | (word == decoder.end_id)
         words = np.concatenate([words[rows, beam], word[:, :, None]], axis=2)

@@ -163,10 +163,11 @@ def evaluate_dev(decoder, vocab: Vocabulary, features, references: list[list[lis
     """Captions decoded as `selection_beam` says (1: greedy; k: beam search of width k with the config's length
     penalty), scored with NLTK BLEU-1..4 and, given a scorer of these references, CIDEr-D."""
     if config.selection_beam > 1:
-        found = beam_search(decoder, features, config.max_length, config.selection_beam, config.length_penalty)
+        found = beam_search(decoder, features, config.max_length, config.selection_beam, config.length_penalty,
+                            no_repeat_ngram=config.no_repeat_ngram)
         ids = [beams[0][0] for beams in found]
     else:
-        ids = greedy_search(decoder, features, config.max_length)
+        ids = greedy_search(decoder, features, config.max_length, no_repeat_ngram=config.no_repeat_ngram)
     hypotheses = [vocab.decode(row) for row in ids]
     scores = corpus_bleu_scores(references, hypotheses)
     if cider is not None:

@@ -30,7 +30,7 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 @pytest.mark.parametrize("pair, message", [
     ("units=many", "needs a int"), ("dropout=1.5", "dropout"), ("units", "key=value"),
     ("encoder=resnet", "unknown encoder"), ("selection_metric=cidr", "selection_metric"),
-    ("selection_beam=0", "selection_beam.*at least 1"),
+    ("selection_beam=0", "selection_beam.*at least 1"), ("no_repeat_ngram=1", "no_repeat_ngram.*at least 2"),
 ])
 def test_bad_values_are_clear_errors(pair, message):
     with pytest.raises(ConfigError, match=message):

@@ -100,8 +100,15 @@ def test_batches_give_the_same_captions_as_one_call(tiny):
     assert np.allclose([[s for _, s in b] for b in split], [[s for _, s in b] for b in whole], atol=1e-5)
 
 
-def _reference_beam(decoder, feature, max_length, k, alpha, end_id):
-    """Plain beam search for one image, every word of the vocabulary considered at every step."""
+def _repeats(words: list, word: int, n: int) -> bool:
+    """Whether `word` after `words` completes an n-gram that `words` already holds."""
+    seq = [*words, word]
+    return n > 0 and len(seq) >= n and any(seq[j:j + n] == seq[-n:] for j in range(len(seq) - n))
+
+
+def _reference_beam(decoder, feature, max_length, k, alpha, end_id, no_repeat_ngram=0):
+    """Plain beam search for one image, every word of the vocabulary considered at every step (except, with
+    no_repeat_ngram, those that would repeat an n-gram)."""
     image, states = decoder.start(feature)
     beams = [([], 0.0, states, False)]  # words (end included), log-probability, states, done
     rank = lambda beam: beam[1] / len(beam[0]) ** alpha
@@ -115,7 +122,7 @@ def _reference_beam(decoder, feature, max_length, k, alpha, end_id):
                                             states, image)
             logp = logp.numpy()[0]
             for word in ([end_id] if t == max_length - 2 else range(len(logp))):
-                if np.isfinite(logp[word]):
+                if np.isfinite(logp[word]) and not (word != end_id and _repeats(words, word, no_repeat_ngram)):
                     candidates.append((words + [word], score + logp[word], new_states, word == end_id))
         beams = sorted(candidates, key=rank, reverse=True)[:k]
         if all(done for *_, done in beams):
@@ -131,6 +138,33 @@ def test_pruned_beam_search_equals_a_full_vocabulary_beam(tiny, width):
         expected = _reference_beam(decoder, features[[i]], 6, width, 0.5, vocab.end_id)
         assert [ids for ids, _ in found] == [ids for ids, _ in expected]
         np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_beam_search_blocking_repeats_equals_a_full_vocabulary_beam_that_skips_them(tiny, width):
+    vocab, _, decoder, features = tiny
+    beams = beam_search(decoder, features, 8, width, 0.5, no_repeat_ngram=2)
+    unblocked = beam_search(decoder, features, 8, width, 0.5)
+    assert any(_has_repeat(ids, 2) for found in unblocked for ids, _ in found)  # (three words: repeats are likely)
+    for i, found in enumerate(beams):
+        expected = _reference_beam(decoder, features[[i]], 8, width, 0.5, vocab.end_id, no_repeat_ngram=2)
+        assert [ids for ids, _ in found] == [ids for ids, _ in expected]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
+        assert not any(_has_repeat(ids, 2) for ids, _ in found)
+
+
+def _has_repeat(ids: list, n: int) -> bool:
+    grams = [tuple(ids[j:j + n]) for j in range(len(ids) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_greedy_blocking_repeats_equals_a_blocking_beam_of_width_one(tiny, n):
+    _, _, decoder, features = tiny
+    greedy = greedy_search(decoder, features, 10, no_repeat_ngram=n)
+    assert greedy == [b[0][0] for b in beam_search(decoder, features, 10, 1, 0.0, no_repeat_ngram=n)]
+    assert not any(_has_repeat(ids, n) for ids in greedy)
+    assert greedy != greedy_search(decoder, features, 10)  # random weights over three words: repeats unblocked
 
 
 def test_a_beam_wider_than_the_vocabulary_is_the_vocabulary(tiny):
