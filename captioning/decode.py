@@ -165,7 +165,7 @@ def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, lengt
 
 def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat_ngram=0):
     n = len(inputs)
-    c = _candidates(decoder, k, no_repeat_ngram)  # continuations ranked per hypothesis
+    per_beam = _candidates(decoder, k, no_repeat_ngram)  # continuations ranked per hypothesis
     context, states = decoder.start(inputs)
     context = tuple(tf.repeat(c, k, axis=0) for c in context)
     states = [tf.repeat(s, k, axis=0) for s in states]
@@ -179,28 +179,29 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat
     rows = np.arange(n)[:, None]
     for t in range(max_length - 1):
         # The best k overall are among the best k continuations of each beam, so only k x k candidates per image
-        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations); k x c when
+        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations); k x (k + 4) when
         # repeats are blocked, so that k allowed ones remain.
         live = (~finished & np.isfinite(scores)).reshape(-1)
         # The last position holds the end token, as in training.
         end_only = t == max_length - 2
-        values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, c, end_only=end_only,
+        values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, per_beam,
+                                                     end_only=end_only,
                                                      with_attention=with_attention and t < max_length - 2)
         if no_repeat_ngram and not end_only:
             _block_repeats(values, ids, words.reshape(n * k, words.shape[2]), live, no_repeat_ngram)
-        values = values.astype(np.float64).reshape(n, k, c)
-        ids = ids.reshape(n, k, c)
+        values = values.astype(np.float64).reshape(n, k, per_beam)
+        ids = ids.reshape(n, k, per_beam)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.
         values[finished] = -np.inf
         values[finished, 0] = 0.0
         ids[finished] = 0
         total = scores[:, :, None] + values
         new_lengths = lengths + ~finished
-        ranked = (total / (new_lengths[:, :, None] ** alpha)).reshape(n, k * c)
+        ranked = (total / (new_lengths[:, :, None] ** alpha)).reshape(n, k * per_beam)
         top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-        beam = top // c
-        word = ids.reshape(n, k * c)[rows, top]
-        scores = total.reshape(n, k * c)[rows, top]
+        beam = top // per_beam
+        word = ids.reshape(n, k * per_beam)[rows, top]
+        scores = total.reshape(n, k * per_beam)[rows, top]
         lengths = new_lengths[rows, beam]
         finished = finished[rows, beam] | (word == decoder.end_id)
         words = np.concatenate([words[rows, beam], word[:, :, None]], axis=2)
