@@ -37,7 +37,7 @@ def main() -> None:
           "| dev captions repeating a word pair | test BLEU-4 |\n|---|---|---|---|---|---|---|---|")
     for penalty in (float(p) for p in args.penalties.split(",")):
         for ngram in (int(n) for n in args.no_repeat_ngram.split(",")):
-            captioner.config.length_penalty, captioner.config.no_repeat_ngram = penalty, ngram
+            captioner.config = captioner.config.replace(length_penalty=penalty, no_repeat_ngram=ngram)
             dev, test = (evaluate(captioner, prepared, split, args.beam) for split in ("dev", "test"))
             captions = list(dev.captions.values())
             length = sum(len(c.split()) for c in captions) / len(captions)

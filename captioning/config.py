@@ -60,6 +60,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What keys a study's default name and a training's checkpoint: every value, except keys added since
+        those were first keyed that are at their default, so that a study or training begun before still resumes."""
+        return {k: v for k, v in self.to_dict().items() if k not in LATER_KEYS or v != LATER_KEYS[k]}
+
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
 
@@ -72,6 +77,7 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0}  # added on 2026-11-30, with their defaults
 SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")

@@ -59,13 +59,13 @@ def _greedy_batch(decoder: StepDecoder, inputs, max_length: int, with_attention:
     words = np.zeros((n, max_length), np.int32)
     finished = np.zeros(n, bool)
     alphas = []
-    candidates = _candidates(decoder, 1, no_repeat_ngram)
     for t in range(max_length - 2):  # start + words + end fit in max_length, as in training
-        values, top, states, alpha = _step_live(decoder, tokens, states, context, ~finished, candidates,
-                                                with_attention=with_attention)
+        repeats = _repeats(words[:, :t], ~finished, no_repeat_ngram)
+        values, top, states, alpha = _step_live(decoder, tokens, states, context, ~finished,
+                                                _candidates(decoder, 1, repeats), with_attention=with_attention)
         alphas.append(alpha)
-        if no_repeat_ngram:
-            _block_repeats(values, top, words[:, :t], ~finished, no_repeat_ngram)
+        if repeats:
+            _block(values, top, repeats)
             best = np.argmax(values, axis=1)  # the first allowed candidate (they come best first)
             tokens = top[np.arange(n), best].astype(np.int32)
         else:
@@ -111,28 +111,32 @@ def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor]
     return values, ids, new_states, alpha
 
 
-BLOCKING_SPARE = 4  # candidates taken beyond the k needed, so that k remain when some would repeat an n-gram
-
-
-def _candidates(decoder, k: int, no_repeat_ngram: int) -> int:
-    """How many next words to take per hypothesis: k, or k spare ones too when repeats are blocked."""
-    return min(k + BLOCKING_SPARE, int(decoder.banned.shape[0])) if no_repeat_ngram else k
-
-
-def _block_repeats(values: np.ndarray, ids: np.ndarray, history: np.ndarray, live: np.ndarray, n: int) -> None:
-    """Set to -inf the candidates (values, ids: (rows, c), best first) of live rows that would complete an n-gram
-    already in that row's words so far (history: (rows, t)). Should all c of a row do so (rare: c is k + 4), its
-    best one stays, so that every hypothesis can go on."""
-    if history.shape[1] < n - 1:
-        return
+def _repeats(history: np.ndarray, live: np.ndarray, n: int) -> dict[int, list[int]]:
+    """For each live row whose words so far (history: (rows, t)) hold an n-gram that the next word could repeat,
+    the words that would repeat one (n = 0: none)."""
+    out = {}
+    if not n or history.shape[1] < n - 1:
+        return out
     for row in np.flatnonzero(live):
         words = history[row].tolist()
         prefix = words[len(words) - n + 1:]
         repeats = {words[j + n - 1] for j in range(len(words) - n + 1) if words[j:j + n - 1] == prefix}
         if repeats:
-            blocked = np.isin(ids[row], list(repeats))
-            blocked[0] &= not blocked.all()
-            values[row, blocked] = -np.inf
+            out[int(row)] = sorted(repeats)
+    return out
+
+
+def _candidates(decoder, k: int, repeats: dict[int, list[int]]) -> int:
+    """How many next words each hypothesis takes from the graph: k, plus as many as any row may not choose, so
+    that every row keeps its k best allowed ones (exactly what a search over the whole vocabulary would rank)."""
+    spare = max((len(words) for words in repeats.values()), default=0)
+    return min(k + spare, int(decoder.banned.shape[0]))
+
+
+def _block(values: np.ndarray, ids: np.ndarray, repeats: dict[int, list[int]]) -> None:
+    """Set to -inf the candidates (values, ids: (rows, c)) that would repeat an n-gram of their row."""
+    for row, words in repeats.items():
+        values[row, np.isin(ids[row], words)] = -np.inf
 
 
 def _strip(row: np.ndarray, end_id: int) -> list[int]:
@@ -165,7 +169,6 @@ def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, lengt
 
 def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat_ngram=0):
     n = len(inputs)
-    per_beam = _candidates(decoder, k, no_repeat_ngram)  # continuations ranked per hypothesis
     context, states = decoder.start(inputs)
     context = tuple(tf.repeat(c, k, axis=0) for c in context)
     states = [tf.repeat(s, k, axis=0) for s in states]
@@ -179,16 +182,17 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat
     rows = np.arange(n)[:, None]
     for t in range(max_length - 1):
         # The best k overall are among the best k continuations of each beam, so only k x k candidates per image
-        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations); k x (k + 4) when
-        # repeats are blocked, so that k allowed ones remain.
+        # are ranked (a beam's length, hence its normalisation, is the same for all its continuations); when
+        # repeats are blocked, each beam takes as many more as it may not choose.
         live = (~finished & np.isfinite(scores)).reshape(-1)
         # The last position holds the end token, as in training.
         end_only = t == max_length - 2
+        repeats = {} if end_only else _repeats(words.reshape(n * k, words.shape[2]), live, no_repeat_ngram)
+        per_beam = _candidates(decoder, k, repeats)
         values, ids, states, step_alpha = _step_live(decoder, tokens, states, context, live, per_beam,
                                                      end_only=end_only,
                                                      with_attention=with_attention and t < max_length - 2)
-        if no_repeat_ngram and not end_only:
-            _block_repeats(values, ids, words.reshape(n * k, words.shape[2]), live, no_repeat_ngram)
+        _block(values, ids, repeats)
         values = values.astype(np.float64).reshape(n, k, per_beam)
         ids = ids.reshape(n, k, per_beam)
         # A finished hypothesis continues only with padding (id 0), at no cost, so it keeps its score.

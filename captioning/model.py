@@ -111,7 +111,8 @@ class StepDecoder:
                  with_attention: bool = False):
         """The k most likely next words: log-probabilities (batch, k) and ids (batch, k), best first, and the new
         states. Only these leave the graph, not the whole (batch, vocab) matrix. (No attention weights here.)"""
-        values, ids, new_states = self._top(tf.convert_to_tensor(tokens, tf.int32), states, context, k)
+        values, ids, new_states = self._top(tf.convert_to_tensor(tokens, tf.int32), states, context,
+                                            tf.constant(k, tf.int32))  # (a tensor: one trace for every k)
         return values.numpy(), ids.numpy(), new_states
 
     def training_inputs(self, features: np.ndarray, owner: np.ndarray, tokens: np.ndarray) -> list:

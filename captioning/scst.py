@@ -91,7 +91,8 @@ class SelfCritical:
     def baseline(self, rewards: np.ndarray, images: np.ndarray) -> np.ndarray:
         samples = self.config.scst_samples
         if self.config.scst_baseline == "greedy":
-            greedy = greedy_search(self.decoder, self.features[images], self.config.max_length)
+            greedy = greedy_search(self.decoder, self.features[images], self.config.max_length,
+                                   no_repeat_ngram=self.config.no_repeat_ngram)
             return np.repeat(self.cider.scores([self.vocab.decode(row) for row in greedy], images), samples)
         grouped = rewards.reshape(-1, samples)
         others = (grouped.sum(axis=1, keepdims=True) - grouped) / (samples - 1)

@@ -341,7 +341,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     model.optimizer.build(model.trainable_variables)  # now: the first step would otherwise be traced twice
     saver = None
     if checkpoint is not None:
-        identity = {"config": config.to_dict(), "vocabulary": vocab.words,
+        identity = {"config": config.identity(), "vocabulary": vocab.words,
                     "features": list(train_features.shape) + list(dev_features.shape), "tokens": [train.tokens, dev.tokens]}
         if start_weights is not None:  # (only then: a training's checkpoint from before fine-tuning existed resumes)
             identity["start"] = arrays_sha256(start_weights)

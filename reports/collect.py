@@ -15,8 +15,9 @@ from tuning.registry import aliases_by_version
 from tuning.tracking import ROLE, STUDY
 
 BLEU = [f"bleu{n}" for n in range(1, 5)]
-CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (greedy)", "dev_epoch_cider": "dev CIDEr-D (greedy)",
-          "train_loss": "train loss"}
+# (The per-epoch dev scores decode greedily, or with beam search where the run's selection_beam says so.)
+CURVES = {"dev_loss": "dev loss", "dev_epoch_bleu4": "dev BLEU-4 (per epoch)",
+          "dev_epoch_cider": "dev CIDEr-D (per epoch)", "train_loss": "train loss"}
 
 
 class ReportError(LookupError):

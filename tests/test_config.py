@@ -47,3 +47,13 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
 def test_missing_experiment_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_keys_added_later_leave_identities_unchanged_at_their_default():
+    """A study's default name and a training's checkpoint are keyed by Config.identity(): a study begun before
+    selection_beam and no_repeat_ngram existed still resumes; set to other values, they start another."""
+    config = Config()
+    before = {k: v for k, v in config.to_dict().items() if k not in ("selection_beam", "no_repeat_ngram")}
+    assert config.identity() == before
+    assert config.replace(selection_beam=3).identity() == {**before, "selection_beam": 3}
+    assert config.replace(no_repeat_ngram=2).identity() != before

@@ -140,17 +140,30 @@ def test_pruned_beam_search_equals_a_full_vocabulary_beam(tiny, width):
         np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
 
 
-@pytest.mark.parametrize("width", [2, 3])
-def test_beam_search_blocking_repeats_equals_a_full_vocabulary_beam_that_skips_them(tiny, width):
-    vocab, _, decoder, features = tiny
-    beams = beam_search(decoder, features, 8, width, 0.5, no_repeat_ngram=2)
-    unblocked = beam_search(decoder, features, 8, width, 0.5)
-    assert any(_has_repeat(ids, 2) for found in unblocked for ids, _ in found)  # (three words: repeats are likely)
-    for i, found in enumerate(beams):
-        expected = _reference_beam(decoder, features[[i]], 8, width, 0.5, vocab.end_id, no_repeat_ngram=2)
-        assert [ids for ids, _ in found] == [ids for ids, _ in expected]
-        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
-        assert not any(_has_repeat(ids, 2) for ids, _ in found)
+@pytest.fixture(scope="module")
+def wide():
+    """A merge decoder over 24 words with random weights, so that a hypothesis takes only some of the vocabulary
+    as its candidates."""
+    seed_everything(1)
+    vocab = Vocabulary([f"w{i}" for i in range(24)])
+    config = Config(encoder="pixels", embedding_size=8, units=16, dropout=0.0)
+    model = build_decoder(config, len(vocab), feature_dim=5)
+    for weights in model.weights:
+        weights.assign(weights.numpy() * 4)
+    return vocab, make_step_decoder(model, vocab), np.random.default_rng(1).normal(size=(8, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("width, n", [(2, 2), (3, 2), (3, 3)])
+def test_beam_search_blocking_repeats_equals_a_full_vocabulary_beam_that_skips_them(tiny, wide, width, n):
+    for vocab, decoder, features in ((tiny[0], tiny[2], tiny[3]), wide):
+        beams = beam_search(decoder, features, 10, width, 0.5, no_repeat_ngram=n)
+        unblocked = beam_search(decoder, features, 10, width, 0.5)
+        assert any(_has_repeat(ids, n) for found in unblocked for ids, _ in found)  # blocking has work to do
+        for i, found in enumerate(beams):
+            expected = _reference_beam(decoder, features[[i]], 10, width, 0.5, vocab.end_id, no_repeat_ngram=n)
+            assert [ids for ids, _ in found] == [ids for ids, _ in expected]
+            np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-4)
+            assert not any(_has_repeat(ids, n) for ids, _ in found)
 
 
 def _has_repeat(ids: list, n: int) -> bool:
@@ -159,12 +172,12 @@ def _has_repeat(ids: list, n: int) -> bool:
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_greedy_blocking_repeats_equals_a_blocking_beam_of_width_one(tiny, n):
-    _, _, decoder, features = tiny
-    greedy = greedy_search(decoder, features, 10, no_repeat_ngram=n)
-    assert greedy == [b[0][0] for b in beam_search(decoder, features, 10, 1, 0.0, no_repeat_ngram=n)]
-    assert not any(_has_repeat(ids, n) for ids in greedy)
-    assert greedy != greedy_search(decoder, features, 10)  # random weights over three words: repeats unblocked
+def test_greedy_blocking_repeats_equals_a_blocking_beam_of_width_one(tiny, wide, n):
+    for _, decoder, features in ((tiny[0], tiny[2], tiny[3]), wide):
+        greedy = greedy_search(decoder, features, 12, no_repeat_ngram=n)
+        assert greedy == [b[0][0] for b in beam_search(decoder, features, 12, 1, 0.0, no_repeat_ngram=n)]
+        assert not any(_has_repeat(ids, n) for ids in greedy)
+        assert greedy != greedy_search(decoder, features, 12)  # random weights repeat themselves unblocked
 
 
 def test_a_beam_wider_than_the_vocabulary_is_the_vocabulary(tiny):

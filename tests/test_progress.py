@@ -19,7 +19,7 @@ def test_verbose_keeps_one_line_per_epoch():
     progress.epoch(3, 2, {**RECORD, "dev_bleu4": 0.2})
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and "\r" not in stream.getvalue()
-    assert lines[0].startswith("trial   3  epoch  1/20  loss 2.831  dev loss 2.866  dev_bleu4 0.1512 (greedy)")
+    assert lines[0].startswith("trial   3  epoch  1/20  loss 2.831  dev loss 2.866  dev_bleu4 0.1512  ")
     assert "epoch  2/20" in lines[1] and "dev_bleu4 0.2000" in lines[1]
 
 
@@ -29,7 +29,7 @@ def test_a_terminal_gets_one_status_line_that_is_cleared_before_lasting_output()
     progress.start(0, epochs=5)
     progress.epoch(0, 1, RECORD)
     text = stream.getvalue()
-    assert "\n" not in text and text.count("\r\033[K") == 2 and text.endswith("0.1512 (greedy)  0m00s")
+    assert "\n" not in text and text.count("\r\033[K") == 2 and text.endswith("0.1512  0m00s")
     progress.clear()
     assert stream.getvalue().endswith("\r\033[K") and not progress.shown
     progress.clear()  # nothing shown: nothing written

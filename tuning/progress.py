@@ -27,7 +27,7 @@ class EpochProgress:
 
     def epoch(self, trial: int, epoch: int, record: dict) -> None:
         text = (f"trial {trial:3d}  epoch {epoch:2d}/{self.epochs}  loss {record['loss']:.3f}  "
-                f"dev loss {record['dev_loss']:.3f}  {self.metric} {record[self.metric]:.4f} (greedy)  "
+                f"dev loss {record['dev_loss']:.3f}  {self.metric} {record[self.metric]:.4f}  "
                 f"{_clock(time.perf_counter() - self.started)}")
         if self.verbose:
             print(text, file=self.stream, flush=True)

@@ -148,7 +148,7 @@ def search(args) -> None:
     dataset = load_and_report(data, seed=base.seed)
     fingerprint = dataset.fingerprint()
     # The default name covers data and base config: other data or other --set values start another study.
-    identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.to_dict(), sort_keys=True)}".encode()).hexdigest()
+    identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.identity(), sort_keys=True)}".encode()).hexdigest()
     study = args.study or f"{experiment.stem}-{settings.engine}-{identity[:8]}"
     uri = resolve_tracking_uri(args.tracking_uri)
     _check_tracking_server(uri)
