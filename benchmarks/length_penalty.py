@@ -34,7 +34,7 @@ def main() -> None:
     captioner = load_captioner(args.model)
     prepared = prepare(captioner.config, load_and_report(Path(args.data)), progress=False)
     print("| length penalty | no_repeat_ngram | dev BLEU-1 | dev BLEU-4 | dev CIDEr-D | dev mean length "
-          "| dev captions repeating a word pair | test BLEU-4 |\n|---|---|---|---|---|---|---|---|")
+          "| dev captions repeating a word pair | dev decoding | test BLEU-4 |\n|---|---|---|---|---|---|---|---|---|")
     for penalty in (float(p) for p in args.penalties.split(",")):
         for ngram in (int(n) for n in args.no_repeat_ngram.split(",")):
             captioner.config = captioner.config.replace(length_penalty=penalty, no_repeat_ngram=ngram)
@@ -44,7 +44,7 @@ def main() -> None:
             repeating = sum(map(repeats_a_pair, captions)) / len(captions)
             print(f"| {penalty:g} | {ngram} | {dev.scores['bleu1']:.4f} | {dev.scores['bleu4']:.4f} | "
                   f"{dev.scores.get('cider', float('nan')):.4f} | {length:.2f} | {repeating:.1%} | "
-                  f"{test.scores['bleu4']:.4f} |", flush=True)
+                  f"{dev.seconds:.1f} s | {test.scores['bleu4']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
