@@ -75,6 +75,26 @@ def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared
                     view(maps), None if mirrored_maps is None else view(mirrored_maps))
 
 
+class FeatureCache:
+    """A dataset's prepared features for each feature setting (feature_key) that a caller asks for, prepared once:
+    the trials of a search and the registry's scoring share them. Called with a config, it returns them."""
+
+    def __init__(self, dataset: Dataset, progress: bool = True):
+        self.dataset, self.progress = dataset, progress
+        self._prepared: dict[str, Prepared] = {}
+
+    def get(self, config: Config) -> tuple[Prepared, int]:
+        """The features, and how many images came from the disk cache (all of them once prepared here)."""
+        key = feature_key(config)
+        if key in self._prepared:
+            return self._prepared[key], len(self.dataset.images)
+        prepared = self._prepared[key] = prepare(config, self.dataset, progress=self.progress)
+        return prepared, prepared.stats.cache_hits
+
+    def __call__(self, config: Config) -> Prepared:
+        return self.get(config)[0]
+
+
 @dataclasses.dataclass
 class Evaluation:
     split: str

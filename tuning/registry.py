@@ -98,21 +98,6 @@ def load_captioner(reference: str):
     return Captioner.load(download_bundle(reference) if is_uri else Path(reference))
 
 
-def feature_cache(dataset):
-    """config -> the dataset's prepared features for it, extracted (or read from the cache) once per setting."""
-    from captioning.pipeline import feature_key, prepare
-
-    prepared = {}
-
-    def get(config):
-        key = feature_key(config)
-        if key not in prepared:
-            prepared[key] = prepare(config, dataset, progress=False)
-        return prepared[key]
-
-    return get
-
-
 def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
     """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
     from captioning.pipeline import evaluate
@@ -265,7 +250,7 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
     logged as a run of `experiment` and registered under the same rule as a search's best (promote_best)."""
     import tempfile
 
-    from captioning.pipeline import load_and_report
+    from captioning.pipeline import FeatureCache, load_and_report
     from captioning.serving import log_captioner
     from tuning.settings import check_metric
     from tuning.tracking import ROLE, STUDY, ensure_experiment
@@ -275,7 +260,7 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
         raise ConfigError(f"--margin must be a number >= 0 (in the metric's units), got {margin}")
     captioner = load_captioner(reference)  # a BundleError names what is missing
     dataset = load_and_report(Path(data), seed=captioner.config.seed, log=log)
-    prepared = feature_cache(dataset)
+    prepared = FeatureCache(dataset, progress=False)
     prepared(captioner.config)  # before the run is logged: a failure (e.g. no encoder weights) logs nothing
 
     tags = {ROLE: "registered", STUDY: label, "label": label, "source": reference}

@@ -234,7 +234,7 @@ def search(args) -> None:
             for role in ("trial", "ensemble"):
                 tracking.close_stale_runs(experiment_id, study, role=role)
         summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
-                  prepare=lambda config: runner.prepared(config)[0], ensemble=runner.ensemble)
+                  prepare=runner.features, ensemble=runner.ensemble)
 
 
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,

@@ -22,7 +22,7 @@ import mlflow
 from captioning.config import Config
 from captioning.data import Dataset
 from captioning.names import quote
-from captioning.pipeline import Prepared, RunResult, feature_key, prepare, train_and_evaluate
+from captioning.pipeline import FeatureCache, Prepared, RunResult, train_and_evaluate
 from captioning.train import StopTraining, TrainingError
 from captioning.serving import log_captioner
 from tuning.coordination import worker_id
@@ -58,18 +58,10 @@ class TrialRunner:
         self.progress = progress
         self.checkpoints = checkpoints  # a folder for the state of running trials, so an interrupted one resumes
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
-        self._prepared: dict[str, Prepared] = {}
+        self.features = FeatureCache(dataset)  # features per encoder setting, extracted once, shared by every trial
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
         self.deadline: float | None = None  # time.monotonic() of search.budget's end: a trial then ends its training
         self.sample_names = dataset.split("dev")[: settings.samples]
-
-    def prepared(self, config: Config) -> tuple[Prepared, int]:
-        """Features for this config's encoder: extracted once, then shared by every trial (cache hits returned)."""
-        key = feature_key(config)
-        if key not in self._prepared:
-            self._prepared[key] = prepare(config, self.dataset)
-            return self._prepared[key], self._prepared[key].stats.cache_hits
-        return self._prepared[key], len(self.dataset.images)
 
     def run(self, number: int, params: dict[str, Any], report: Callable[[int, float], None] | None = None,
             resumes: int | None = None) -> dict[str, Any]:
@@ -92,7 +84,7 @@ class TrialRunner:
                 os.replace(earlier, checkpoint)
         try:
             mlflow.log_params(config.to_dict())
-            prepared, hits = self.prepared(config)
+            prepared, hits = self.features.get(config)
             mlflow.log_metric("feature_cache_hits", hits)
             if self.progress is not None:
                 self.progress.start(number, config.epochs + config.scst_epochs)
@@ -234,7 +226,7 @@ class TrialRunner:
         if earlier is not None:
             return earlier
         ensemble = Captioner.ensemble(members)
-        prepared, _ = self.prepared(ensemble.config)
+        prepared = self.features(ensemble.config)
         widths = sorted({1, ensemble.config.beam_width})
         metrics = RunResult(ensemble, None, [evaluate(ensemble, prepared, "dev", w) for w in widths]).metrics()
         tags = {ROLE: "ensemble", STUDY: self.study, "engine": self.engine, "worker": worker_id(),
