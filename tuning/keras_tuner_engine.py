@@ -51,7 +51,7 @@ class CaptionTuner(kt.Tuner):
                                          hyperparameters=space, max_consecutive_failed_trials=settings.trials)
         super().__init__(oracle=oracle, **kwargs)
         self.runner, self.settings, self.baseline = runner, settings, baseline
-        self.deadline = None  # (time.monotonic()) set when the search begins: search.timeout's or budget's end
+        self.last_start = runner.last_start if runner is not None else None  # no trial starts after it
 
     def run_trial(self, trial, *args, **kwargs):
         params = define_keras_tuner(trial.hyperparameters, self.settings.space, self.baseline)
@@ -69,14 +69,9 @@ class CaptionTuner(kt.Tuner):
         self.runner.outcome(number, params, "complete", metrics)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
-    def on_search_begin(self):
-        super().on_search_begin()
-        ends = [time.monotonic() + self.settings.timeout] if self.settings.timeout is not None else []
-        self.deadline = min(ends + ([self.runner.deadline] if self.runner.deadline is not None else []), default=None)
-
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.last_start is not None and time.monotonic() > self.last_start:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle stops once max_trials exist
 
     def save_model(self, trial_id, model, step=0):

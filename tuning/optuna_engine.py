@@ -126,13 +126,10 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard,
     trials' heartbeats), a worker with nothing left to start waits for the trials still running elsewhere, since one
     may be lost and need replacing. Returns True when the study is finished: enough trials, none running."""
     log = runner.say
-    deadline = time.monotonic() + settings.timeout if settings.timeout else None
-    if runner.deadline is not None:  # search.budget: counted from before the study opened
-        deadline = min(deadline or runner.deadline, runner.deadline)
     waiting = False
     while True:
         stop_if_interrupted()
-        timed_out = deadline is not None and time.monotonic() >= deadline
+        timed_out = runner.last_start is not None and time.monotonic() >= runner.last_start
         trial, trials = _claim_trial(study, settings, guard, beats, timed_out, runner)
         if trial is not None:
             waiting = False

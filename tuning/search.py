@@ -186,9 +186,11 @@ def search(args) -> None:
     checkpoints = inside(cache_root() / "checkpoints", f"{study}-{storage_key}")  # removed when the study finishes
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
                          checkpoints)
-    start = time.perf_counter()
+    start, now = time.perf_counter(), time.monotonic()
+    if settings.timeout is not None:
+        runner.last_start = now + settings.timeout
     if settings.budget is not None:
-        runner.deadline = time.monotonic() + settings.budget
+        runner.deadline = now + settings.budget
     status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":

@@ -60,7 +60,10 @@ class TrialRunner:
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self.features = FeatureCache(dataset)  # features per encoder setting, extracted once, shared by every trial
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
-        self.deadline: float | None = None  # time.monotonic() of search.budget's end: a trial then ends its training
+        # time.monotonic() after which no trial starts (search.timeout, never after the budget: read_settings), and
+        # search.budget's end, when a trial still training ends with its epoch; both counted from the search's start
+        self.last_start: float | None = None
+        self.deadline: float | None = None
         self.sample_names = dataset.split("dev")[: settings.samples]
 
     def run(self, number: int, params: dict[str, Any], report: Callable[[int, float], None] | None = None,
