@@ -143,10 +143,34 @@ def _load_captioner(reference: str):
     return Captioner.load(reference)
 
 
+DECODING_KEYS = ("length_penalty", "no_repeat_ngram")  # what evaluate and caption may change (--set), besides --beam
+
+
+def _decoding(pairs: list[str]) -> dict:
+    changes = parse_overrides(pairs)
+    other = sorted(set(changes) - set(DECODING_KEYS))
+    if other:
+        raise ConfigError(f"--set {', '.join(other)}: a trained captioner's model and inputs are fixed; here only "
+                          f"its decoding may change ({', '.join(DECODING_KEYS)}, and --beam)")
+    from captioning.config import Config
+
+    Config().replace(**changes)  # a bad value is an error before the model loads
+    return changes
+
+
+def _load_for_decoding(args):
+    """The captioner of --model with the decoding settings of --set, for this command only."""
+    changes = _decoding(args.set)
+    captioner = _load_captioner(args.model)
+    if changes:
+        captioner.config = captioner.config.replace(**changes)
+    return captioner
+
+
 def cmd_evaluate(args) -> None:
     from captioning.pipeline import evaluate, load_and_report, prepare
 
-    captioner = _load_captioner(args.model)
+    captioner = _load_for_decoding(args)
     dataset = load_and_report(_data_path(args), seed=captioner.config.seed)
     prepared = prepare(captioner.config, dataset)
     width = captioner.config.beam_width if args.beam is None else args.beam
@@ -154,7 +178,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_caption(args) -> None:
-    captioner = _load_captioner(args.model)
+    captioner = _load_for_decoding(args)
     alternatives = captioner.caption_alternatives(args.images, args.beam)
     for image, options in zip(args.images, alternatives):
         print(f"{image}: {options[0][0]}" if len(args.images) > 1 else options[0][0])
@@ -229,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
     evaluate.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
+    evaluate.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="another decoding "
+                          "setting for this command: length_penalty=X or no_repeat_ngram=N (repeatable)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     caption = commands.add_parser("caption", help="caption image files")
@@ -237,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="captioner bundle directory or MLflow model URI, e.g. models:/captioner@champion")
     caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
     caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
+    caption.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="another decoding "
+                         "setting for this command: length_penalty=X or no_repeat_ngram=N (repeatable)")
     caption.set_defaults(run=cmd_caption)
 
     relog = commands.add_parser("relog", help="register a version logged with a pickled wrapper again, as code",

@@ -21,6 +21,9 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
     assert "| test | beam-3 |" in printed and "saved the captioner" in printed and (out / "metrics.json").is_file()
     assert main(["evaluate", "--model", str(out), "--data", str(shapes_dir), "--split", "dev", "--beam", "1"]) == 0
     assert "| dev | greedy |" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(out), "--data", str(shapes_dir), "--split", "dev", "--set",
+                 "no_repeat_ngram=2", "--set", "length_penalty=1"]) == 0
+    assert "| dev | beam-3 |" in capsys.readouterr().out
     image = shapes_dir / "Images" / "scene_00003.jpg"
     assert main(["caption", str(image), "--model", str(out), "--alternatives"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -64,6 +67,8 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
     (["train", "--set", "unitz=3"], "unknown config key 'unitz'"),
     (["train", "--data", "/no/such/folder"], "dataset folder /no/such/folder does not exist"),
     (["caption", "x.jpg", "--model", "/no/model"], "is not a captioner bundle"),
+    (["caption", "x.jpg", "--model", "/no/model", "--set", "units=8"], "--set units: a trained captioner's model"),
+    (["evaluate", "--model", "/no/model", "--set", "no_repeat_ngram=1"], "'no_repeat_ngram' must be 0 (off) or"),
 ])
 def test_user_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
