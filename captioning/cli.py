@@ -14,14 +14,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 EMBEDDED_EXPERIMENT = PROJECT / "experiments" / "shapes.yaml"
 
 
-def _data_path(args) -> Path:
-    if args.data is not None:
-        return Path(args.data)
-    from captioning.synthetic import embedded_dataset
-
-    return embedded_dataset()
-
-
 def _config(args):
     path = args.config
     if path is None and getattr(args, "data", None) is None:
@@ -47,8 +39,9 @@ def _table(evaluations) -> str:
 
 def _prepare(config, args):
     from captioning.pipeline import load_and_report, prepare
+    from captioning.synthetic import dataset_path
 
-    dataset = load_and_report(_data_path(args), seed=config.seed)
+    dataset = load_and_report(dataset_path(args.data), seed=config.seed)
     prepared = prepare(config, dataset)
     stats = prepared.stats
     print(f"features: {stats.images} images, {stats.cache_hits} from cache, {stats.extracted} extracted"
@@ -131,16 +124,15 @@ def cmd_ensemble(args) -> None:
 
 
 def _load_captioner(reference: str):
-    """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model)."""
-    from captioning.captioner import Captioner
+    """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model) in the store that
+    $MLFLOW_TRACKING_URI or the working directory names."""
+    from captioning.serving import load_captioner
 
     if reference.startswith(("models:/", "runs:/")):
-        from captioning.serving import download_bundle
         from captioning.workbench import resolve_tracking_uri
 
         resolve_tracking_uri()
-        return Captioner.load(download_bundle(reference))
-    return Captioner.load(reference)
+    return load_captioner(reference)
 
 
 DECODING_KEYS = ("length_penalty", "no_repeat_ngram")  # what evaluate and caption may change (--set), besides --beam
@@ -169,9 +161,10 @@ def _load_for_decoding(args):
 
 def cmd_evaluate(args) -> None:
     from captioning.pipeline import evaluate, load_and_report, prepare
+    from captioning.synthetic import dataset_path
 
     captioner = _load_for_decoding(args)
-    dataset = load_and_report(_data_path(args), seed=captioner.config.seed)
+    dataset = load_and_report(dataset_path(args.data), seed=captioner.config.seed)
     prepared = prepare(captioner.config, dataset)
     width = captioner.config.beam_width if args.beam is None else args.beam
     print(_table([evaluate(captioner, prepared, args.split, width)]))

@@ -131,6 +131,11 @@ def write_dataset(root: Path, count: int, seed: int) -> Path:
     return root
 
 
+def dataset_path(data: str | None) -> Path:
+    """--data's folder, or the embedded dataset's when it is not given."""
+    return Path(data) if data is not None else embedded_dataset()
+
+
 def embedded_dataset(count: int = 2000, seed: int = 0) -> Path:
     """The default dataset's folder, generated once into the cache (a few seconds)."""
     root = cache_root() / "datasets" / f"shapes-v{VERSION}-n{count}-seed{seed}"

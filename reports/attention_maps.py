@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from captioning.data import DataError, load_dataset
+from captioning.serving import load_captioner
 from captioning.workbench import resolve_tracking_uri
-from tuning.registry import load_captioner
 
 
 def main(argv=None) -> int:

@@ -130,14 +130,6 @@ def test_a_merge_model_says_it_has_no_attention_maps(registry, shapes_dir, monke
     assert any("no attention maps: it is a merge decoder" in c.value for c in app.caption)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening_addresses(port: int) -> set[str]:
     """The local addresses of the sockets listening on `port` (IPv4 and IPv6), read from /proc/net."""
     import ipaddress
@@ -175,7 +167,9 @@ def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps
         if os.environ.get("CAPTIONING_REQUIRE_BROWSER"):
             pytest.fail("headless Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
         pytest.skip("no chromium/chromedriver on PATH (CI installs them: .ci/run)")
-    port = _free_port()
+    from tuning.infra import free_port
+
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "MLFLOW_UI_URL": "http://127.0.0.1:9"}
     log = open(tmp_path / "streamlit.log", "w")
     # No --server.address: the project's .streamlit/config.toml must keep the page on this machine.

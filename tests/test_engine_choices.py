@@ -64,6 +64,55 @@ def test_bad_engine_choices_are_one_error_each(tmp_path, search, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("search, message", [
+    ({"engine": "ray"}, "unknown engine 'ray'; choose one of optuna, keras-tuner"),
+    ({"heartbeat_seconds": 10, "grace_seconds": 15}, "search.grace_seconds (15) must be at least twice"),
+    ({"heartbeat_seconds": 0}, "search.heartbeat_seconds (0), which must be at least 1"),
+    ({"promote_margin": -0.01}, "search.promote_margin must be a number >= 0 (in the metric's units), got -0.01"),
+    ({"promote_margin": True}, "search.promote_margin must be a number >= 0 (in the metric's units), got True"),
+    ({"promote_margin": "small"}, "search.promote_margin must be a number >= 0 (in the metric's units), got 'small'"),
+    ({"trials": 0}, "--trials must be at least 1, got 0"),
+    ({"ensemble": 0}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got 0"),
+    ({"ensemble": 2.5}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got 2.5"),
+    ({"ensemble": True}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got True"),
+    ({"pruner_patience": 3}, "unknown search setting(s) pruner_patience in")])
+def test_bad_search_settings_are_one_error_each(tmp_path, search, message):
+    with pytest.raises(ConfigError) as error:
+        _settings(tmp_path, **search)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_experiment_without_a_search_space_says_where_to_look(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("config: {units: 64}\n")
+    with pytest.raises(ConfigError, match="has no search.space section; see experiments/shapes.yaml"):
+        read_settings(path)
+
+
+def test_the_search_command_refuses_what_it_cannot_run_in_one_line(tmp_path, shapes_dir, capsys, monkeypatch):
+    """An unknown experiment, a tracking server that does not answer, Keras Tuner on a shared storage or in its
+    distributed mode: one line each, exit 2, nothing written."""
+    from tuning import search as search_cli
+    from tuning.infra import free_port
+
+    monkeypatch.chdir(tmp_path)
+    local = ["--data", str(shapes_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    cases = [
+        (["--experiment", "absent", *local], "experiment 'absent' not found", "available: flickr8k"),
+        (["--data", str(shapes_dir), "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
+         "the MLflow tracking server http://127.0.0.1:", "does not answer"),
+        (["--engine", "keras-tuner", "--storage", "postgresql://u@127.0.0.1:1/optuna", *local],
+         "Keras Tuner keeps its state in local files and cannot use --storage", "use --engine optuna")]
+    for argv, *expected in cases:
+        assert search_cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and all(text in err for text in expected), err
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    assert search_cli.main(["--engine", "keras-tuner", *local]) == 2
+    assert "Keras Tuner's distributed mode (KERASTUNER_* variables) is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "keras_tuner").exists()
+
+
 def test_a_budget_also_ends_the_starting_of_trials(tmp_path):
     assert _settings(tmp_path, budget=600).timeout == 600  # no trial starts after the budget either
     assert _settings(tmp_path, budget=600, timeout=60).timeout == 60

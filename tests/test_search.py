@@ -128,14 +128,13 @@ def _dashboard_lists(storage: str, study: str) -> None:
     """`optuna-dashboard STORAGE` (the README's command) serves the study: its API lists it, with its record of the
     search space."""
     import json
-    import socket
     import subprocess
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tuning.infra import free_port
+
+    port = free_port()
     dashboard = Path(sys.executable).with_name("optuna-dashboard")
     server = subprocess.Popen([str(dashboard), storage, "--port", str(port), "--quiet"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -58,11 +58,8 @@ class CaptionTuner(kt.Tuner):
         if "tuner/epochs" in trial.hyperparameters.values:  # Hyperband's budget for this trial
             params["epochs"] = int(trial.hyperparameters.values["tuner/epochs"])
         number = int(trial.trial_id)
-        if self.baseline is not None and params == self.baseline:
-            self.runner.say(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that "
-                            "the search's best is never worse on dev")
         try:
-            metrics = self.runner.run(number, params)
+            metrics = self.runner.run(number, params, baseline=params == self.baseline)
         except Exception as exc:
             self.runner.outcome(number, params, "failed", note=f"{type(exc).__name__}: {exc}")
             raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
@@ -89,10 +86,10 @@ def recorded_search(directory: Path, study: str) -> dict | None:
 
 def open_tuner(directory: Path, study: str, runner: TrialRunner, settings,
                baseline: dict[str, Any] | None = None) -> CaptionTuner:
-    check_same_search(study, recorded_search(directory, study), settings)
+    recorded = recorded_search(directory, study)
+    check_same_search(study, recorded, settings)
     tuner = CaptionTuner(runner, settings, baseline, directory=str(directory), project_name=study, overwrite=False)
-    record = inside(directory, study) / SEARCH_FILE
-    if not record.is_file():
-        record.write_text(json.dumps(search_identity(settings), indent=1))
+    if recorded is None:
+        (inside(directory, study) / SEARCH_FILE).write_text(json.dumps(search_identity(settings), indent=1))
     return tuner
 

@@ -17,6 +17,7 @@ import gc
 import os
 import time
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from typing import Callable
 
@@ -186,9 +187,6 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
     log = runner.say
     runner.last_run_id = None  # until runner.run has started this trial's MLflow run
 
-    def abandoned() -> None:  # its result came too late: the study counts a replacement
-        runner.abandoned(trial.number, settings.grace_seconds)
-
     def report(epoch: int, value: float) -> None:
         try:
             retry(lambda: trial.report(value, epoch), "reporting an epoch", log=log)
@@ -220,13 +218,10 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
         user_attrs = retry(lambda: trial.user_attrs, "starting a trial", log=log)
         baseline = bool(user_attrs.get(BASELINE))
         params = retry(lambda: suggest_optuna(trial, settings.space), "starting a trial", log=log)
-        if baseline:
-            log(f"trial {trial.number:3d}  is the baseline: the experiment's base config, run first so that the "
-                "search's best is never worse on dev")
         with beats.during(trial.number) if beats is not None else nullcontext():
-            metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES))
+            metrics = runner.run(trial.number, params, report, resumes=user_attrs.get(RESUMES), baseline=baseline)
     except (UpdateFinishedTrialError, TrialLost):  # declared lost before it began (while suggesting), or while running
-        abandoned()
+        runner.abandoned(trial.number)  # its result came too late: the study counts a replacement
     except KeyboardInterrupt:  # not counted; queued first, so that no other trial takes its place meanwhile
         values = params or queued_values(study.get_trials(deepcopy=False)[trial.number])
         # attempt 0: a Ctrl-C always queues its values
@@ -236,17 +231,17 @@ def _run_trial(study, trial: optuna.Trial, runner: TrialRunner, settings, beats:
     except PruneTrial as exc:
         runner.outcome(trial.number, params, "pruned", note=str(exc))
         if not finish(TrialState.PRUNED):
-            abandoned()
+            runner.abandoned(trial.number)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         runner.outcome(trial.number, params, "failed", note=reason)
         if not finish(TrialState.FAIL, error=reason):
-            abandoned()
+            runner.abandoned(trial.number)
     else:
         if finish(TrialState.COMPLETE, metrics[settings.metric], cut=metrics.get("cut_after")):
             runner.outcome(trial.number, params, "complete", metrics)
         else:
-            abandoned()
+            runner.abandoned(trial.number)
 
 
 def study_record(study: optuna.Study) -> tuple[dict[str, int], list[str]]:
@@ -254,11 +249,9 @@ def study_record(study: optuna.Study) -> tuple[dict[str, int], list[str]]:
     the MLflow runs of its complete trials, best first (on equal values the earlier trial, as study.best_trial)."""
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
              TrialState.WAITING: "queued"}
-    states: dict[str, int] = {}
     trials = study.get_trials(deepcopy=False)
-    for t in trials:
-        name = names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
-        states[name] = states.get(name, 0) + 1
+    states = Counter(names.get(t.state) or ("failed" if ERROR in t.user_attrs else "interrupted or lost")
+                     for t in trials)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and RUN_ID in t.user_attrs),
                       key=lambda t: -t.value)
     return states, [t.user_attrs[RUN_ID] for t in complete]

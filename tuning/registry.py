@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from captioning.cache import cache_root
 from captioning.config import ConfigError
 from captioning.names import check_name, quote
+from captioning.serving import load_captioner
 from tuning.coordination import Guard
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -82,22 +83,6 @@ def registry_lock(name: str, storage: str | None = None, log: Callable[[str], No
 
 # --- Scoring ------------------------------------------------------------------------------------------------------
 
-def split_metric(metric: str) -> tuple[str, bool, str]:
-    """'dev_greedy_bleu4' -> ('dev', True, 'bleu4'); 'dev_cider' -> ('dev', False, 'cider')."""
-    split, _, score = metric.partition("_")
-    greedy = score.startswith("greedy_")
-    return split, greedy, score.removeprefix("greedy_")
-
-
-def load_captioner(reference: str):
-    """A captioner from a models:/ or runs:/ URI, or from a bundle directory."""
-    from captioning.captioner import Captioner
-    from captioning.serving import download_bundle
-
-    is_uri = reference.startswith(("models:/", "runs:/"))
-    return Captioner.load(download_bundle(reference) if is_uri else Path(reference))
-
-
 def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
     """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
     from captioning.pipeline import evaluate
@@ -146,7 +131,8 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
-    split, greedy, score_name = split_metric(metric)
+    split, _, score_name = metric.partition("_")  # dev_greedy_bleu4: dev, greedy decoding, bleu4
+    greedy, score_name = score_name.startswith("greedy_"), score_name.removeprefix("greedy_")
     challenger = load_captioner(model_uri)
     width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
     decoding = "greedy" if width == 1 else f"beam-{width}"
@@ -178,18 +164,12 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
                 client.set_model_version_tag(name, str(version.version), key, text)
         else:
             version = mlflow.register_model(model_uri, name, tags=tags)
-        if current is None:
-            alias = CHAMPION
-        elif old is None:
-            alias = CHALLENGER
-        elif value > old + margin:
-            alias = CHAMPION
-            why = (f"{metric} {value:.4f} beats the champion's {old:.4f} (version {current.version}) by more than "
-                   f"the margin {margin:g} ({decoding}, both scored now)")
-        else:
-            alias = CHALLENGER
-            why = (f"{metric} {value:.4f} does not beat the champion's {old:.4f} (version {current.version}) by the "
-                   f"margin {margin:g} ({decoding}, both scored now)")
+        beats = current is None or (old is not None and value > old + margin)  # an unscorable champion stays
+        alias = CHAMPION if beats else CHALLENGER
+        if old is not None:
+            why = (f"{metric} {value:.4f} {'beats' if beats else 'does not beat'} the champion's {old:.4f} (version "
+                   f"{current.version}) by {'more than ' if beats else ''}the margin {margin:g} ({decoding}, both "
+                   "scored now)")
         _check_held(guard, name)
         now = champion_info(name)  # a move made without the lock (by hand in the UI) is not overwritten
         if (now and now.version) != (current and current.version):

@@ -106,7 +106,6 @@ def _quiet_libraries() -> None:
     """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
     model-from-code file, no input example, one tf.function per trial's decoder) and their progress bars out."""
     import logging
-    import os
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -123,6 +122,7 @@ def search(args) -> None:
     from mlflow import MlflowClient
 
     from captioning.pipeline import load_and_report
+    from captioning.synthetic import dataset_path
     from tuning import tracking
     from tuning.progress import EpochProgress
     from tuning.settings import read_settings
@@ -139,13 +139,7 @@ def search(args) -> None:
     overrides = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
     base = load_config(experiment, overrides)
     baseline = base_values(settings.space, base)  # a new study's first trial; outside the space: an error now
-    if args.data is None:
-        from captioning.synthetic import embedded_dataset
-
-        data = embedded_dataset()
-    else:
-        data = Path(args.data)
-    dataset = load_and_report(data, seed=base.seed)
+    dataset = load_and_report(dataset_path(args.data), seed=base.seed)
     fingerprint = dataset.fingerprint()
     # The default name covers data and base config: other data or other --set values start another study.
     identity = hashlib.sha256(f"{fingerprint}|{json.dumps(base.identity(), sort_keys=True)}".encode()).hexdigest()
@@ -186,11 +180,7 @@ def search(args) -> None:
     checkpoints = inside(cache_root() / "checkpoints", f"{study}-{storage_key}")  # removed when the study finishes
     runner = TrialRunner(base, dataset, settings, study, settings.engine, experiment_id, parent, progress,
                          checkpoints)
-    start, now = time.perf_counter(), time.monotonic()
-    if settings.timeout is not None:
-        runner.last_start = now + settings.timeout
-    if settings.budget is not None:
-        runner.deadline = now + settings.budget
+    start = time.perf_counter()
     status, finished = "FAILED", False
     try:
         if settings.engine == "optuna":
@@ -200,12 +190,9 @@ def search(args) -> None:
                 optuna_study = open_study(study, storage, settings, runner.lost, baseline)
             if lock is not None:  # one process per study: whatever is still running was interrupted
                 fail_interrupted_trials(optuna_study, runner.lost)
-            beats = Heartbeats(storage, study, settings.heartbeat_seconds) if server else None
-            try:
+            with (contextlib.closing(Heartbeats(storage, study, settings.heartbeat_seconds)) if server
+                  else contextlib.nullcontext()) as beats:
                 finished = run_optuna(optuna_study, runner, settings, guard, beats)
-            finally:
-                if beats is not None:
-                    beats.close()
             if finished:
                 _log_study_figures(client, parent, optuna_study, progress.say)
             record = lambda: study_record(optuna_study)  # the study is the record; MLflow mirrors it

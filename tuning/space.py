@@ -145,17 +145,16 @@ def define_keras_tuner(hp, space: list[Param], defaults: dict[str, Any] | None =
     defaults = defaults or {}
     values = {}
     for p in space:
-        default = defaults.get(p.name)
+        default, sampling = defaults.get(p.name), "log" if p.log else "linear"
         with contextlib.ExitStack() as scopes:
             for parent, allowed in p.when:  # Keras Tuner's own conditions: the key exists only when they hold
                 scopes.enter_context(hp.conditional_scope(parent, list(allowed)))
             if p.choices is not None:
                 value = hp.Choice(p.name, list(p.choices), default=default)
             elif p.integer:
-                value = hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear",
-                               default=default)
+                value = hp.Int(p.name, int(p.low), int(p.high), sampling=sampling, default=default)
             else:
-                value = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear", default=default)
+                value = hp.Float(p.name, p.low, p.high, sampling=sampling, default=default)
         if p.active(values):
             values[p.name] = value
     return values

@@ -1,6 +1,8 @@
 """MLflow: where runs go, one parent run per study (the registry's champion rule: tuning/registry.py)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -53,9 +55,7 @@ def trial_record(experiment_id: str, study: str, metric: str) -> tuple[dict[str,
     complete ones, best first by `metric`."""
     runs = MlflowClient().search_runs([experiment_id], f"tags.`{STUDY}` = {quote(study)} and tags.`{ROLE}` = 'trial'",
                                       max_results=5000)
-    states: dict[str, int] = {}
-    for run in runs:
-        state = run.data.tags.get("state", "killed" if run.info.status == "KILLED" else "running")
-        states[state] = states.get(state, 0) + 1
+    states = Counter(run.data.tags.get("state", "killed" if run.info.status == "KILLED" else "running")
+                     for run in runs)
     complete = [r for r in runs if r.data.tags.get("state") == "complete" and metric in r.data.metrics]
     return states, [r.info.run_id for r in sorted(complete, key=lambda r: -r.data.metrics[metric])]

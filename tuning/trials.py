@@ -60,16 +60,20 @@ class TrialRunner:
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self.features = FeatureCache(dataset)  # features per encoder setting, extracted once, shared by every trial
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
-        # time.monotonic() after which no trial starts (search.timeout, never after the budget: read_settings), and
-        # search.budget's end, when a trial still training ends with its epoch; both counted from the search's start
-        self.last_start: float | None = None
-        self.deadline: float | None = None
+        # The search's two clocks, from its start (time.monotonic()): no trial starts after search.timeout (never
+        # after the budget: read_settings), and a trial still training ends with its epoch when search.budget ends.
+        now = time.monotonic()
+        self.last_start = None if settings.timeout is None else now + settings.timeout
+        self.deadline = None if settings.budget is None else now + settings.budget
         self.sample_names = dataset.split("dev")[: settings.samples]
 
     def run(self, number: int, params: dict[str, Any], report: Callable[[int, float], None] | None = None,
-            resumes: int | None = None) -> dict[str, Any]:
+            resumes: int | None = None, baseline: bool = False) -> dict[str, Any]:
         """Train and evaluate one trial; returns its final metrics. Raises PruneTrial or the trial's error.
         `resumes`: the number of an interrupted trial of the same values, whose checkpoint this one continues."""
+        if baseline:
+            self.say(f"trial {number:3d}  is the baseline: the experiment's base config, run first so that the "
+                     "search's best is never worse on dev")
         config = self.base.replace(**params)
         keras.backend.clear_session()
         start = time.perf_counter()
@@ -177,7 +181,7 @@ class TrialRunner:
         self.say(f"search: trial {number} was lost with its process ({worker or 'worker unknown'}); marked failed"
                  f"{note}; {then}")
 
-    def abandoned(self, number: int, grace_seconds: int) -> None:
+    def abandoned(self, number: int) -> None:
         """This worker's trial was declared lost by another one (no heartbeat seen in time): its result is not
         recorded, and its run (if it began) is marked KILLED, best effort: the study's record is what counts."""
         if self.last_run_id:
@@ -190,7 +194,7 @@ class TrialRunner:
             except Exception as exc:  # the tracking server is away
                 self.say(f"search: could not update an MLflow run ({type(exc).__name__}: {exc})")
         self.say(f"search: trial {number} was declared lost by another worker (no heartbeat seen for "
-                 f"{grace_seconds} s); this worker abandons it and goes on")
+                 f"{self.settings.grace_seconds} s); this worker abandons it and goes on")
 
     def ensemble(self, run_ids: list[str]):
         """The complete trials `run_ids` (best first) decoded as one ensemble captioner, scored on dev as a trial is
@@ -199,7 +203,7 @@ class TrialRunner:
         from captioning.captioner import Captioner
         from captioning.ensemble import check_compatible
         from captioning.pipeline import evaluate
-        from tuning.registry import load_captioner
+        from captioning.serving import load_captioner
 
         client = mlflow.MlflowClient()
 
