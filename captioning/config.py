@@ -52,6 +52,7 @@ class Config:
     scst_samples: int = 5  # captions sampled per image and step
     scst_learning_rate: float = 2e-4  # for steps of batch_size images x scst_samples captions
     scst_baseline: str = "mean"  # mean: the mean reward of the image's other samples; greedy: the greedy caption's
+    scst_bleu_weight: float = 0.0  # reward = CIDEr-D + this x the caption's sentence BLEU-4 (0: CIDEr-D alone)
     # Decoding.
     beam_width: int = 3
     length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
@@ -77,7 +78,7 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0}  # added on 2026-11-30, with their defaults
+LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0}  # added on 2026-11-30: defaults
 SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")
@@ -136,6 +137,9 @@ def _check(config: Config) -> Config:
                           f"image's other samples; 1 only with scst_baseline=greedy), got {config.scst_samples}")
     if config.scst_learning_rate <= 0:
         raise ConfigError(f"config key 'scst_learning_rate' must be positive, got {config.scst_learning_rate}")
+    if config.scst_bleu_weight < 0:
+        raise ConfigError(f"config key 'scst_bleu_weight' must be 0 (CIDEr-D alone) or more, got "
+                          f"{config.scst_bleu_weight}")
     if config.scst_baseline not in SCST_BASELINES:
         raise ConfigError(f"config key 'scst_baseline' must be one of {', '.join(SCST_BASELINES)}, "
                           f"got {config.scst_baseline!r}")
@@ -204,7 +208,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 # What a fine-tuning may change: how the self-critical stage trains, selects and decodes; not the model, its inputs
 # or the data's split (seed: a seeded split would move dev and test images into training).
-FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "patience", "lr_decay",
+FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "scst_bleu_weight", "patience",
+                 "lr_decay",
                  "selection_metric", "selection_beam", "batch_size", "beam_width", "length_penalty",
                  "no_repeat_ngram")
 

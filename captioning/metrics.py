@@ -217,6 +217,44 @@ def _ngram_counts(words: list[str], n: int) -> collections.Counter:
     return counts
 
 
+class SentenceBleu:
+    """Sentence-level BLEU-4 of captions against the references given here (clipped n-gram precisions; orders 2-4
+    smoothed by adding 1 to their counts, Lin and Och 2004, as NLTK's method2; the brevity penalty against the
+    closest reference length, the shorter on a tie): a self-critical reward that also asks for reference lengths."""
+
+    def __init__(self, references: list[list[list[str]]], n: int = 4):
+        self.n = n
+        self.clips, self.lengths = [], []
+        for refs in references:
+            clip: collections.Counter = collections.Counter()
+            for ref in refs:
+                clip |= _ngram_counts(ref, n)  # the most times each n-gram occurs in one reference
+            self.clips.append(clip)
+            self.lengths.append(sorted({len(ref) for ref in refs}))
+
+    def scores(self, hypotheses: list[list[str]], images: list[int] | None = None) -> np.ndarray:
+        """The BLEU-4 of each hypothesis against the references of image images[k] (default: the k-th)."""
+        images = range(len(hypotheses)) if images is None else images
+        out = np.zeros(len(hypotheses))
+        for k, (words, image) in enumerate(zip(hypotheses, images)):
+            length = len(words)
+            if length == 0:
+                continue
+            clip = self.clips[image]
+            matches = [0] * self.n
+            for gram, count in _ngram_counts(words, self.n).items():
+                matches[len(gram) - 1] += min(count, clip.get(gram, 0))
+            if matches[0] == 0:
+                continue
+            log_precision = math.log(matches[0] / length)
+            for order in range(2, self.n + 1):
+                log_precision += math.log((matches[order - 1] + 1) / (max(length - order + 1, 1) + 1))
+            closest = min(self.lengths[image], key=lambda r: (abs(r - length), r))
+            brevity = 0.0 if length >= closest else 1.0 - closest / length
+            out[k] = math.exp(brevity + log_precision / self.n)
+        return out
+
+
 class CiderD:
     """CIDEr-D (n-grams 1..4, clipped tf-idf, Gaussian length penalty with sigma 6, times 10) of captions against
     the references given here, whose document frequencies are counted once. With the scored set's own references

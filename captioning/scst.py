@@ -1,7 +1,8 @@
 """Self-critical sequence training (Rennie et al. 2017), the stage after teacher forcing.
 
 Each step samples `scst_samples` captions per image from the model, rewards each with its CIDEr-D against the
-image's train references (document frequencies of the train split, counted once), and raises the log-probability
+image's train references (document frequencies of the train split, counted once), plus `scst_bleu_weight` times its
+sentence BLEU-4 against them (which also rewards captions as long as the references), and raises the log-probability
 of the samples that beat a baseline: the mean reward of the image's other samples (`scst_baseline: mean`), or the
 reward of the image's greedy caption (`greedy`). The loss is the policy gradient's surrogate,
 -sum(advantage * log p(word)) / words, computed by one teacher-forced pass over the sampled captions.
@@ -20,7 +21,7 @@ import tensorflow as tf
 
 from captioning.config import Config
 from captioning.decode import greedy_search
-from captioning.metrics import CiderD
+from captioning.metrics import CiderD, SentenceBleu
 from captioning.model import graph_function, make_step_decoder
 from captioning.text import Vocabulary, pad_batch
 from captioning.train import run_pass
@@ -34,6 +35,7 @@ class SelfCritical:
         self.config, self.vocab, self.model = config, vocab, model
         self.features, self.dev_batches, self.selection = train_features, dev_batches, selection
         self.cider = CiderD(train_captions)
+        self.bleu = SentenceBleu(train_captions) if config.scst_bleu_weight else None
         self.optimizer = keras.optimizers.Adam(config.scst_learning_rate)
         self.optimizer.build(model.trainable_variables)  # now, so that the train step is traced once, not twice
         self.decoder = make_step_decoder(model, vocab)
@@ -81,19 +83,27 @@ class SelfCritical:
         batch = self.features[images]
         owners = np.repeat(images, samples)
         ids = self.sample(batch, seed)
-        rewards = self.cider.scores([self.vocab.decode(row) for row in ids], owners)
+        rewards = self.reward(ids, owners)
         advantages = rewards - self.baseline(rewards, images)
         tokens = pad_batch([[self.vocab.start_id, *row, self.vocab.end_id] for row in ids])
         inputs = self.decoder.training_inputs(batch, np.repeat(np.arange(len(images)), samples), tokens[:, :-1])
         loss = self._train_step(inputs, tf.constant(tokens[:, 1:]), tf.constant(advantages, tf.float32))
         return float(loss), float(rewards.mean())
 
+    def reward(self, ids: list[list[int]], images) -> np.ndarray:
+        """Each caption's reward against its image's train references: CIDEr-D (+ weight x sentence BLEU-4)."""
+        captions = [self.vocab.decode(row) for row in ids]
+        rewards = self.cider.scores(captions, images)
+        if self.bleu is not None:
+            rewards += self.config.scst_bleu_weight * self.bleu.scores(captions, images)
+        return rewards
+
     def baseline(self, rewards: np.ndarray, images: np.ndarray) -> np.ndarray:
         samples = self.config.scst_samples
         if self.config.scst_baseline == "greedy":
             greedy = greedy_search(self.decoder, self.features[images], self.config.max_length,
                                    no_repeat_ngram=self.config.no_repeat_ngram)
-            return np.repeat(self.cider.scores([self.vocab.decode(row) for row in greedy], images), samples)
+            return np.repeat(self.reward(greedy, images), samples)
         grouped = rewards.reshape(-1, samples)
         others = (grouped.sum(axis=1, keepdims=True) - grouped) / (samples - 1)
         return others.reshape(-1)

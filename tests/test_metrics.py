@@ -35,7 +35,7 @@ from pycocoevalcap.cider.cider import Cider  # noqa: E402
 from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
 
 from captioning import metrics  # noqa: E402
-from captioning.metrics import CiderD, coco_scores  # noqa: E402
+from captioning.metrics import CiderD, SentenceBleu, coco_scores  # noqa: E402
 
 WORDS = "a the dog dogs man woman boy girl runs jumps sits on in at grass water ball red blue black white".split()
 
@@ -59,6 +59,20 @@ def test_cider_d_equals_pycocoevalcap_on_the_scored_sets_own_references():
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
     assert CiderD(refs).corpus_score(hyps) == pytest.approx(theirs_mean, abs=1e-6)
     assert ours.max() > 1.0  # the fixture does have overlapping captions
+
+
+def test_sentence_bleu_equals_nltks_with_lin_och_smoothing():
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    refs, hyps = _fixture()
+    smooth = SmoothingFunction().method2
+    theirs = [sentence_bleu(r, h, smoothing_function=smooth) if h else 0.0 for r, h in zip(refs, hyps)]
+    scorer = SentenceBleu(refs)
+    np.testing.assert_allclose(scorer.scores(hyps), theirs, rtol=0, atol=1e-9)
+    assert scorer.scores([hyps[7]], [7])[0] == pytest.approx(theirs[7]) and max(theirs) > 0.5
+    reference = "a dog runs on the grass with a red ball".split()
+    short, full = SentenceBleu([[reference]]).scores([reference[:5], reference], [0, 0])
+    assert full == pytest.approx(1.0) and short < 0.5  # precise but short: the brevity penalty
 
 
 def test_cider_d_with_fixed_references_scores_any_image_index():

@@ -59,7 +59,16 @@ def test_an_interrupted_scst_stage_resumes_exactly(prepared, tmp_path):
     assert all(np.isfinite(h["reward"]) for h in whole.training.history[2:])
 
 
+def test_a_bleu_weighted_reward_is_raised_too(prepared):
+    config, data = prepared
+    result = train_and_evaluate(config.replace(epochs=2, scst_epochs=3, scst_bleu_weight=2.0), data,
+                                eval_splits=(), verbose=False)
+    rewards = [h["reward"] for h in result.training.history[2:]]
+    assert len(rewards) == 3 and rewards[-1] > rewards[0]
+
+
 @pytest.mark.parametrize("override, message", [
+    ("scst_bleu_weight=-1", "'scst_bleu_weight' must be 0 \\(CIDEr-D alone\\) or more"),
     ("scst_samples=0", "'scst_samples' must be at least 2"),
     ("scst_baseline=best", "'scst_baseline' must be one of mean, greedy"),
     ("scst_epochs=-1", "'scst_epochs' must be 0"),
