@@ -17,6 +17,19 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
     return uri
 
 
+def quiet_libraries() -> None:
+    """For commands that log models: keep the libraries' notices about choices made on purpose (a model-from-code
+    file, no input example, one tf.function per decoder) and their progress bars out of the output."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
+    warnings.filterwarnings("ignore", message=".*input example was not provided")
+    for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run_state(name: str) -> Path:
     """Where a command's run state goes by default: the directory it runs from, as MLflow's own default
     (./mlflow.db, ./mlruns), so that `mlflow ui` started there finds it; not the installed package's folder."""

@@ -335,9 +335,10 @@ def main(argv=None) -> int:
     from captioning.data import DataError
     from captioning.serving import ModelNotFound
     from captioning.weights import WeightsError
-    from captioning.workbench import resolve_tracking_uri
+    from captioning.workbench import quiet_libraries, resolve_tracking_uri
 
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     resolve_tracking_uri(args.tracking_uri)
     storage = args.storage or os.environ.get("CAPTIONING_STORAGE")
     storage = storage if storage and storage.startswith("postgresql") else None  # (a SQLite study has no lock there)

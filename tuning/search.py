@@ -27,7 +27,8 @@ from pathlib import Path
 from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
 from captioning.names import check_name, inside
-from captioning.workbench import default_tracking_uri, password_warning, redact, resolve_tracking_uri, run_state
+from captioning.workbench import (default_tracking_uri, password_warning, quiet_libraries, redact,
+                                  resolve_tracking_uri, run_state)
 from tuning.coordination import Guard, Heartbeats, check_storage, shared, worker_id
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -103,18 +104,10 @@ def main(argv=None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """One line per trial is the search's output: keep the libraries' notices about choices made on purpose (a
-    model-from-code file, no input example, one tf.function per trial's decoder) and their progress bars out."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run with a server
-    warnings.filterwarnings("ignore", message=".*input example was not provided")
-    for name in ("mlflow.pyfunc", "mlflow.store.db.utils", "mlflow.models.model", "tensorflow"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """One line per trial is the search's output."""
     import optuna
 
+    quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
