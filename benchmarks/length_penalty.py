@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from captioning.pipeline import evaluate, load_and_report, prepare
-from captioning.serving import load_captioner
+from captioning.captioner import load_captioner
 
 
 def repeats_a_pair(caption: str) -> bool:

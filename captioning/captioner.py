@@ -189,3 +189,12 @@ class Captioner:
 
     def describe(self) -> str:
         return json.dumps(self.config.to_dict())
+
+
+def load_captioner(reference: str) -> Captioner:
+    """A captioner from a bundle directory or a models:/ or runs:/ URI (in the tracking store already set)."""
+    if reference.startswith(("models:/", "runs:/")):
+        from captioning.serving import download_bundle  # MLflow only for an MLflow address
+
+        return Captioner.load(download_bundle(reference))
+    return Captioner.load(Path(reference))

@@ -126,7 +126,7 @@ def cmd_ensemble(args) -> None:
 def _load_captioner(reference: str):
     """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model) in the store that
     $MLFLOW_TRACKING_URI or the working directory names."""
-    from captioning.serving import load_captioner
+    from captioning.captioner import load_captioner
 
     if reference.startswith(("models:/", "runs:/")):
         from captioning.workbench import resolve_tracking_uri

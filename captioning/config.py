@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,8 @@ def _coerce(key: str, value: Any) -> Any:
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"config key {key!r} needs a {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} needs a finite number, got {value!r}")
     return value
 
 
@@ -208,10 +211,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 # What a fine-tuning may change: how the self-critical stage trains, selects and decodes; not the model, its inputs
 # or the data's split (seed: a seeded split would move dev and test images into training).
-FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "scst_bleu_weight", "patience",
-                 "lr_decay",
-                 "selection_metric", "selection_beam", "batch_size", "beam_width", "length_penalty",
-                 "no_repeat_ngram")
+FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "scst_bleu_weight",
+                 "patience", "lr_decay", "selection_metric", "selection_beam", "batch_size", "beam_width",
+                 "length_penalty", "no_repeat_ngram")
 
 
 def check_finetune(trained: Config, config: Config) -> None:

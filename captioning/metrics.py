@@ -220,7 +220,8 @@ def _ngram_counts(words: list[str], n: int) -> collections.Counter:
 class SentenceBleu:
     """Sentence-level BLEU-4 of captions against the references given here (clipped n-gram precisions; orders 2-4
     smoothed by adding 1 to their counts, Lin and Och 2004, as NLTK's method2; the brevity penalty against the
-    closest reference length, the shorter on a tie): a self-critical reward that also asks for reference lengths."""
+    closest reference length, the shorter on a tie): a self-critical reward that also asks for captions no shorter
+    than the references."""
 
     def __init__(self, references: list[list[list[str]]], n: int = 4):
         self.n = n

@@ -103,14 +103,6 @@ def _registry_listing() -> str:
     return "; ".join(names) or "none (run: python tuning/search.py)"
 
 
-def load_captioner(reference: str):
-    """A captioner from a bundle directory or a models:/ or runs:/ URI (in the tracking store already set)."""
-    from captioning.captioner import Captioner
-
-    is_uri = reference.startswith(("models:/", "runs:/"))
-    return Captioner.load(download_bundle(reference) if is_uri else Path(reference))
-
-
 def download_bundle(model_uri: str) -> Path:
     """The captioner bundle inside an MLflow model: models:/NAME@ALIAS, models:/NAME/VERSION, a logged model's
     models:/m-<id> (what each trial's `model_uri` tag holds) or runs:/ID/model."""

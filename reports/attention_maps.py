@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from captioning.data import DataError, load_dataset
-from captioning.serving import load_captioner
+from captioning.captioner import load_captioner
 from captioning.workbench import resolve_tracking_uri
 
 

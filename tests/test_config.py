@@ -31,6 +31,8 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
     ("units=many", "needs a int"), ("dropout=1.5", "dropout"), ("units", "key=value"),
     ("encoder=resnet", "unknown encoder"), ("selection_metric=cidr", "selection_metric"),
     ("selection_beam=0", "selection_beam.*at least 1"), ("no_repeat_ngram=1", "no_repeat_ngram.*at least 2"),
+    ("scst_bleu_weight=nan", "'scst_bleu_weight' needs a finite number, got nan"),
+    ("learning_rate=.inf", "'learning_rate' needs a finite number, got inf"),
 ])
 def test_bad_values_are_clear_errors(pair, message):
     with pytest.raises(ConfigError, match=message):

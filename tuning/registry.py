@@ -32,7 +32,6 @@ from mlflow.exceptions import MlflowException
 from captioning.cache import cache_root
 from captioning.config import ConfigError
 from captioning.names import check_name, quote
-from captioning.serving import load_captioner
 from tuning.coordination import Guard
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -129,6 +128,8 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
     both scored now on the same split with the same decoding; then score the registered version on test.
     `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).
     `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
+    from captioning.captioner import load_captioner
+
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, _, score_name = metric.partition("_")  # dev_greedy_bleu4: dev, greedy decoding, bleu4
@@ -205,6 +206,8 @@ def _check_held(guard, name: str) -> None:
 def score_registered(name: str, version: str, dataset, prepare) -> dict[str, float] | None:
     """The test split's scores of a registered version, greedy and with its beam width: logged to its run (the only
     trial runs with test scores) and kept as the version's tags."""
+    from captioning.captioner import load_captioner
+
     if not dataset.splits.get("test"):
         return None
     client = MlflowClient()
@@ -228,6 +231,8 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
              experiment: str = "registered", storage: str | None = None, log: Callable[[str], None] = print) -> dict:
     """A captioner trained outside a search (a bundle directory or a model URI: a fine-tuning, an ensemble)
     logged as a run of `experiment` and registered under the same rule as a search's best (promote_best)."""
+    from captioning.captioner import load_captioner
+
     import tempfile
 
     from captioning.pipeline import FeatureCache, load_and_report

@@ -203,7 +203,7 @@ class TrialRunner:
         from captioning.captioner import Captioner
         from captioning.ensemble import check_compatible
         from captioning.pipeline import evaluate
-        from captioning.serving import load_captioner
+        from captioning.captioner import load_captioner
 
         client = mlflow.MlflowClient()
 
