@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioning.data import DataError, load_dataset
 from captioning.captioner import load_captioner
+from captioning.data import DataError, load_dataset
 from captioning.workbench import resolve_tracking_uri
 
 
