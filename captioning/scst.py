@@ -4,8 +4,9 @@ Each step samples `scst_samples` captions per image from the model, rewards each
 image's train references (document frequencies of the train split, counted once), plus `scst_bleu_weight` times its
 sentence BLEU-4 against them (whose brevity penalty also asks for captions no shorter than the references), and
 raises the log-probability of the samples that beat a baseline: the mean reward of the image's other samples
-(`scst_baseline: mean`), or the reward of the image's greedy caption (`greedy`). The loss is the policy gradient's surrogate,
--sum(advantage * log p(word)) / words, computed by one teacher-forced pass over the sampled captions.
+(`scst_baseline: mean`), or the reward of the image's greedy caption (`greedy`). The loss is the policy
+gradient's surrogate, -sum(advantage * log p(word)) / words, computed by one teacher-forced pass over the sampled
+captions.
 
 The stage starts from the best teacher-forced weights and shares their dev selection (best epoch, learning-rate
 decay, early stopping, checkpoints): its epochs continue the numbering and are marked `stage: scst`. Samples are

@@ -231,10 +231,9 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
              experiment: str = "registered", storage: str | None = None, log: Callable[[str], None] = print) -> dict:
     """A captioner trained outside a search (a bundle directory or a model URI: a fine-tuning, an ensemble)
     logged as a run of `experiment` and registered under the same rule as a search's best (promote_best)."""
-    from captioning.captioner import load_captioner
-
     import tempfile
 
+    from captioning.captioner import load_captioner
     from captioning.pipeline import FeatureCache, load_and_report
     from captioning.serving import log_captioner
     from tuning.settings import check_metric

@@ -200,10 +200,9 @@ class TrialRunner:
         """The complete trials `run_ids` (best first) decoded as one ensemble captioner, scored on dev as a trial is
         and logged as a run of its own (role `ensemble`, model included); None if fewer than two of them can be
         decoded together (a trial reading other features or another vocabulary is left out, said why)."""
-        from captioning.captioner import Captioner
+        from captioning.captioner import Captioner, load_captioner
         from captioning.ensemble import check_compatible
         from captioning.pipeline import evaluate
-        from captioning.captioner import load_captioner
 
         client = mlflow.MlflowClient()
 
