@@ -6,6 +6,8 @@
       decoder.keras the trained decoder (built-in and this project's layers only, no Lambda; loaded in Keras
                     safe mode)
       decoder-1.keras, decoder-2.keras, ...   an ensemble's further members (captioning/ensemble.py), if any
+      config-1.json, config-2.json, ...       their own configs, which name the features each reads (a bundle
+                                              without them: the features config.json names)
 
 The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image.
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from captioning.config import Config
 from captioning.decode import beam_search, greedy_search
-from captioning.encoders import Encoder, make_encoder
+from captioning.encoders import Encoder, feature_key, make_encoder
 from captioning.images import ImageSource, load_rgb
 from captioning.model import make_step_decoder
 from captioning.text import Vocabulary
@@ -66,15 +68,22 @@ def _load_decoder(decoder: Path) -> keras.Model:
 
 
 class Captioner:
-    def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model, members: Sequence[keras.Model] = ()):
-        """`members`: further decoders of an ensemble (same features and vocabulary), decoded with `model` as one."""
+    def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model, members: Sequence[keras.Model] = (),
+                 member_configs: Sequence[Config] | None = None):
+        """`members`: further decoders of an ensemble (same vocabulary), decoded with `model` as one;
+        `member_configs`: the configs they were trained with, which name the features each reads (default:
+        `config`'s)."""
         self.config, self.vocab, self.model, self.members = config, vocab, model, list(members)
+        self.member_configs = list(member_configs) if member_configs is not None else [config] * len(self.members)
+        if len(self.member_configs) != len(self.members):
+            raise ValueError(f"{len(self.members)} members but {len(self.member_configs)} member configs")
         self.decoder = make_step_decoder(model, vocab)
         if self.members:
             from captioning.ensemble import EnsembleStepDecoder
 
-            self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in self.members])
-        self._encoder: Encoder | None = None
+            self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in self.members],
+                                               self._parts() if len(self.feature_groups) > 1 else None)
+        self._encoders: dict[str, Encoder] = {}
 
     @classmethod
     def ensemble(cls, captioners: Sequence["Captioner"]) -> "Captioner":
@@ -84,18 +93,45 @@ class Captioner:
 
         check_compatible(list(captioners))
         first = captioners[0]
-        decoders = [m for c in captioners for m in (c.model, *c.members)]
-        attention = any(m.name == "attention_decoder" for m in decoders)
-        # An attention member needs the maps, which the inputs hold when the config names the attention decoder (a
-        # merge member's layer count lives in its own model).
-        config = first.config.replace(decoder="attention", lstm_layers=1) if attention else first.config
-        return cls(config, first.vocab, decoders[0], decoders[1:])
+        decoders = [m for c in captioners for m in c.models]
+        configs = [config for c in captioners for config in c.decoder_configs]
+        return cls(_reading_maps(first.config, decoders), first.vocab, decoders[0], decoders[1:], configs[1:])
+
+    @property
+    def models(self) -> list[keras.Model]:
+        """The decoder, and an ensemble's further members."""
+        return [self.model, *self.members]
+
+    @property
+    def decoder_configs(self) -> list[Config]:
+        """For each of `models`, the config that names the features it reads."""
+        return [self.config, *self.member_configs]
+
+    @property
+    def feature_groups(self) -> list[Config]:
+        """One config per feature setting the decoders read, the model's first: what encode_images computes, in
+        order (several only for an ensemble whose members read different features; see ensemble.MemberInputs).
+        Each reads the maps if an attention decoder reads those features."""
+        if len({feature_key(c) for c in self.decoder_configs}) == 1:
+            return [self.config]
+        keys = list(dict.fromkeys(feature_key(c) for c in self.decoder_configs))
+        return [_reading_maps(next(c for c in self.decoder_configs if feature_key(c) == key),
+                              [m for m, c in zip(self.models, self.decoder_configs) if feature_key(c) == key])
+                for key in keys]
+
+    def _parts(self) -> list[int]:
+        """For each of `models`, its feature group's index."""
+        keys = [feature_key(c) for c in self.feature_groups]
+        return [keys.index(feature_key(c)) for c in self.decoder_configs]
+
+    def _encoder_for(self, config: Config, mirrored: bool = False) -> Encoder:
+        """An encoder built once per captioner (its CNN is built on first use)."""
+        encoder = make_encoder(config, mirrored=mirrored)
+        return self._encoders.setdefault(encoder.key, encoder)
 
     @property
     def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = make_encoder(self.config)
-        return self._encoder
+        return self._encoder_for(self.config)
 
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
@@ -103,10 +139,12 @@ class Captioner:
         self.config.save(directory / "config.json")
         self.vocab.save(directory / "vocab.json")
         self.model.save(directory / "decoder.keras")
-        for stale in directory.glob("decoder-*.keras"):  # an earlier bundle's members would be decoded with this one
-            stale.unlink()
-        for number, member in enumerate(self.members, start=1):
+        for pattern in ("decoder-*.keras", "config-*.json"):  # an earlier bundle's members would be decoded too
+            for stale in directory.glob(pattern):
+                stale.unlink()
+        for number, (member, config) in enumerate(zip(self.members, self.member_configs), start=1):
             member.save(directory / f"decoder-{number}.keras")
+            config.save(directory / f"config-{number}.json")
         return directory
 
     @classmethod
@@ -122,8 +160,10 @@ class Captioner:
                     if p.stem[len("decoder-"):].isdigit()}
         members = [numbered[n] for n in sorted(numbered)]
         models = [_load_decoder(path) for path in [directory / "decoder.keras", *members]]
-        return cls(Config.load(directory / "config.json"), Vocabulary.load(directory / "vocab.json"), models[0],
-                   models[1:])
+        config = Config.load(directory / "config.json")
+        own = [directory / f"config-{n}.json" for n in sorted(numbered)]
+        member_configs = [Config.load(path) if path.is_file() else config for path in own]
+        return cls(config, Vocabulary.load(directory / "vocab.json"), models[0], models[1:], member_configs)
 
     @property
     def has_attention(self) -> bool:
@@ -151,18 +191,33 @@ class Captioner:
 
     # ... or from images (paths, bytes, arrays, PIL images).
     def encode_images(self, images: Sequence[ImageSource]):
-        """What the decoder reads for these images, computed as the feature cache computes it."""
+        """What the decoder reads for these images, computed as the feature cache computes it (for an ensemble
+        whose members read different features, MemberInputs; each image is encoded once per encoder)."""
         pixels = [load_rgb(image) for image in images]
-        features, maps = self.encoder.encode_inputs(pixels)
-        if self.config.feature_flip and self.config.flip_mode == "average":  # as it was trained
-            mirrored, mirrored_maps = make_encoder(self.config, mirrored=True).encode_inputs(pixels)
-            features = (features + mirrored) / 2
-            maps = (maps.astype(np.float32) + mirrored_maps.astype(np.float32)) / 2
-        if not self.has_attention:
-            return features
+        encoded = {}
+
+        def encode(config: Config, mirrored: bool = False):
+            encoder = self._encoder_for(config, mirrored)
+            if encoder.key not in encoded:
+                encoded[encoder.key] = encoder.encode_inputs(pixels)
+            return encoded[encoder.key]
+
         from captioning.features import ImageInputs
 
-        return ImageInputs(features, maps.reshape(len(maps), -1, maps.shape[-1]).astype(np.float32))
+        parts = []
+        for config in self.feature_groups:
+            features, maps = encode(config)
+            if config.feature_flip and config.flip_mode == "average":  # as it was trained
+                mirrored, mirrored_maps = encode(config, mirrored=True)
+                features = (features + mirrored) / 2
+                maps = (maps.astype(np.float32) + mirrored_maps.astype(np.float32)) / 2
+            parts.append(features if config.decoder != "attention" else
+                         ImageInputs(features, maps.reshape(len(maps), -1, maps.shape[-1]).astype(np.float32)))
+        if len(parts) == 1:
+            return parts[0]
+        from captioning.ensemble import MemberInputs
+
+        return MemberInputs(parts)
 
     def caption_alternatives(self, images: Sequence[ImageSource],
                              beam_width: int | None = None) -> list[list[tuple[str, float]]]:
@@ -189,6 +244,13 @@ class Captioner:
 
     def describe(self) -> str:
         return json.dumps(self.config.to_dict())
+
+
+def _reading_maps(config: Config, models: Sequence[keras.Model]) -> Config:
+    """`config`, naming the attention decoder if one of `models` is one: the inputs then hold the maps it needs (a
+    merge model's layer count lives in the model itself)."""
+    attention = any(m.name == "attention_decoder" for m in models)
+    return config.replace(decoder="attention", lstm_layers=1) if attention else config
 
 
 def load_captioner(reference: str) -> Captioner:

@@ -43,10 +43,25 @@ def _prepare(config, args):
 
     dataset = load_and_report(dataset_path(args.data), seed=config.seed)
     prepared = prepare(config, dataset)
-    stats = prepared.stats
+    _report_features(prepared.stats)
+    return prepared
+
+
+def _features_for(captioner, args):
+    """The features of every setting the captioner's decoders read (one, but for an ensemble whose members read
+    different ones), prepared and reported: a FeatureCache for pipeline.evaluate."""
+    from captioning.pipeline import FeatureCache, load_and_report
+    from captioning.synthetic import dataset_path
+
+    features = FeatureCache(load_and_report(dataset_path(args.data), seed=captioner.config.seed))
+    for config in captioner.feature_groups:
+        _report_features(features(config).stats)
+    return features
+
+
+def _report_features(stats) -> None:
     print(f"features: {stats.images} images, {stats.cache_hits} from cache, {stats.extracted} extracted"
           + (f" in {stats.seconds:.0f}s ({stats.images_per_second:.1f} img/s)" if stats.extracted else ""))
-    return prepared
 
 
 def _out_dir(out: str | None, kind: str) -> Path:
@@ -111,10 +126,10 @@ def cmd_ensemble(args) -> None:
         ensemble = Captioner.ensemble([_load_captioner(reference) for reference in args.model])
     except EnsembleError as exc:
         raise ConfigError(f"cannot ensemble {', '.join(args.model)}: {exc}") from None
-    prepared = _prepare(ensemble.config, args)
+    features = _features_for(ensemble, args)
     widths = sorted({1, ensemble.config.beam_width})
-    evaluations = [evaluate(ensemble, prepared, split, width) for split in ("dev", "test")
-                   if prepared.dataset.splits[split] for width in widths]
+    evaluations = [evaluate(ensemble, features, split, width) for split in ("dev", "test")
+                   if features.dataset.splits[split] for width in widths]
     out = _out_dir(args.out, "ensemble")
     ensemble.save(out)
     (out / "metrics.json").write_text(json.dumps({"members": args.model,
@@ -160,14 +175,12 @@ def _load_for_decoding(args):
 
 
 def cmd_evaluate(args) -> None:
-    from captioning.pipeline import evaluate, load_and_report, prepare
-    from captioning.synthetic import dataset_path
+    from captioning.pipeline import evaluate
 
     captioner = _load_for_decoding(args)
-    dataset = load_and_report(dataset_path(args.data), seed=captioner.config.seed)
-    prepared = prepare(captioner.config, dataset)
+    features = _features_for(captioner, args)
     width = captioner.config.beam_width if args.beam is None else args.beam
-    print(_table([evaluate(captioner, prepared, args.split, width)]))
+    print(_table([evaluate(captioner, features, args.split, width)]))
 
 
 def cmd_caption(args) -> None:

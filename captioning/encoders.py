@@ -270,3 +270,9 @@ ENCODERS = {"xception": XceptionEncoder, "pixels": PixelEncoder}
 
 def make_encoder(config: Config, mirrored: bool = False) -> Encoder:
     return ENCODERS[config.encoder](config, mirrored)
+
+
+def feature_key(config: Config) -> str:
+    """Equal keys, equal prepared features (the encoder's cache key, plus how mirrored features are used)."""
+    key = make_encoder(config).key
+    return f"{key}+flip-{config.flip_mode}" if config.feature_flip else key

@@ -1,9 +1,10 @@
-"""Ensembles: several trained decoders over the same features and vocabulary, decoded as one model whose next-word
-distribution is the mean of theirs (greedy and beam search unchanged: the ensemble is one more step decoder).
+"""Ensembles: several trained decoders over one vocabulary, decoded as one model whose next-word distribution is the
+mean of theirs (greedy and beam search unchanged: the ensemble is one more step decoder).
 
 Members may mix the merge and the attention decoder: an attention member reads the maps, a merge member the
-feature vectors of the same ImageInputs. The ensemble's attention weights (for the app's maps) are the mean of its
-attention members' weights.
+feature vectors of the same ImageInputs. Members may also read different features (e.g. one trained on flip-averaged
+features, one on plain ones): the inputs are then MemberInputs, one part per feature setting, and each member reads
+its own part. The ensemble's attention weights (for the app's maps) are the mean of its attention members' weights.
 """
 from __future__ import annotations
 
@@ -15,12 +16,33 @@ class EnsembleError(ValueError):
     """Captioners that cannot be decoded together (other features, vocabulary or caption length)."""
 
 
+class MemberInputs:
+    """An ensemble's inputs when its members read different features: one part per feature setting (in the order of
+    Captioner.feature_groups), each a single model's inputs, sliced and loaded together."""
+
+    def __init__(self, parts: list):
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, index) -> "MemberInputs":
+        return MemberInputs([part[index] for part in self.parts])
+
+    def load(self) -> "MemberInputs":
+        """Every part read into memory (maps read from the cache are read when loaded; see decode._batches)."""
+        return MemberInputs([part.load() if hasattr(part, "load") else part for part in self.parts])
+
+
 class EnsembleStepDecoder:
     """The step-decoder interface (captioning.model.StepDecoder) over several members. States and context are the
-    members' own, concatenated (attention members first, so that context[0] holds the map positions)."""
+    members' own, concatenated (attention members first, so that context[0] holds the map positions).
+    `parts`: for each decoder, which part of MemberInputs it reads (None: all read the same inputs)."""
 
-    def __init__(self, decoders: list):
-        self.members = sorted(decoders, key=lambda d: not d.has_attention)
+    def __init__(self, decoders: list, parts: list[int] | None = None):
+        order = sorted(range(len(decoders)), key=lambda i: not decoders[i].has_attention)
+        self.members = [decoders[i] for i in order]
+        self.parts = [None] * len(decoders) if parts is None else [parts[i] for i in order]
         first = self.members[0]
         self.has_attention = first.has_attention
         self.banned, self.start_id, self.end_id = first.banned, first.start_id, first.end_id
@@ -31,8 +53,9 @@ class EnsembleStepDecoder:
 
     def start(self, inputs):
         context, states = [], []
-        for member in self.members:
-            own = inputs if member.has_attention or not hasattr(inputs, "maps") else inputs.features
+        for member, part in zip(self.members, self.parts):
+            own = inputs.parts[part] if isinstance(inputs, MemberInputs) else inputs
+            own = own if member.has_attention or not hasattr(own, "maps") else own.features
             member_context, member_states = member.start(own)
             context += list(member_context)
             states += list(member_states)
@@ -69,14 +92,16 @@ class EnsembleStepDecoder:
 
 
 def check_compatible(captioners: list) -> None:
-    """One error naming what differs: members must read the same features and share vocabulary and length."""
-    from captioning.pipeline import feature_key
-
+    """One error naming what differs: members must share vocabulary and caption length, and their attention decoders
+    one map grid (the encoder and image size), so that their attention weights can be averaged."""
     first = captioners[0]
+    grids = {(c.encoder, c.image_size) for captioner in captioners
+             for c, model in zip(captioner.decoder_configs, captioner.models) if model.name == "attention_decoder"}
+    if len(grids) > 1:
+        raise EnsembleError("the attention members read maps of different grids (encoder, image_size: "
+                            f"{', '.join(map(str, sorted(grids)))}); ensemble attention captioners of one encoder "
+                            "and image size (merge captioners may differ)")
     for i, other in enumerate(captioners[1:], start=1):
-        if feature_key(other.config) != feature_key(first.config):
-            raise EnsembleError(f"member {i} reads other features ({feature_key(other.config)}) than member 0 "
-                                f"({feature_key(first.config)}); ensemble captioners of one encoder and flip setting")
         if other.vocab.words != first.vocab.words:
             raise EnsembleError(f"member {i} has another vocabulary than member 0 ({len(other.vocab.words)} against "
                                 f"{len(first.vocab.words)} words); ensemble captioners trained on the same captions "

@@ -11,7 +11,7 @@ import numpy as np
 from captioning.captioner import Captioner
 from captioning.config import Config, check_finetune
 from captioning.data import SPLITS, DataError, Dataset, load_dataset
-from captioning.encoders import make_encoder
+from captioning.encoders import feature_key, make_encoder
 from captioning.features import ExtractionStats, ImageInputs, MapView, extract
 from captioning.metrics import coco_scores, corpus_bleu_scores, start_java_scorers
 from captioning.text import Vocabulary
@@ -35,12 +35,6 @@ class Prepared:
         if decoder != "attention":
             return features
         return ImageInputs(features, (self.mirrored_maps if mirrored else self.maps)[split])
-
-
-def feature_key(config: Config) -> str:
-    """Equal keys, equal prepared features (the encoder's cache key, plus how mirrored features are used)."""
-    key = make_encoder(config).key
-    return f"{key}+flip-{config.flip_mode}" if config.feature_flip else key
 
 
 def load_and_report(data: Path, seed: int = 0, log: Callable[[str], None] = print) -> Dataset:
@@ -104,13 +98,34 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(captioner: Captioner, prepared: Prepared, split: str, beam_width: int) -> Evaluation:
-    dataset = prepared.dataset
+Features = Prepared | Callable[[Config], Prepared]  # one setting's features, or any setting's (a FeatureCache)
+
+
+def decoder_inputs(captioner: Captioner, features: Features, split: str):
+    """What the captioner's decoders read for a split's images: from `features` prepared for its config, or, for an
+    ensemble whose members read different features, MemberInputs from a FeatureCache."""
+    groups = captioner.feature_groups
+    if isinstance(features, Prepared):
+        if len(groups) > 1:
+            raise ValueError("this ensemble's members read different features: pass a FeatureCache, not one "
+                             "setting's features")
+        return features.inputs(split, captioner.config.decoder)
+    parts = [features(config).inputs(split, config.decoder) for config in groups]
+    if len(parts) == 1:
+        return parts[0]
+    from captioning.ensemble import MemberInputs
+
+    return MemberInputs(parts)
+
+
+def evaluate(captioner: Captioner, features: Features, split: str, beam_width: int) -> Evaluation:
+    """Scores of the captions decoded for a split's images (`features`: see decoder_inputs)."""
+    dataset = (features if isinstance(features, Prepared) else features(captioner.feature_groups[0])).dataset
     names = dataset.split(split)
     if not names:
         raise DataError(f"the {split} split of {dataset.root} has no usable images; score another --split")
     start = time.perf_counter()
-    decoded = captioner.decode_features(prepared.inputs(split, captioner.config.decoder), beam_width)
+    decoded = captioner.decode_features(decoder_inputs(captioner, features, split), beam_width)
     seconds = time.perf_counter() - start
     hypotheses = [alternatives[0][0].split() for alternatives in decoded]
     scores = corpus_bleu_scores([dataset.captions[name] for name in names], hypotheses)

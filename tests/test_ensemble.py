@@ -5,7 +5,7 @@ import pytest
 from captioning.attention import build_attention_decoder
 from captioning.captioner import Captioner
 from captioning.config import Config
-from captioning.ensemble import EnsembleError
+from captioning.ensemble import EnsembleError, MemberInputs
 from captioning.features import ImageInputs
 from captioning.model import build_decoder
 from captioning.text import Vocabulary
@@ -75,9 +75,44 @@ def test_a_saved_ensemble_loads_and_captions_the_same(tmp_path):
 
 @pytest.mark.parametrize("other, message", [
     (lambda: _captioner("merge", 7, Vocabulary(["red", "circle"])), "another vocabulary"),
-    (lambda: _captioner("merge", 7, feature_flip=True), "other features"),
     (lambda: _captioner("merge", 7, max_length=12), "max_length"),
 ])
 def test_members_that_cannot_be_decoded_together_are_refused(other, message):
     with pytest.raises(EnsembleError, match=message):
         Captioner.ensemble([_captioner("merge", 8), other()])
+
+
+def test_attention_members_must_share_one_map_grid():
+    with pytest.raises(EnsembleError, match="maps of different grids"):
+        Captioner.ensemble([_captioner("attention", 11), _captioner("attention", 12, image_size=64)])
+    Captioner.ensemble([_captioner("merge", 11), _captioner("attention", 12, image_size=64)])  # a merge one may differ
+
+
+def test_members_reading_other_features_each_read_their_own_part(tmp_path):
+    # One trained on flip-averaged features, one on plain ones: two parts, each member's distribution from its own.
+    flipped, plain = _captioner("attention", 13, feature_flip=True), _captioner("merge", 14)
+    ensemble = Captioner.ensemble([flipped, plain])
+    assert [c.feature_flip for c in ensemble.feature_groups] == [True, False]
+    assert [c.decoder for c in ensemble.feature_groups] == ["attention", "merge"]
+    other = ImageInputs(_rng.normal(size=(6, 5)).astype(np.float32), _rng.normal(size=(6, 4, 3)).astype(np.float32))
+    inputs = MemberInputs([INPUTS, other.features])
+    tokens = np.full(len(INPUTS), VOCAB.start_id, np.int32)
+    expected = (_probabilities(flipped.decoder, INPUTS, tokens) + _probabilities(plain.decoder, other.features, tokens)) / 2
+    np.testing.assert_allclose(_probabilities(ensemble.decoder, inputs, tokens), expected, atol=1e-5)
+    # Saved and loaded: each member keeps the config that names its features, and captions the same.
+    ensemble.save(tmp_path / "bundle")
+    loaded = Captioner.load(tmp_path / "bundle")
+    assert [c.feature_flip for c in loaded.decoder_configs] == [True, False]
+    for width in (1, 3):
+        assert [c[0][0] for c in loaded.decode_features(inputs, width)] == \
+            [c[0][0] for c in ensemble.decode_features(inputs, width)]
+    assert len(loaded.decode_features(inputs[2:5], 3)) == 3  # sliced as the decoders batch it
+
+
+def test_a_bundle_saved_before_member_configs_reads_one_feature_setting(tmp_path):
+    ensemble = Captioner.ensemble([_captioner("attention", 15), _captioner("merge", 16)])
+    ensemble.save(tmp_path / "bundle")
+    (tmp_path / "bundle" / "config-1.json").unlink()  # as bundles were written before members had their own
+    loaded = Captioner.load(tmp_path / "bundle")
+    assert loaded.member_configs == [loaded.config] and len(loaded.feature_groups) == 1
+    assert [c[0][0] for c in loaded.decode_features(INPUTS, 3)] == [c[0][0] for c in ensemble.decode_features(INPUTS, 3)]

@@ -1,6 +1,7 @@
 """Mirrored-image features: cached apart, aligned with the plain ones, averaged or used as augmentation, and the
 captioner sees at captioning time what the decoder was trained on."""
 import numpy as np
+import pytest
 
 from captioning.config import Config
 from captioning.encoders import make_encoder
@@ -71,3 +72,24 @@ def test_captioning_an_image_uses_the_features_it_was_trained_on(shapes_dir):
     assert result.captioner.caption(prepared.dataset.images[name], beam_width=1) == expected
     features = result.captioner.encoder.encode([_asymmetric_image()])
     assert features.shape[1] == prepared.features["test"].shape[1]
+
+
+def test_an_ensemble_of_flipped_and_plain_members_captions_images_as_it_scores_them(shapes_dir, tmp_path):
+    # Each member reads the features it was trained on, from the feature cache and from an image alike.
+    from captioning.captioner import Captioner
+    from captioning.pipeline import FeatureCache, evaluate
+
+    config = Config(encoder="pixels", image_size=32, feature_grid=2, vocab_min_count=1, max_length=16,
+                    embedding_size=16, units=32, epochs=1)
+    features = FeatureCache(load_and_report(shapes_dir, log=lambda line: None), progress=False)
+    members = [train_and_evaluate(c, features(c), eval_splits=(), verbose=False).captioner
+               for c in (config.replace(feature_flip=True), config.replace(decoder="attention", seed=1))]
+    ensemble = Captioner.ensemble(members)
+    assert len(ensemble.feature_groups) == 2
+    scored = evaluate(ensemble, features, "test", 3)
+    names = features.dataset.split("test")[:4]
+    assert ensemble.caption([features.dataset.images[n] for n in names]) == [scored.captions[n] for n in names]
+    ensemble.save(tmp_path / "both")
+    assert evaluate(Captioner.load(tmp_path / "both"), features, "test", 3).captions == scored.captions
+    with pytest.raises(ValueError, match="pass a FeatureCache"):
+        evaluate(ensemble, features(config), "test", 3)

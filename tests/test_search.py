@@ -231,13 +231,15 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
     from captioning.serving import download_bundle
 
     text = TINY % "{low: 0.005, high: 0.02, log: true}"
-    workspace[1].write_text(text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n"))
+    text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n")
+    workspace[1].write_text(text + "    feature_flip: {choices: [false, true]}\n")  # members of other features
     assert _search(workspace, shapes_dir, "--study", "together") == 0
     out = capsys.readouterr().out
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tiny")
     [run] = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")
     assert sorted(run.data.tags["members"].split(",")) == ["0", "1"] and run.data.tags["state"] == "complete"
+    assert sorted(r.data.params["feature_flip"] for r in _trial_runs("together")) == ["False", "True"]
     assert "dev_bleu4" in run.data.metrics and "dev_greedy_bleu4" in run.data.metrics
     best_single = max(r.data.metrics["dev_bleu4"] for r in _trial_runs("together"))
     champion = client.get_model_version_by_alias("captioner", "champion")
@@ -245,7 +247,8 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
         assert champion.run_id == run.info.run_id and "beats the best trial" in out
     else:
         assert champion.run_id != run.info.run_id and "does not beat the best trial" in out
-    assert len(Captioner.load(download_bundle(run.data.tags["model_uri"])).members) == 1
+    ensemble = Captioner.load(download_bundle(run.data.tags["model_uri"]))
+    assert len(ensemble.members) == 1 and len(ensemble.feature_groups) == 2  # each member reads its own features
     assert _search(workspace, shapes_dir, "--study", "together") == 0  # the finished study again: nothing new
     assert len(client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")) == 1
     assert len(client.search_model_versions("name = 'captioner'")) == 1

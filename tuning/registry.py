@@ -86,7 +86,7 @@ def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
     """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
     from captioning.pipeline import evaluate
 
-    return evaluate(captioner, prepare(captioner.config), split, beam_width).scores
+    return evaluate(captioner, prepare, split, beam_width).scores
 
 
 def champion_info(name: str):
@@ -245,7 +245,8 @@ def register(reference: str, name: str, data: Path, label: str, metric: str, mar
     captioner = load_captioner(reference)  # a BundleError names what is missing
     dataset = load_and_report(Path(data), seed=captioner.config.seed, log=log)
     prepared = FeatureCache(dataset, progress=False)
-    prepared(captioner.config)  # before the run is logged: a failure (e.g. no encoder weights) logs nothing
+    for config in captioner.feature_groups:  # before the run is logged: a failure (e.g. no weights) logs nothing
+        prepared(config)
 
     tags = {ROLE: "registered", STUDY: label, "label": label, "source": reference}
     with mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=label, tags=tags) as run:

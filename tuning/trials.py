@@ -199,7 +199,8 @@ class TrialRunner:
     def ensemble(self, run_ids: list[str]):
         """The complete trials `run_ids` (best first) decoded as one ensemble captioner, scored on dev as a trial is
         and logged as a run of its own (role `ensemble`, model included); None if fewer than two of them can be
-        decoded together (a trial reading other features or another vocabulary is left out, said why)."""
+        decoded together (a trial with another vocabulary, or whose model cannot load, is left out, said why). Each
+        member reads the features it was trained on."""
         from captioning.captioner import Captioner, load_captioner
         from captioning.ensemble import check_compatible
         from captioning.pipeline import evaluate
@@ -221,7 +222,7 @@ class TrialRunner:
             try:
                 captioner = load_captioner(run.data.tags["model_uri"])
                 check_compatible(members[:1] + [captioner])
-            except Exception as exc:  # another vocabulary or features (EnsembleError), a model that cannot load
+            except Exception as exc:  # another vocabulary (EnsembleError), a model that cannot load
                 self.say(f"search: trial {run.data.tags.get('trial')} is left out of the ensemble: {exc}")
                 continue
             members.append(captioner)
@@ -232,9 +233,8 @@ class TrialRunner:
         if earlier is not None:
             return earlier
         ensemble = Captioner.ensemble(members)
-        prepared = self.features(ensemble.config)
         widths = sorted({1, ensemble.config.beam_width})
-        metrics = RunResult(ensemble, None, [evaluate(ensemble, prepared, "dev", w) for w in widths]).metrics()
+        metrics = RunResult(ensemble, None, [evaluate(ensemble, self.features, "dev", w) for w in widths]).metrics()
         tags = {ROLE: "ensemble", STUDY: self.study, "engine": self.engine, "worker": worker_id(),
                 "label": f"ensemble of trials {', '.join(numbers)}", "members": ",".join(numbers),
                 "mlflow.parentRunId": self.parent_run_id}
