@@ -20,7 +20,7 @@ import numpy as np
 
 from captioning.captioner import Captioner
 from captioning.metrics import corpus_bleu_scores
-from captioning.pipeline import load_and_report, prepare
+from captioning.pipeline import FeatureCache, decoder_inputs, load_and_report
 
 DRAWS = 2000
 
@@ -64,6 +64,7 @@ def main() -> None:
     references = [dataset.captions[name] for name in names]
     draws = np.random.default_rng(0).integers(0, len(names), size=(DRAWS, len(names)))
     results, samples = [], []
+    features = FeatureCache(dataset, progress=False)  # each setting the models read, prepared once
     for model in args.model[:2]:
         location = model
         if model.startswith("models:/"):
@@ -71,7 +72,7 @@ def main() -> None:
 
             location = download_bundle(model)
         captioner = Captioner.load(location)
-        inputs = prepare(captioner.config, dataset, progress=False).inputs("dev", captioner.config.decoder)
+        inputs = decoder_inputs(captioner, features, "dev")
         hypotheses = [alts[0][0].split() for alts in captioner.decode_features(inputs)]
         stats = bleu_statistics(references, hypotheses)
         full = float(bleu4(stats.sum(axis=0)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioning.pipeline import evaluate, load_and_report, prepare
+from captioning.pipeline import FeatureCache, evaluate, load_and_report
 from captioning.captioner import load_captioner
 
 
@@ -32,13 +32,13 @@ def main() -> None:
     args = parser.parse_args()
 
     captioner = load_captioner(args.model)
-    prepared = prepare(captioner.config, load_and_report(Path(args.data)), progress=False)
+    features = FeatureCache(load_and_report(Path(args.data)), progress=False)  # an ensemble's members: each its own
     print("| length penalty | no_repeat_ngram | dev BLEU-1 | dev BLEU-4 | dev CIDEr-D | dev mean length "
           "| dev captions repeating a word pair | dev decoding | test BLEU-4 |\n|---|---|---|---|---|---|---|---|---|")
     for penalty in (float(p) for p in args.penalties.split(",")):
         for ngram in (int(n) for n in args.no_repeat_ngram.split(",")):
             captioner.config = captioner.config.replace(length_penalty=penalty, no_repeat_ngram=ngram)
-            dev, test = (evaluate(captioner, prepared, split, args.beam) for split in ("dev", "test"))
+            dev, test = (evaluate(captioner, features, split, args.beam) for split in ("dev", "test"))
             captions = list(dev.captions.values())
             length = sum(len(c.split()) for c in captions) / len(captions)
             repeating = sum(map(repeats_a_pair, captions)) / len(captions)

@@ -52,6 +52,9 @@ class EnsembleStepDecoder:
         self._sizes = [(2, 2) if d.has_attention else (1, 2 * len(d.cells)) for d in self.members]
 
     def start(self, inputs):
+        if self.parts[0] is not None and not isinstance(inputs, MemberInputs):
+            raise ValueError("this ensemble's members read different features: give it MemberInputs "
+                             "(Captioner.encode_images, pipeline.decoder_inputs), not one setting's inputs")
         context, states = [], []
         for member, part in zip(self.members, self.parts):
             own = inputs.parts[part] if isinstance(inputs, MemberInputs) else inputs

@@ -107,6 +107,8 @@ def test_members_reading_other_features_each_read_their_own_part(tmp_path):
         assert [c[0][0] for c in loaded.decode_features(inputs, width)] == \
             [c[0][0] for c in ensemble.decode_features(inputs, width)]
     assert len(loaded.decode_features(inputs[2:5], 3)) == 3  # sliced as the decoders batch it
+    with pytest.raises(ValueError, match="members read different features"):  # not one part for all of them
+        loaded.decode_features(INPUTS, 1)
 
 
 def test_a_bundle_saved_before_member_configs_reads_one_feature_setting(tmp_path):
