@@ -252,3 +252,27 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
     assert _search(workspace, shapes_dir, "--study", "together") == 0  # the finished study again: nothing new
     assert len(client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")) == 1
     assert len(client.search_model_versions("name = 'captioner'")) == 1
+
+
+def test_an_ensemble_grows_only_by_trials_that_raise_the_dev_metric(capsys):
+    # The selection rule on recorded runs (run ids "a" best, then "b", "c", "d"), whichever ensembles they score.
+    from types import SimpleNamespace
+
+    def run(members: list[str], value: float):
+        label = f"ensemble of {'+'.join(members)}" if len(members) > 1 else members[0]
+        return SimpleNamespace(info=SimpleNamespace(run_id=label), data=SimpleNamespace(
+            metrics={"dev_bleu4": value}, tags={"label": label}))
+
+    dev = {"a+b": 0.25, "a+b+c": 0.24, "a+b+d": 0.27, "a+c": 0.26}
+    tried = []
+
+    def ensemble(members):
+        tried.append("+".join(members))
+        return None if members[-1] == "x" else run(members, dev["+".join(members)])
+
+    best = search_cli.grow_ensemble(run(["a"], 0.22), ["b", "x", "c", "d"], ensemble, "dev_bleu4")
+    assert best.data.tags["label"] == "ensemble of a+b+d" and tried == ["a+b", "a+b+x", "a+b+c", "a+b+d"]
+    out = capsys.readouterr().out
+    assert "the ensemble of a+b beats the best trial on dev_bleu4 (0.2500 against 0.2200)" in out
+    assert "the ensemble of a+b+c does not beat the ensemble of a+b on dev_bleu4" in out
+    assert search_cli.grow_ensemble(run(["a"], 0.3), ["b"], ensemble, "dev_bleu4").data.tags["label"] == "a"  # none beats it

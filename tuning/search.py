@@ -222,8 +222,8 @@ def search(args) -> None:
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
               prepare=None, ensemble=None) -> None:
     """The study's account (`record`: its trials by state, and its complete trials' MLflow runs, best first), then
-    the best model (with search.ensemble > 1, the ensemble of the best trials if it beats the best one on dev)
-    registered (tuning/registry.py decides whether it becomes the champion)."""
+    the best model (with search.ensemble > 1, the best ensemble of the best trials if one beats the best trial on
+    dev: see grow_ensemble) registered (tuning/registry.py decides whether it becomes the champion)."""
     from tuning.registry import promote_best
 
     states, ranked = record
@@ -234,17 +234,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
         return
     best = client.get_run(ranked[0])
     if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
-        try:
-            combined = ensemble(ranked[:settings.ensemble])
-        except Exception as exc:  # the best trial is registered all the same
-            print(f"search: no ensemble ({type(exc).__name__}: {exc}); the best trial goes on alone")
-            combined = None
-        if combined is not None:
-            value, single = combined.data.metrics[settings.metric], best.data.metrics[settings.metric]
-            verdict = "beats" if value > single else "does not beat"
-            print(f"search: the {combined.data.tags['label']} {verdict} the best trial on {settings.metric} "
-                  f"({value:.4f} against {single:.4f})")
-            best = combined if value > single else best
+        best = grow_ensemble(best, ranked[1:settings.ensemble], ensemble, settings.metric)
     m = best.data.metrics
     width = int(float(best.data.params.get("beam_width", 3)))
     name = best.data.tags.get("label") or f"trial {best.data.tags.get('trial')}"
@@ -271,6 +261,29 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
         print("browse:     mlflow ui   (in this directory)")
     else:
         print(f"browse:     mlflow ui --backend-store-uri {uri}")
+
+
+def grow_ensemble(best, candidates: list[str], ensemble, metric: str):
+    """Forward selection: the best trial's run is joined by each next-best trial (`candidates`, run ids best first)
+    whose addition raises the ensemble's dev `metric`. Returns the run of the best model found: an ensemble (each
+    one tried is logged by `ensemble`, trials.TrialRunner.ensemble), or `best` if none beats it."""
+    members, value = [best.info.run_id], best.data.metrics[metric]
+    for candidate in candidates:
+        against = "the best trial" if len(members) == 1 else f"the {best.data.tags['label']}"
+        try:
+            combined = ensemble(members + [candidate])
+        except Exception as exc:  # the best model so far is registered all the same
+            print(f"search: no ensemble ({type(exc).__name__}: {exc}); {against} goes on")
+            break
+        if combined is None:  # the candidate cannot be decoded with the best trial (said why)
+            continue
+        new = combined.data.metrics[metric]
+        verdict = "beats" if new > value else "does not beat"
+        print(f"search: the {combined.data.tags['label']} {verdict} {against} on {metric} "
+              f"({new:.4f} against {value:.4f})")
+        if new > value:
+            members, value, best = members + [candidate], new, combined
+    return best
 
 
 def _experiment_path(name: str | None, embedded: bool) -> Path:

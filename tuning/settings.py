@@ -45,7 +45,8 @@ class SearchSettings:
     registered_model: str = "captioner"
     promote_margin: float = PROMOTE_MARGIN  # how much a new model must beat the champion by, in `metric`'s units
     samples: int = 8  # dev images whose captions are logged with every trial
-    ensemble: int = 1  # when the study ends: the best N complete trials decoded as one model, kept if better on dev
+    ensemble: int = 1  # when the study ends: up to the best N complete trials decoded as one model, each next-best
+    # trial joining only if it raises the dev metric (search.grow_ensemble)
     heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
     grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
 
