@@ -247,10 +247,11 @@ class Captioner:
 
 
 def _reading_maps(config: Config, models: Sequence[keras.Model]) -> Config:
-    """`config`, naming the attention decoder if one of `models` is one: the inputs then hold the maps it needs (a
-    merge model's layer count lives in the model itself)."""
-    attention = any(m.name == "attention_decoder" for m in models)
-    return config.replace(decoder="attention", lstm_layers=1) if attention else config
+    """`config`, naming the attention decoder if one of `models` is one (the inputs then hold the maps it needs; a
+    merge model's layer count lives in the model itself), the merge decoder otherwise (no maps to read)."""
+    if any(m.name == "attention_decoder" for m in models):
+        return config.replace(decoder="attention", lstm_layers=1)
+    return config if config.decoder == "merge" else config.replace(decoder="merge")
 
 
 def load_captioner(reference: str) -> Captioner:

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 
 class EnsembleError(ValueError):
-    """Captioners that cannot be decoded together (other features, vocabulary or caption length)."""
+    """Captioners that cannot be decoded together (another vocabulary or caption length, attention maps of another
+    grid)."""
 
 
 class MemberInputs:

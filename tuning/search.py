@@ -275,7 +275,7 @@ def grow_ensemble(best, candidates: list[str], ensemble, metric: str):
         except Exception as exc:  # the best model so far is registered all the same
             print(f"search: no ensemble ({type(exc).__name__}: {exc}); {against} goes on")
             break
-        if combined is None:  # the candidate cannot be decoded with the best trial (said why)
+        if combined is None or combined.info.run_id == best.info.run_id:  # the candidate was left out (said why)
             continue
         new = combined.data.metrics[metric]
         verdict = "beats" if new > value else "does not beat"

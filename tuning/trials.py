@@ -221,7 +221,7 @@ class TrialRunner:
         for run in runs:
             try:
                 captioner = load_captioner(run.data.tags["model_uri"])
-                check_compatible(members[:1] + [captioner])
+                check_compatible(members + [captioner])
             except Exception as exc:  # another vocabulary (EnsembleError), a model that cannot load
                 self.say(f"search: trial {run.data.tags.get('trial')} is left out of the ensemble: {exc}")
                 continue
