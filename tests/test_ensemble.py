@@ -97,7 +97,8 @@ def test_members_reading_other_features_each_read_their_own_part(tmp_path):
     other = ImageInputs(_rng.normal(size=(6, 5)).astype(np.float32), _rng.normal(size=(6, 4, 3)).astype(np.float32))
     inputs = MemberInputs([INPUTS, other.features])
     tokens = np.full(len(INPUTS), VOCAB.start_id, np.int32)
-    expected = (_probabilities(flipped.decoder, INPUTS, tokens) + _probabilities(plain.decoder, other.features, tokens)) / 2
+    expected = (_probabilities(flipped.decoder, INPUTS, tokens)
+                + _probabilities(plain.decoder, other.features, tokens)) / 2
     np.testing.assert_allclose(_probabilities(ensemble.decoder, inputs, tokens), expected, atol=1e-5)
     # Saved and loaded: each member keeps the config that names its features, and captions the same.
     ensemble.save(tmp_path / "bundle")
@@ -117,4 +118,5 @@ def test_a_bundle_saved_before_member_configs_reads_one_feature_setting(tmp_path
     (tmp_path / "bundle" / "config-1.json").unlink()  # as bundles were written before members had their own
     loaded = Captioner.load(tmp_path / "bundle")
     assert loaded.member_configs == [loaded.config] and len(loaded.feature_groups) == 1
-    assert [c[0][0] for c in loaded.decode_features(INPUTS, 3)] == [c[0][0] for c in ensemble.decode_features(INPUTS, 3)]
+    assert [c[0][0] for c in loaded.decode_features(INPUTS, 3)] == \
+        [c[0][0] for c in ensemble.decode_features(INPUTS, 3)]
