@@ -118,7 +118,7 @@ def cmd_finetune(args) -> None:
 def cmd_ensemble(args) -> None:
     from captioning.captioner import Captioner
     from captioning.ensemble import EnsembleError
-    from captioning.pipeline import RunResult, evaluate
+    from captioning.pipeline import RunResult, choose_length_penalty, evaluate, penalty_line
 
     if len(args.model) < 2:
         raise ConfigError(f"an ensemble needs at least two captioners, got {len(args.model)}: repeat --model")
@@ -127,6 +127,10 @@ def cmd_ensemble(args) -> None:
     except EnsembleError as exc:
         raise ConfigError(f"cannot ensemble {', '.join(args.model)}: {exc}") from None
     features = _features_for(ensemble, args)
+    if ensemble.config.beam_width > 1:
+        score = ensemble.config.selection_metric
+        tried = choose_length_penalty(ensemble, features, score)
+        print(f"ensemble: beam search with {penalty_line(tried, score, ensemble.config.length_penalty)}")
     widths = sorted({1, ensemble.config.beam_width})
     evaluations = [evaluate(ensemble, features, split, width) for split in ("dev", "test")
                    if features.dataset.splits[split] for width in widths]

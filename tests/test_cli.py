@@ -52,6 +52,7 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "both")]) == 0
     printed = capsys.readouterr().out
     assert "| dev | beam-3 |" in printed and "| test | greedy |" in printed and "(2 decoders)" in printed
+    assert "ensemble: beam search with length_penalty" in printed and "chosen on dev bleu4 (0.5: " in printed
     both = Captioner.load(tmp_path / "both")
     assert len(both.members) == 1 and both.caption(str(image)).strip()
     shutil.copytree(tuned, tmp_path / "longer")

@@ -77,7 +77,7 @@ def test_captioning_an_image_uses_the_features_it_was_trained_on(shapes_dir):
 def test_an_ensemble_of_flipped_and_plain_members_captions_images_as_it_scores_them(shapes_dir, tmp_path):
     # Each member reads the features it was trained on, from the feature cache and from an image alike.
     from captioning.captioner import Captioner
-    from captioning.pipeline import FeatureCache, evaluate
+    from captioning.pipeline import FeatureCache, choose_length_penalty, evaluate
 
     config = Config(encoder="pixels", image_size=32, feature_grid=2, vocab_min_count=1, max_length=16,
                     embedding_size=16, units=32, epochs=1)
@@ -86,6 +86,9 @@ def test_an_ensemble_of_flipped_and_plain_members_captions_images_as_it_scores_t
                for c in (config.replace(feature_flip=True), config.replace(decoder="attention", seed=1))]
     ensemble = Captioner.ensemble(members)
     assert [c.decoder for c in ensemble.feature_groups] == ["merge", "attention"]  # only the second reads maps
+    tried = choose_length_penalty(ensemble, features, "bleu4")  # the member's own (0.5) first, then 1 and 1.5
+    assert list(tried) == [0.5, 1.0, 1.5] and all(ev.split == "dev" and ev.beam_width == 3 for ev in tried.values())
+    assert ensemble.config.length_penalty == max(tried, key=lambda penalty: tried[penalty].scores["bleu4"])
     scored = evaluate(ensemble, features, "test", 3)
     names = features.dataset.split("test")[:4]
     assert ensemble.caption([features.dataset.images[n] for n in names]) == [scored.captions[n] for n in names]

@@ -240,6 +240,7 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
     [run] = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")
     assert sorted(run.data.tags["members"].split(",")) == ["0", "1"] and run.data.tags["state"] == "complete"
     assert sorted(r.data.params["feature_flip"] for r in _trial_runs("together")) == ["False", "True"]
+    assert f"decodes with length_penalty {float(run.data.params['length_penalty']):g}, chosen on dev bleu4" in out
     assert "dev_bleu4" in run.data.metrics and "dev_greedy_bleu4" in run.data.metrics
     best_single = max(r.data.metrics["dev_bleu4"] for r in _trial_runs("together"))
     champion = client.get_model_version_by_alias("captioner", "champion")

@@ -203,7 +203,7 @@ class TrialRunner:
         member reads the features it was trained on."""
         from captioning.captioner import Captioner, load_captioner
         from captioning.ensemble import check_compatible
-        from captioning.pipeline import evaluate
+        from captioning.pipeline import choose_length_penalty, evaluate, penalty_line
 
         client = mlflow.MlflowClient()
 
@@ -233,14 +233,22 @@ class TrialRunner:
         if earlier is not None:
             return earlier
         ensemble = Captioner.ensemble(members)
-        widths = sorted({1, ensemble.config.beam_width})
-        metrics = RunResult(ensemble, None, [evaluate(ensemble, self.features, "dev", w) for w in widths]).metrics()
+        evaluations = [evaluate(ensemble, self.features, "dev", 1)]
+        score = self.settings.metric.removeprefix("dev_")
+        label = f"ensemble of trials {', '.join(numbers)}"
+        if ensemble.config.beam_width > 1 and not score.startswith("greedy_"):
+            tried = choose_length_penalty(ensemble, self.features, score)
+            self.say(f"search: the {label} decodes with {penalty_line(tried, score, ensemble.config.length_penalty)}")
+            evaluations.append(tried[ensemble.config.length_penalty])
+        elif ensemble.config.beam_width > 1:
+            evaluations.append(evaluate(ensemble, self.features, "dev", ensemble.config.beam_width))
+        metrics = RunResult(ensemble, None, evaluations).metrics()
         tags = {ROLE: "ensemble", STUDY: self.study, "engine": self.engine, "worker": worker_id(),
-                "label": f"ensemble of trials {', '.join(numbers)}", "members": ",".join(numbers),
+                "label": label, "members": ",".join(numbers),
                 "mlflow.parentRunId": self.parent_run_id}
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"{self.study}-ensemble", tags=tags) as run:
             try:
-                mlflow.log_params(ensemble.config.to_dict())  # the first member's, which decodes the ensemble
+                mlflow.log_params(ensemble.config.to_dict())  # the first member's (it decodes), its penalty chosen
                 mlflow.log_metrics(metrics)
                 with tempfile.TemporaryDirectory() as tmp:
                     info = log_captioner(ensemble.save(Path(tmp) / "captioner"))
