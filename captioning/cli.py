@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ensemble = commands.add_parser(
         "ensemble", help="decode several captioners as one (the mean of their next-word distributions), scored on "
-                         "dev and test", description="Combine captioners that read the same features and share a "
-                         "vocabulary into one bundle, decoded with the first one's settings.")
+                         "dev and test", description="Combine captioners that share a vocabulary into one bundle (each "
+                         "member reads the features it was trained on), decoded with the first one's settings and a "
+                         "length penalty chosen on dev.")
     data_options(ensemble)
     ensemble.add_argument("--model", required=True, action="append", metavar="MODEL",
                           help="a captioner bundle directory or MLflow URI (repeat: two or more)")
