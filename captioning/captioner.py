@@ -81,8 +81,9 @@ class Captioner:
         if self.members:
             from captioning.ensemble import EnsembleStepDecoder
 
+            parts = self._parts()
             self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in self.members],
-                                               self._parts() if len(self.feature_groups) > 1 else None)
+                                               parts if max(parts) > 0 else None)
         self._encoders: dict[str, Encoder] = {}
 
     @classmethod

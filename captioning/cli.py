@@ -127,12 +127,14 @@ def cmd_ensemble(args) -> None:
     except EnsembleError as exc:
         raise ConfigError(f"cannot ensemble {', '.join(args.model)}: {exc}") from None
     features = _features_for(ensemble, args)
-    if ensemble.config.beam_width > 1:
+    done = {}  # (split, beam width) -> the evaluation the penalty's choice already made
+    if ensemble.config.beam_width > 1 and features.dataset.splits["dev"]:
         score = ensemble.config.selection_metric
         tried = choose_length_penalty(ensemble, features, score)
         print(f"ensemble: beam search with {penalty_line(tried, score, ensemble.config.length_penalty)}")
+        done[("dev", ensemble.config.beam_width)] = tried[ensemble.config.length_penalty]
     widths = sorted({1, ensemble.config.beam_width})
-    evaluations = [evaluate(ensemble, features, split, width) for split in ("dev", "test")
+    evaluations = [done.get((split, width)) or evaluate(ensemble, features, split, width) for split in ("dev", "test")
                    if features.dataset.splits[split] for width in widths]
     out = _out_dir(args.out, "ensemble")
     ensemble.save(out)

@@ -255,28 +255,39 @@ def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(w
     assert len(client.search_model_versions("name = 'captioner'")) == 1
 
 
-def test_an_ensemble_grows_only_by_trials_that_raise_the_dev_metric(capsys):
-    # The selection rule on recorded runs (run ids "a" best, then "b", "c", "d"), whichever ensembles they score.
-    from types import SimpleNamespace
+def test_an_ensemble_grows_only_by_trials_that_raise_the_dev_metric(workspace, capsys):
+    # The selection rule on runs logged to MLflow: trial runs "a" (best), "b", "c", "d", and ensembles whose dev
+    # scores are given here; "x" cannot be decoded with the others and is left out, and an ensemble of members logged
+    # before is that run again, as trials.TrialRunner.ensemble does.
+    mlflow.set_tracking_uri(workspace[2])
+    client = MlflowClient()
+    runs = {}
 
-    def run(members: list[str], value: float):
-        label = f"ensemble of {'+'.join(members)}" if len(members) > 1 else members[0]
-        return SimpleNamespace(info=SimpleNamespace(run_id=label), data=SimpleNamespace(
-            metrics={"dev_bleu4": value}, tags={"label": label}))
+    def logged(label: str, value: float):
+        if label not in runs:
+            with mlflow.start_run(run_name=label, tags={"label": label}) as run:
+                mlflow.log_metric("dev_bleu4", value)
+            runs[label] = client.get_run(run.info.run_id)
+        return runs[label]
 
+    trial = {name: logged(name, 0.22 if name == "a" else 0.2).info.run_id for name in "abcdx"}
+    name_of = {run_id: name for name, run_id in trial.items()}
     dev = {"a+b": 0.25, "a+b+c": 0.24, "a+b+d": 0.27}
     tried = []
 
-    def ensemble(members):  # "x" cannot be decoded with the others: left out, as trials.TrialRunner.ensemble does
-        tried.append("+".join(members))
-        kept = [m for m in members if m != "x"]
-        return run(kept, dev["+".join(kept)]) if len(kept) > 1 else None
+    def ensemble(run_ids):
+        names = [name_of[r] for r in run_ids]
+        tried.append("+".join(names))
+        kept = [n for n in names if n != "x"]
+        return logged(f"ensemble of {'+'.join(kept)}", dev["+".join(kept)]) if len(kept) > 1 else None
 
-    best = search_cli.grow_ensemble(run(["a"], 0.22), ["x", "b", "x", "c", "d"], ensemble, "dev_bleu4")
+    best = search_cli.grow_ensemble(runs["a"], [trial[n] for n in "xbxcd"], ensemble, "dev_bleu4")
     assert best.data.tags["label"] == "ensemble of a+b+d" and tried == ["a+x", "a+b", "a+b+x", "a+b+c", "a+b+d"]
     out = capsys.readouterr().out
     assert "the ensemble of a+b beats the best trial on dev_bleu4 (0.2500 against 0.2200)" in out
     assert "the ensemble of a+b+c does not beat the ensemble of a+b on dev_bleu4" in out
     assert "a+b does not beat the ensemble of a+b" not in out and out.count("beats") == 2
-    alone = search_cli.grow_ensemble(run(["a"], 0.3), ["b"], ensemble, "dev_bleu4")
-    assert alone.data.tags["label"] == "a"  # no ensemble beats the best trial: it goes on alone
+    # A best trial that no ensemble beats goes on alone.
+    alone = search_cli.grow_ensemble(logged("e", 0.3), [trial["b"]], lambda ids: logged("ensemble of e+b", 0.29),
+                                     "dev_bleu4")
+    assert alone.data.tags["label"] == "e"

@@ -60,6 +60,7 @@ class TrialRunner:
         self.study, self.engine, self.experiment_id, self.parent_run_id = study, engine, experiment_id, parent_run_id
         self.features = FeatureCache(dataset)  # features per encoder setting, extracted once, shared by every trial
         self.last_run_id: str | None = None  # the MLflow run of the latest trial, whatever became of it
+        self._loaded: dict[str, Any] = {}  # model URI -> its captioner: a growing ensemble loads each member once
         # The search's two clocks, from its start (time.monotonic()): no trial starts after search.timeout (never
         # after the budget: read_settings), and a trial still training ends with its epoch when search.budget ends.
         now = time.monotonic()
@@ -220,7 +221,8 @@ class TrialRunner:
         members, numbers = [], []
         for run in runs:
             try:
-                captioner = load_captioner(run.data.tags["model_uri"])
+                uri = run.data.tags["model_uri"]
+                captioner = self._loaded[uri] = self._loaded.get(uri) or load_captioner(uri)
                 check_compatible(members + [captioner])
             except Exception as exc:  # another vocabulary (EnsembleError), a model that cannot load
                 self.say(f"search: trial {run.data.tags.get('trial')} is left out of the ensemble: {exc}")
