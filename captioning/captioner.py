@@ -8,6 +8,8 @@
       decoder-1.keras, decoder-2.keras, ...   an ensemble's further members (captioning/ensemble.py), if any
       config-1.json, config-2.json, ...       their own configs, which name the features each reads (a bundle
                                               without them: the features config.json names)
+      neighbours.npz  the training images' features and captions, for consensus re-ranking (captioning/consensus.py),
+                      if the captioner re-ranks
 
 The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image.
 """
@@ -22,6 +24,7 @@ import keras
 import numpy as np
 
 from captioning.config import Config
+from captioning.consensus import Neighbours, query_features
 from captioning.decode import beam_search, greedy_search
 from captioning.encoders import Encoder, feature_key, make_encoder
 from captioning.images import ImageSource, load_rgb
@@ -69,11 +72,13 @@ def _load_decoder(decoder: Path) -> keras.Model:
 
 class Captioner:
     def __init__(self, config: Config, vocab: Vocabulary, model: keras.Model, members: Sequence[keras.Model] = (),
-                 member_configs: Sequence[Config] | None = None):
+                 member_configs: Sequence[Config] | None = None, neighbours: Neighbours | None = None):
         """`members`: further decoders of an ensemble (same vocabulary), decoded with `model` as one;
         `member_configs`: the configs they were trained with, which name the features each reads (default:
-        `config`'s)."""
+        `config`'s); `neighbours`: the index that config.rerank_neighbours re-ranks with (features of the first
+        feature group)."""
         self.config, self.vocab, self.model, self.members = config, vocab, model, list(members)
+        self.neighbours = neighbours
         self.member_configs = list(member_configs) if member_configs is not None else [config] * len(self.members)
         if len(self.member_configs) != len(self.members):
             raise ValueError(f"{len(self.members)} members but {len(self.member_configs)} member configs")
@@ -96,7 +101,8 @@ class Captioner:
         first = captioners[0]
         decoders = [m for c in captioners for m in c.models]
         configs = [config for c in captioners for config in c.decoder_configs]
-        return cls(_reading_maps(first.config, decoders), first.vocab, decoders[0], decoders[1:], configs[1:])
+        return cls(_reading_maps(first.config, decoders), first.vocab, decoders[0], decoders[1:], configs[1:],
+                   first.neighbours)  # found by the first member's features, which are the ensemble's first group
 
     @property
     def models(self) -> list[keras.Model]:
@@ -140,9 +146,11 @@ class Captioner:
         self.config.save(directory / "config.json")
         self.vocab.save(directory / "vocab.json")
         self.model.save(directory / "decoder.keras")
-        for pattern in ("decoder-*.keras", "config-*.json"):  # an earlier bundle's members would be decoded too
+        for pattern in ("decoder-*.keras", "config-*.json", "neighbours.npz"):  # an earlier bundle's would be read
             for stale in directory.glob(pattern):
                 stale.unlink()
+        if self.neighbours is not None:
+            self.neighbours.save(directory)
         for number, (member, config) in enumerate(zip(self.members, self.member_configs), start=1):
             member.save(directory / f"decoder-{number}.keras")
             config.save(directory / f"config-{number}.json")
@@ -164,7 +172,8 @@ class Captioner:
         config = Config.load(directory / "config.json")
         own = [directory / f"config-{n}.json" for n in sorted(numbered)]
         member_configs = [Config.load(path) if path.is_file() else config for path in own]
-        return cls(config, Vocabulary.load(directory / "vocab.json"), models[0], models[1:], member_configs)
+        return cls(config, Vocabulary.load(directory / "vocab.json"), models[0], models[1:], member_configs,
+                   Neighbours.load(directory))
 
     @property
     def has_attention(self) -> bool:
@@ -174,7 +183,8 @@ class Captioner:
     def decode_features(self, inputs, beam_width: int | None = None, with_attention: bool = False):
         """For each image's inputs (feature vectors; for the attention decoder ImageInputs), captions with scores,
         best first (one caption when greedy). With `with_attention` (attention decoder only), also the best
-        caption's attention per image: (words, positions)."""
+        caption's attention per image: (words, positions). Beam search's captions are re-ranked by consensus when
+        config.rerank_neighbours is set (their scores are then the mixed ones)."""
         width = self.config.beam_width if beam_width is None else beam_width
         with_attention = with_attention and self.has_attention
         if width <= 1:
@@ -182,13 +192,22 @@ class Captioner:
                                   no_repeat_ngram=self.config.no_repeat_ngram)
             ids, attention = found if with_attention else (found, None)
             captions = [[(" ".join(self.vocab.decode(row)), float("nan"))] for row in ids]
-        else:
-            found = beam_search(self.decoder, inputs, self.config.max_length, width, self.config.length_penalty,
-                                with_attention=with_attention, no_repeat_ngram=self.config.no_repeat_ngram)
-            beams, attention = found if with_attention else (found, None)
-            captions = [[(" ".join(self.vocab.decode(ids)), score) for ids, score in image_beams]
-                        for image_beams in beams]
-        return (captions, attention) if with_attention else captions
+            return (captions, attention) if with_attention else captions
+        found = beam_search(self.decoder, inputs, self.config.max_length, width, self.config.length_penalty,
+                            with_attention=with_attention, no_repeat_ngram=self.config.no_repeat_ngram)
+        beams, attention = found if with_attention else (found, None)
+        captions = [[(" ".join(self.vocab.decode(ids)), score) for ids, score in image_beams] for image_beams in beams]
+        orders = [[0]] * len(captions)
+        if self.config.rerank_neighbours:
+            if self.neighbours is None:
+                raise ValueError("this captioner's config asks for consensus re-ranking (rerank_neighbours="
+                                 f"{self.config.rerank_neighbours}) but its bundle has no neighbour index; build one "
+                                 "with python -m captioning rerank, or decode with --set rerank_neighbours=0")
+            captions, orders = self.neighbours.rerank(captions, query_features(inputs), self.config.rerank_neighbours,
+                                                      self.config.rerank_weight)
+        if not with_attention:
+            return captions
+        return captions, [hypotheses[order[0]] for hypotheses, order in zip(attention, orders)]
 
     # ... or from images (paths, bytes, arrays, PIL images).
     def encode_images(self, images: Sequence[ImageSource]):

@@ -144,6 +144,37 @@ def cmd_ensemble(args) -> None:
     print(f"\nsaved the ensemble of {len(args.model)} captioners ({len(ensemble.members) + 1} decoders) to {out}")
 
 
+def cmd_rerank(args) -> None:
+    from captioning.data import DataError
+    from captioning.pipeline import RunResult, build_neighbours, choose_rerank, evaluate, rerank_lines
+
+    captioner = _load_captioner(args.model)
+    features = _features_for(captioner, args)
+    if not features.dataset.splits["dev"]:
+        raise DataError(f"{features.dataset.root} has no dev split to choose the re-ranking on; give a dataset "
+                        "with one")
+    captioner.neighbours = build_neighbours(features(captioner.feature_groups[0]))
+    score = args.metric or captioner.config.selection_metric
+    tried = choose_rerank(captioner, features, score)
+    config = captioner.config
+    print("\n".join(rerank_lines(tried, score, (config.beam_width, config.rerank_neighbours, config.rerank_weight))))
+    if config.rerank_neighbours:
+        print(f"rerank: beam {config.beam_width}, the {config.rerank_neighbours} nearest training images, weight "
+              f"{config.rerank_weight:g}: chosen on dev {score}")
+    else:
+        captioner.neighbours = None
+        print(f"rerank: no setting beat the beam's own order on dev {score}; the bundle decodes as before "
+              f"(beam {config.beam_width})")
+    evaluations = [evaluate(captioner, features, split, width) for split in ("dev", "test")
+                   if features.dataset.splits[split] for width in sorted({1, config.beam_width})]
+    out = _out_dir(args.out, "rerank")
+    captioner.save(out)
+    (out / "metrics.json").write_text(json.dumps({"source": args.model, **RunResult(captioner, None,
+                                                                                    evaluations).metrics()}, indent=2))
+    print(_table(evaluations))
+    print(f"\nsaved the re-ranking captioner to {out}")
+
+
 def _load_captioner(reference: str):
     """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model) in the store that
     $MLFLOW_TRACKING_URI or the working directory names."""
@@ -156,7 +187,10 @@ def _load_captioner(reference: str):
     return load_captioner(reference)
 
 
-DECODING_KEYS = ("length_penalty", "no_repeat_ngram")  # what evaluate and caption may change (--set), besides --beam
+# What evaluate and caption may change (--set), besides --beam.
+DECODING_KEYS = ("length_penalty", "no_repeat_ngram", "rerank_neighbours", "rerank_weight")
+DECODING_HELP = ("another decoding setting for this command: length_penalty=X, no_repeat_ngram=N, rerank_neighbours=K "
+                 "(0: off) or rerank_weight=W (repeatable)")
 
 
 def _decoding(pairs: list[str]) -> dict:
@@ -177,6 +211,10 @@ def _load_for_decoding(args):
     captioner = _load_captioner(args.model)
     if changes:
         captioner.config = captioner.config.replace(**changes)
+    if captioner.config.rerank_neighbours and captioner.neighbours is None:
+        raise ConfigError(f"{args.model} has no neighbour index to re-rank with (rerank_neighbours="
+                          f"{captioner.config.rerank_neighbours}); add one with: python -m captioning rerank --model "
+                          f"{args.model} --data DATA")
     return captioner
 
 
@@ -261,13 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--out", metavar="DIR", help="where to save the ensemble (default: outputs/ensemble-TIME)")
     ensemble.set_defaults(run=cmd_ensemble)
 
+    rerank = commands.add_parser(
+        "rerank", help="add consensus re-ranking to a captioner, chosen on dev, scored on dev and test",
+        description="Re-rank a captioner's beam by consensus with the captions of the training images nearest in "
+                    "feature space: builds the index from --data's train split, chooses the beam width, the "
+                    "number of neighbours and the consensus's weight on dev (or none, if none helps), and saves a "
+                    "bundle that carries the index.")
+    data_options(rerank)
+    rerank.add_argument("--model", required=True, metavar="MODEL", help="captioner bundle directory or MLflow URI")
+    rerank.add_argument("--metric", choices=("bleu1", "bleu2", "bleu3", "bleu4", "cider"),
+                        help="the dev score to choose by (default: the captioner's selection_metric)")
+    rerank.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/rerank-TIME)")
+    rerank.set_defaults(run=cmd_rerank)
+
     evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")
     data_options(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
     evaluate.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
-    evaluate.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="another decoding "
-                          "setting for this command: length_penalty=X or no_repeat_ngram=N (repeatable)")
+    evaluate.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=DECODING_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
 
     caption = commands.add_parser("caption", help="caption image files")
@@ -276,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="captioner bundle directory or MLflow model URI, e.g. models:/captioner@champion")
     caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
     caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
-    caption.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="another decoding "
-                         "setting for this command: length_penalty=X or no_repeat_ngram=N (repeatable)")
+    caption.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=DECODING_HELP)
     caption.set_defaults(run=cmd_caption)
 
     relog = commands.add_parser("relog", help="register a version logged with a pickled wrapper again, as code",

@@ -58,6 +58,10 @@ class Config:
     beam_width: int = 3
     length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
     no_repeat_ngram: int = 0  # n >= 2: no caption repeats an n-gram of words (greedy and beam search); 0: off
+    # k > 0: the beam's captions re-ranked by their consensus with the captions of the k training images nearest in
+    # feature space (captioning.consensus; beam search only, with the neighbour index the bundle carries); 0: off
+    rerank_neighbours: int = 0
+    rerank_weight: float = 0.5  # the consensus's share of the re-ranking score; the beam's score has the rest
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,7 +83,8 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0}  # added on 2026-11-30: defaults
+LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0,  # added on 2026-11-30: defaults
+              "rerank_neighbours": 0, "rerank_weight": 0.5}
 SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")
@@ -149,6 +154,11 @@ def _check(config: Config) -> Config:
     if config.no_repeat_ngram < 0 or config.no_repeat_ngram == 1:
         raise ConfigError(f"config key 'no_repeat_ngram' must be 0 (off) or at least 2 (no repeated word pairs), "
                           f"got {config.no_repeat_ngram}")
+    if config.rerank_neighbours < 0:
+        raise ConfigError(f"config key 'rerank_neighbours' must be 0 (off) or more, got {config.rerank_neighbours}")
+    if not 0.0 <= config.rerank_weight <= 1.0:
+        raise ConfigError(f"config key 'rerank_weight' must be in [0, 1] (the consensus's share of the score), got "
+                          f"{config.rerank_weight}")
     if config.patience < 0:
         raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
     if config.selection_metric not in SELECTION_METRICS:
@@ -213,7 +223,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 # or the data's split (seed: a seeded split would move dev and test images into training).
 FINETUNE_KEYS = ("scst_epochs", "scst_samples", "scst_learning_rate", "scst_baseline", "scst_bleu_weight",
                  "patience", "lr_decay", "selection_metric", "selection_beam", "batch_size", "beam_width",
-                 "length_penalty", "no_repeat_ngram")
+                 "length_penalty", "no_repeat_ngram", "rerank_neighbours", "rerank_weight")
 
 
 def check_finetune(trained: Config, config: Config) -> None:

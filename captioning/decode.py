@@ -150,8 +150,8 @@ def _strip(row: np.ndarray, end_id: int) -> list[int]:
 
 def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, length_penalty: float,
                 batch_size: int = 512, with_attention: bool = False, no_repeat_ngram: int = 0):
-    """For each image, `width` captions (word ids) with their scores, best first (and, with `with_attention`, the
-    best caption's attention per image, as greedy_search gives it).
+    """For each image, `width` captions (word ids) with their scores, best first (and, with `with_attention`, each
+    caption's attention, in the same order: per image a list of what greedy_search gives per caption).
 
     A hypothesis scores sum(log p) / length ** length_penalty (length counts the end token), which is also how
     beams are ranked at every step, so that short captions do not win merely by being short. A width above the
@@ -225,5 +225,6 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat
         results.append([(_strip(words[i, b], decoder.end_id), float(final[i, b])) for b in order
                         if np.isfinite(final[i, b])])
         if with_attention:
-            attention.append(seen[i, order[0], :len(results[-1][0][0])])
+            attention.append([seen[i, b, :len(_strip(words[i, b], decoder.end_id))] for b in order
+                              if np.isfinite(final[i, b])])
     return results, attention

@@ -20,6 +20,7 @@ import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
@@ -285,24 +286,33 @@ class CiderD:
     def scores(self, hypotheses: list[list[str]], images: list[int] | None = None) -> np.ndarray:
         """The CIDEr-D of each hypothesis against the references of image images[k] (default: the k-th)."""
         images = range(len(hypotheses)) if images is None else images
+        return np.array([self._score(self._vector(_ngram_counts(words, self.n)), image)
+                         for words, image in zip(hypotheses, images)], np.float64)
+
+    def mean_scores(self, hypotheses: list[list[str]], images: list[Sequence[int]]) -> np.ndarray:
+        """Each hypothesis's mean CIDEr-D over the images images[k] (each against its own references)."""
         out = np.zeros(len(hypotheses))
-        penalty_scale = 2 * self.sigma ** 2
-        for k, (words, image) in enumerate(zip(hypotheses, images)):
-            weights, norms, length = self._vector(_ngram_counts(words, self.n))
-            total = 0.0
-            for ref_weights, ref_norms, ref_length in self.refs[image]:
-                sims = [0.0] * self.n
-                for gram, w in weights.items():
-                    r = ref_weights.get(gram)
-                    if r is not None:
-                        sims[len(gram) - 1] += min(w, r) * r
-                penalty = math.exp(-((length - ref_length) ** 2) / penalty_scale)
-                for order in range(self.n):
-                    if norms[order] != 0 and ref_norms[order] != 0:
-                        sims[order] /= norms[order] * ref_norms[order]
-                    total += sims[order] * penalty
-            out[k] = total / self.n / len(self.refs[image]) * 10.0
+        for k, (words, group) in enumerate(zip(hypotheses, images)):
+            vector = self._vector(_ngram_counts(words, self.n))
+            out[k] = sum(self._score(vector, image) for image in group) / max(len(group), 1)
         return out
+
+    def _score(self, vector, image: int) -> float:
+        weights, norms, length = vector
+        penalty_scale = 2 * self.sigma ** 2
+        total = 0.0
+        for ref_weights, ref_norms, ref_length in self.refs[image]:
+            sims = [0.0] * self.n
+            for gram, w in weights.items():
+                r = ref_weights.get(gram)
+                if r is not None:
+                    sims[len(gram) - 1] += min(w, r) * r
+            penalty = math.exp(-((length - ref_length) ** 2) / penalty_scale)
+            for order in range(self.n):
+                if norms[order] != 0 and ref_norms[order] != 0:
+                    sims[order] /= norms[order] * ref_norms[order]
+                total += sims[order] * penalty
+        return total / self.n / len(self.refs[image]) * 10.0
 
     def corpus_score(self, hypotheses: list[list[str]]) -> float:
         return float(np.mean(self.scores(hypotheses)))

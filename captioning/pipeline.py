@@ -10,10 +10,11 @@ import numpy as np
 
 from captioning.captioner import Captioner
 from captioning.config import Config, check_finetune
+from captioning.consensus import Neighbours, order_by, query_features
 from captioning.data import SPLITS, DataError, Dataset, load_dataset
 from captioning.encoders import feature_key, make_encoder
 from captioning.features import ExtractionStats, ImageInputs, MapView, extract
-from captioning.metrics import coco_scores, corpus_bleu_scores, start_java_scorers
+from captioning.metrics import CiderD, coco_scores, corpus_bleu_scores, start_java_scorers
 from captioning.text import Vocabulary
 from captioning.train import EpochCallback, TrainResult, train_decoder
 
@@ -156,6 +157,67 @@ def penalty_line(tried: dict[float, Evaluation], score: str, chosen: float) -> s
             ", ".join(f"{penalty:g}: {ev.scores[score]:.4f}" for penalty, ev in tried.items()) + ")")
 
 
+def build_neighbours(prepared: Prepared) -> Neighbours:
+    """The consensus re-ranking index of a dataset's train split, with `prepared`'s features (those of the
+    captioner's first feature group)."""
+    names = prepared.dataset.split("train")
+    if not names:
+        raise DataError(f"{prepared.dataset.root} has no train images to find neighbours among")
+    return Neighbours(prepared.features["train"],
+                      [[" ".join(c) for c in prepared.dataset.captions[name]] for name in names])
+
+
+# What an index's re-ranking is tried with on dev: beam widths (beside the captioner's own), neighbours, weights.
+RERANK_WIDTHS = (3, 5, 10)
+RERANK_NEIGHBOURS = (5, 10, 20)
+RERANK_WEIGHTS = (0.25, 0.5, 0.75)
+
+
+def choose_rerank(captioner: Captioner, features: Features, score: str) -> dict[tuple[int, int, float], dict]:
+    """Consensus re-ranking chosen on dev by `score` (bleu1..4 or cider; others: bleu4) among no re-ranking and
+    each beam width x neighbours x weight above: each width is decoded once and re-ranked every way. Sets the best
+    on `captioner.config` (a tie keeps the plainer) and returns each setting's dev BLEU-1..4 and CIDEr-D, keyed
+    (beam width, neighbours, weight); neighbours 0 is no re-ranking. `captioner.neighbours` must be set."""
+    dataset = (features if isinstance(features, Prepared) else features(captioner.feature_groups[0])).dataset
+    names = dataset.split("dev")
+    if not names:
+        raise DataError(f"the dev split of {dataset.root} has no usable images to choose the re-ranking on")
+    score = score if score in ("bleu1", "bleu2", "bleu3", "bleu4", "cider") else "bleu4"
+    references = [dataset.captions[name] for name in names]
+    cider = CiderD(references)
+    inputs = decoder_inputs(captioner, features, "dev")
+    queries = query_features(inputs)
+    plain = captioner.config.replace(rerank_neighbours=0)
+    tried = {}
+
+    def measure(alternatives):
+        hypotheses = [options[0][0].split() for options in alternatives]
+        return corpus_bleu_scores(references, hypotheses) | {"cider": cider.corpus_score(hypotheses)}
+
+    for width in dict.fromkeys((plain.beam_width, *RERANK_WIDTHS)):
+        captioner.config = plain
+        alternatives = captioner.decode_features(inputs, width)
+        tried[(width, 0, plain.rerank_weight)] = measure(alternatives)
+        for k in RERANK_NEIGHBOURS:
+            consensus = captioner.neighbours.consensus([[c for c, _ in o] for o in alternatives], queries, k)
+            for weight in RERANK_WEIGHTS:
+                tried[(width, k, weight)] = measure(order_by(alternatives, consensus, weight)[0])
+    width, k, weight = max(tried, key=lambda key: tried[key][score])  # the first of equals: the plainest
+    captioner.config = plain.replace(beam_width=width, rerank_neighbours=k, rerank_weight=weight)
+    return tried
+
+
+def rerank_lines(tried: dict[tuple[int, int, float], dict], score: str, chosen: tuple[int, int, float]) -> list[str]:
+    """A table of the re-ranking settings tried on dev, the chosen one marked."""
+    lines = ["| beam | neighbours | weight | dev BLEU-1 | dev BLEU-4 | dev CIDEr-D |", "|---|---|---|---|---|---|"]
+    for key, scores in tried.items():
+        mark = " (chosen)" if key == chosen else ""
+        width, k, weight = key
+        lines.append(f"| {width} | {k or 'off'} | {weight:g} | {scores['bleu1']:.4f} | {scores['bleu4']:.4f} | "
+                     f"{scores['cider']:.4f}{mark} |")
+    return lines
+
+
 @dataclasses.dataclass
 class RunResult:
     captioner: Captioner
@@ -195,15 +257,17 @@ def train_and_evaluate(config: Config, prepared: Prepared, epoch_callback: Epoch
                             f"{len(vocab.words)}); give the dataset it was trained on with --data")
         vocab = start.vocab
     mirrored = prepared.mirrored is not None
+    neighbours = build_neighbours(prepared) if config.rerank_neighbours else None  # for the final decoding only
     training = train_decoder(config, vocab, prepared.inputs("train", config.decoder),
                              [dataset.captions[n] for n in train_names], prepared.inputs("dev", config.decoder),
                              [dataset.captions[n] for n in dev_names],
                              epoch_callback=epoch_callback, verbose=verbose, checkpoint=checkpoint,
                              train_mirrored=prepared.inputs("train", config.decoder, mirrored=True) if mirrored else None,
                              after_teacher_forcing=after_teacher_forcing and (
-                                 lambda model: after_teacher_forcing(Captioner(config, vocab, model))),
+                                 lambda model: after_teacher_forcing(Captioner(config, vocab, model,
+                                                                               neighbours=neighbours))),
                              start_weights=None if start is None else start.model.get_weights())
-    captioner = Captioner(config, vocab, training.model)
+    captioner = Captioner(config, vocab, training.model, neighbours=neighbours)
     widths = sorted({1, config.beam_width})
     evaluations = [evaluate(captioner, prepared, split, width) for split in eval_splits
                    if dataset.splits[split] for width in widths]

@@ -29,6 +29,27 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].strip()
 
+    # Consensus re-ranking: chosen on dev among 30 settings (or none), saved with its index if chosen; a captioner
+    # trained to re-rank carries the index of its train split and captions with it; --set turns it off.
+    assert main(["rerank", "--model", str(out), "--data", str(shapes_dir), "--out", str(tmp_path / "rr")]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and line.count("|") == 7]
+    assert len(rows) == 1 + 3 * (1 + 3 * 3) and sum("(chosen)" in row for row in rows) == 1
+    chosen = json.loads((tmp_path / "rr" / "config.json").read_text())
+    assert (tmp_path / "rr" / "neighbours.npz").is_file() == (chosen["rerank_neighbours"] > 0)
+    assert "| test | beam-" in printed and "rerank: " in printed
+    trained = tmp_path / "trained-rr"
+    assert main(["train", "--data", str(shapes_dir), "--out", str(trained), "--quiet", *FAST,
+                 "--set", "rerank_neighbours=3", "--set", "rerank_weight=1"]) == 0
+    capsys.readouterr()
+    assert Captioner.load(trained).neighbours.features.shape[0] == 120  # the train split's images
+    assert main(["caption", str(image), "--model", str(trained), "--set", "rerank_neighbours=0"]) == 0
+    assert main(["caption", str(image), "--model", str(trained)]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["caption", str(image), "--model", str(out), "--set", "rerank_neighbours=5"]) == 2
+    err = capsys.readouterr().err
+    assert "has no neighbour index" in err and "python -m captioning rerank" in err and "Traceback" not in err
+
     # Fine-tuning it: self-critical epochs only, its sizes fixed; an ensemble is not fine-tuned as one.
     tuned = tmp_path / "tuned"
     assert main(["finetune", "--model", str(out), "--data", str(shapes_dir), "--out", str(tuned), "--quiet",

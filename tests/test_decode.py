@@ -195,15 +195,18 @@ def test_attention_weights_of_decoding_equal_teacher_forcing_and_images_are_proj
         assert beam_search(decoder, features, 6, 2, 0.5, with_attention=True)[1] == [None] * len(features)
         return
     attention_model = keras.Model(model.inputs, model.get_layer("attention_lstm").output[2])
-    for captions, maps in (greedy_search(decoder, features, 6, with_attention=True),
-                           beam_search(decoder, features, 6, 3, 0.5, with_attention=True)):
-        for i, (ids, weights) in enumerate(zip(captions, maps)):
-            ids = ids if isinstance(ids[0] if ids else 0, (int, np.integer)) else ids[0][0]
-            tokens = np.array([[vocab.start_id, *ids]], np.int32)
-            expected = attention_model(_model_inputs(model, features[[i]], tokens), training=False).numpy()[0]
-            assert weights.shape == (len(ids), 4)
-            np.testing.assert_allclose(weights, expected[:len(ids)], atol=1e-5)
-            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    greedy, greedy_maps = greedy_search(decoder, features, 6, with_attention=True)
+    beams, beam_maps = beam_search(decoder, features, 6, 3, 0.5, with_attention=True)
+    assert [len(m) for m in beam_maps] == [len(b) for b in beams] == [3] * len(features)
+    checked = [(i, ids, weights) for i, (ids, weights) in enumerate(zip(greedy, greedy_maps))]
+    checked += [(i, ids, weights) for i, (image_beams, maps) in enumerate(zip(beams, beam_maps))
+                for (ids, _), weights in zip(image_beams, maps)]  # every caption of the beam, not only the best
+    for i, ids, weights in checked:
+        tokens = np.array([[vocab.start_id, *ids]], np.int32)
+        expected = attention_model(_model_inputs(model, features[[i]], tokens), training=False).numpy()[0]
+        assert weights.shape == (len(ids), 4)
+        np.testing.assert_allclose(weights, expected[:len(ids)], atol=1e-5)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
     tokens = np.array([[vocab.start_id, 4, 5], [vocab.start_id, 6, 4], [vocab.start_id, 5, 5]], np.int32)
     shared = model([features.maps[:2], features.features[:2], np.array([0, 1, 0], np.int32), tokens], training=False)
     copied = model([features.maps[[0, 1, 0]], features.features[[0, 1, 0]], np.arange(3, dtype=np.int32), tokens],

@@ -1,6 +1,7 @@
 """`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment), and
 refuses server paths, a beam or a batch over the limits and unreadable rows with a 400 and one line. The served
-champion is an attention decoder (tests/test_search.py loads a merge one through pyfunc)."""
+champion is an attention decoder that re-ranks its beam by consensus, with the index its bundle carries
+(tests/test_search.py loads a merge one through pyfunc)."""
 import base64
 import json
 import os
@@ -17,7 +18,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
          embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2, decoder: attention,
-         attention_units: 16}
+         attention_units: 16, rerank_neighbours: 3}
 search:
   trials: 1
   samples: 2
@@ -56,6 +57,8 @@ def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png):
         assert status == 200, answer
         caption = answer["predictions"][0]["caption"]
         assert isinstance(caption, str) and len(caption.split()) >= 2
+        status, answer = _post(port, [encoded], beam_width=3)  # re-ranked
+        assert status == 200 and len(answer["predictions"][0]["caption"].split()) >= 2, answer
 
         # Refusals are a 400 with one line (after MLflow's echo of the request), never a 500 or a traceback. A path
         # gets the same answer whether or not the file exists on the server.
