@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=500)
     parser.add_argument("--settings", help=f"comma-separated subset of: {', '.join(SETTINGS)}")
     parser.add_argument("--results", type=Path, help="default: benchmarks/results/ with the task's file name")
+    parser.add_argument("--figure", type=Path, help="default: docs/ with the task's file name")
     parser.add_argument("--until", metavar="HH:MM", help="start no run after this time of day (the runs under way "
                         "finish; the next run of the benchmark does the rest)")
     parser.add_argument("--report", action="store_true", help="only the table and plot of the runs recorded")
@@ -292,7 +293,7 @@ def main() -> None:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
-    print(report(results, ROOT / "docs" / figure_name))
+    print(report(results, args.figure or ROOT / "docs" / figure_name))
 
 
 if __name__ == "__main__":
