@@ -96,6 +96,9 @@ def test_the_champion_moves_only_by_the_margin_on_fresh_scores_and_by_hand(store
     listing = capsys.readouterr().out.splitlines()
     assert listing[0].split()[:3] == ["version", "aliases", "study"] and len(listing) == 5
     assert "@champion" in listing[1] and "@challenger" in listing[4]
+    # The challenger promoted by hand is the champion, and no longer the challenger.
+    assert registry.main(["--tracking-uri", store[0], "promote", "4", "--reason", "the challenger"]) == 0
+    assert {a: str(v) for a, v in client.get_registered_model("captioner").aliases.items()} == {"champion": "4"}
 
 
 def test_a_second_promotion_waits_for_the_lock_held_by_another_process(store):

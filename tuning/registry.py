@@ -117,6 +117,8 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, b
         if not history or history[-1] != version:
             history = history + [version]
     client.set_registered_model_alias(name, CHAMPION, version)
+    if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:  # no longer a challenger
+        client.delete_registered_model_alias(name, CHALLENGER)
     client.set_registered_model_tag(name, HISTORY, ",".join(history))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
