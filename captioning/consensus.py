@@ -77,9 +77,11 @@ class Neighbours:
                                                      k), weight)
 
     def save(self, directory: Path) -> None:
+        """The features (float16) and the captions as UTF-8 text, one per line (a caption is one line of tokens)."""
         lengths = np.array([len(c) for c in self.captions], np.int64)
-        flat = np.array([c for refs in self.captions for c in refs], dtype=np.str_)
-        np.savez(Path(directory) / FILE, features=self.features, caption_counts=lengths, captions=flat)
+        text = "\n".join(c for refs in self.captions for c in refs).encode("utf-8")
+        np.savez(Path(directory) / FILE, features=self.features, caption_counts=lengths,
+                 captions=np.frombuffer(text, np.uint8))
 
     @classmethod
     def load(cls, directory: Path) -> "Neighbours | None":
@@ -88,7 +90,9 @@ class Neighbours:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as data:
-            features, counts, flat = data["features"], data["caption_counts"], data["captions"].tolist()
+            features, counts, captions = data["features"], data["caption_counts"], data["captions"]
+        # (the first indices of 2026-11-30 held the captions as an array of strings)
+        flat = captions.tobytes().decode("utf-8").split("\n") if captions.dtype == np.uint8 else captions.tolist()
         bounds = np.concatenate([[0], np.cumsum(counts)])
         return cls(features, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
 

@@ -56,6 +56,10 @@ def test_the_index_saves_and_loads(index, tmp_path):
     loaded = Neighbours.load(tmp_path)
     assert loaded.captions == CAPTIONS and loaded.features.dtype == np.float16
     np.testing.assert_array_equal(loaded.features, index.features)
+    # The first indices held the captions as an array of strings; they load the same.
+    np.savez(tmp_path / "neighbours.npz", features=index.features, caption_counts=[2, 2, 2, 2],
+             captions=np.array([c for refs in CAPTIONS for c in refs], dtype=np.str_))
+    assert Neighbours.load(tmp_path).captions == CAPTIONS
 
 
 def test_bad_indices_and_queries_are_clear_errors(index):
