@@ -118,8 +118,12 @@ def show_caption(captioner: Captioner, name: str, data: bytes, beam_width: int) 
     picture.image(preview, caption=f"{name} ({rgb.shape[1]} x {rgb.shape[0]})", width="stretch")
     text.subheader(alternatives[0][0] or "(empty caption)")
     if len(alternatives) > 1 or not math.isnan(alternatives[0][1]):
-        text.caption(f"Beam search, width {beam_width}; score = log-probability / length^"
-                     f"{captioner.config.length_penalty:g}, higher is better")
+        beam_score = f"log-probability / length^{captioner.config.length_penalty:g}"
+        if captioner.config.rerank_neighbours:
+            weight = captioner.config.rerank_weight
+            beam_score = (f"{weight:g} x consensus with the {captioner.config.rerank_neighbours} nearest training "
+                          f"images + {1 - weight:g} x {beam_score}")
+        text.caption(f"Beam search, width {beam_width}; score = {beam_score}, higher is better")
         beams = pd.DataFrame(alternatives, columns=["caption", "score"])
         text.table(beams.style.format({"score": "{:.3f}"}), hide_index=True)
     else:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from captioning.config import Config
+from captioning.consensus import FILE as NEIGHBOURS_FILE
 from captioning.consensus import Neighbours, query_features
 from captioning.decode import beam_search, greedy_search
 from captioning.encoders import Encoder, feature_key, make_encoder
@@ -141,12 +142,14 @@ class Captioner:
         return self._encoder_for(self.config)
 
     def save(self, directory: Path) -> Path:
+        if self.config.rerank_neighbours and self.neighbours is None:
+            raise ValueError("this captioner re-ranks its beam (rerank_neighbours) but has no neighbour index to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / "config.json")
         self.vocab.save(directory / "vocab.json")
         self.model.save(directory / "decoder.keras")
-        for pattern in ("decoder-*.keras", "config-*.json", "neighbours.npz"):  # an earlier bundle's would be read
+        for pattern in ("decoder-*.keras", "config-*.json", NEIGHBOURS_FILE):  # an earlier bundle's would be read
             for stale in directory.glob(pattern):
                 stale.unlink()
         if self.neighbours is not None:
@@ -172,8 +175,15 @@ class Captioner:
         config = Config.load(directory / "config.json")
         own = [directory / f"config-{n}.json" for n in sorted(numbered)]
         member_configs = [Config.load(path) if path.is_file() else config for path in own]
+        try:
+            neighbours = Neighbours.load(directory)
+        except ValueError as exc:
+            raise BundleError(f"{exc}; rebuild the index with python -m captioning rerank") from None
+        if config.rerank_neighbours and neighbours is None:
+            raise BundleError(f"{directory} re-ranks its beam (rerank_neighbours={config.rerank_neighbours}) but "
+                              f"has no {NEIGHBOURS_FILE}; rebuild it with python -m captioning rerank")
         return cls(config, Vocabulary.load(directory / "vocab.json"), models[0], models[1:], member_configs,
-                   Neighbours.load(directory))
+                   neighbours)
 
     @property
     def has_attention(self) -> bool:

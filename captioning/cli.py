@@ -145,26 +145,26 @@ def cmd_ensemble(args) -> None:
 
 
 def cmd_rerank(args) -> None:
-    from captioning.data import DataError
-    from captioning.pipeline import RunResult, build_neighbours, choose_rerank, evaluate, rerank_lines
+    from captioning.pipeline import RERANK_SCORES, RunResult, build_neighbours, choose_rerank, evaluate, rerank_lines
 
     captioner = _load_captioner(args.model)
     features = _features_for(captioner, args)
-    if not features.dataset.splits["dev"]:
-        raise DataError(f"{features.dataset.root} has no dev split to choose the re-ranking on; give a dataset "
-                        "with one")
     captioner.neighbours = build_neighbours(features(captioner.feature_groups[0]))
     score = args.metric or captioner.config.selection_metric
+    if score not in RERANK_SCORES:
+        print(f"rerank: the captioner selects by {score}, which decoding does not change; choosing by bleu4")
+        score = "bleu4"
+    own = captioner.config.beam_width
     tried = choose_rerank(captioner, features, score)
     config = captioner.config
-    print("\n".join(rerank_lines(tried, score, (config.beam_width, config.rerank_neighbours, config.rerank_weight))))
+    print("\n".join(rerank_lines(tried, (config.beam_width, config.rerank_neighbours, config.rerank_weight))))
     if config.rerank_neighbours:
         print(f"rerank: beam {config.beam_width}, the {config.rerank_neighbours} nearest training images, weight "
               f"{config.rerank_weight:g}: chosen on dev {score}")
     else:
         captioner.neighbours = None
-        print(f"rerank: no setting beat the beam's own order on dev {score}; the bundle decodes as before "
-              f"(beam {config.beam_width})")
+        print(f"rerank: no re-ranking beat the captioner's own beam of {own} on dev {score}; it is saved as it was, "
+              "without an index")
     evaluations = [evaluate(captioner, features, split, width) for split in ("dev", "test")
                    if features.dataset.splits[split] for width in sorted({1, config.beam_width})]
     out = _out_dir(args.out, "rerank")
@@ -172,7 +172,7 @@ def cmd_rerank(args) -> None:
     (out / "metrics.json").write_text(json.dumps({"source": args.model, **RunResult(captioner, None,
                                                                                     evaluations).metrics()}, indent=2))
     print(_table(evaluations))
-    print(f"\nsaved the re-ranking captioner to {out}")
+    print(f"\nsaved the captioner to {out}")
 
 
 def _load_captioner(reference: str):
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "bundle that carries the index.")
     data_options(rerank)
     rerank.add_argument("--model", required=True, metavar="MODEL", help="captioner bundle directory or MLflow URI")
-    rerank.add_argument("--metric", choices=("bleu1", "bleu2", "bleu3", "bleu4", "cider"),
+    rerank.add_argument("--metric", choices=("bleu1", "bleu2", "bleu3", "bleu4", "cider"),  # RERANK_SCORES
                         help="the dev score to choose by (default: the captioner's selection_metric)")
     rerank.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/rerank-TIME)")
     rerank.set_defaults(run=cmd_rerank)

@@ -13,6 +13,7 @@ bundle as neighbours.npz, so that a registered model reranks where it is served,
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +24,19 @@ FILE = "neighbours.npz"
 
 
 class Neighbours:
-    def __init__(self, features: np.ndarray, captions: list[list[str]]):
-        """`features`: one row per training image; `captions`: its reference captions (strings of tokens)."""
-        if len(features) != len(captions) or not len(captions):
-            raise ValueError(f"a neighbour index needs one caption list per image, got {len(features)} feature "
-                             f"rows and {len(captions)} caption lists")
-        norms = np.linalg.norm(features.astype(np.float32), axis=1, keepdims=True)
-        self.features = (features / np.maximum(norms, 1e-12)).astype(np.float16)
+    def __init__(self, features: np.ndarray, captions: list[list[str]], normalised: bool = False):
+        """`features`: one row per training image (`normalised`: already of unit length, as saved); `captions`: its
+        reference captions (strings of tokens)."""
+        if len(features) != len(captions) or not len(captions) or np.ndim(features) != 2:
+            raise ValueError(f"a neighbour index needs one feature row and one caption list per image, got "
+                             f"features of shape {np.shape(features)} and {len(captions)} caption lists")
+        if not normalised:
+            norms = np.linalg.norm(features.astype(np.float32), axis=1, keepdims=True)
+            features = features / np.maximum(norms, 1e-12)
+        self.features = features.astype(np.float16)
         self.captions = [list(c) for c in captions]
         self._cider: CiderD | None = None
+        self._table: np.ndarray | None = None
 
     @property
     def cider(self) -> CiderD:
@@ -44,7 +49,9 @@ class Neighbours:
     def nearest(self, queries: np.ndarray, k: int, chunk: int = 512) -> np.ndarray:
         """For each query row, the indices of its k most similar training images, most similar first."""
         k = min(k, len(self.captions))
-        table = self.features.astype(np.float32)
+        if self._table is None:  # float32 once (the products would be slower in float16)
+            self._table = self.features.astype(np.float32)
+        table = self._table
         out = np.zeros((len(queries), k), np.int64)
         for start in range(0, len(queries), chunk):
             rows = np.asarray(queries[start:start + chunk], np.float32)
@@ -85,16 +92,22 @@ class Neighbours:
 
     @classmethod
     def load(cls, directory: Path) -> "Neighbours | None":
-        """The bundle's index, or None if it has none."""
+        """The bundle's index, or None if it has none; ValueError if the file is not a whole index."""
         path = Path(directory) / FILE
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            features, counts, captions = data["features"], data["caption_counts"], data["captions"]
-        # (the first indices of 2026-11-30 held the captions as an array of strings)
-        flat = captions.tobytes().decode("utf-8").split("\n") if captions.dtype == np.uint8 else captions.tolist()
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        return cls(features, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                features, counts, captions = data["features"], data["caption_counts"], data["captions"]
+            # (the first indices of 2026-11-30 held the captions as an array of strings)
+            flat = (captions.tobytes().decode("utf-8").split("\n") if captions.dtype == np.uint8
+                    else captions.tolist())
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
+        bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if bounds[-1] != len(flat) or (counts < 0).any():
+            raise ValueError(f"{path} lists {bounds[-1]} captions by image but holds {len(flat)}")
+        return cls(features, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], normalised=True)
 
 
 def order_by(alternatives: list[list[tuple[str, float]]], consensus: list[np.ndarray],

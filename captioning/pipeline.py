@@ -119,9 +119,13 @@ def decoder_inputs(captioner: Captioner, features: Features, split: str):
     return MemberInputs(parts)
 
 
+def _dataset_of(captioner: Captioner, features: Features) -> Dataset:
+    return (features if isinstance(features, Prepared) else features(captioner.feature_groups[0])).dataset
+
+
 def evaluate(captioner: Captioner, features: Features, split: str, beam_width: int) -> Evaluation:
     """Scores of the captions decoded for a split's images (`features`: see decoder_inputs)."""
-    dataset = (features if isinstance(features, Prepared) else features(captioner.feature_groups[0])).dataset
+    dataset = _dataset_of(captioner, features)
     names = dataset.split(split)
     if not names:
         raise DataError(f"the {split} split of {dataset.root} has no usable images; score another --split")
@@ -173,21 +177,26 @@ RERANK_NEIGHBOURS = (5, 10, 20)
 RERANK_WEIGHTS = (0.25, 0.5, 0.75)
 
 
+# The dev scores a re-ranking can be chosen by (the config's selection_metric, unless it is the loss).
+RERANK_SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider")
+
+
 def choose_rerank(captioner: Captioner, features: Features, score: str) -> dict[tuple[int, int, float], dict]:
-    """Consensus re-ranking chosen on dev by `score` (bleu1..4 or cider; others: bleu4) among no re-ranking and
-    each beam width x neighbours x weight above: each width is decoded once and re-ranked every way. Sets the best
-    on `captioner.config` (a tie keeps the plainer) and returns each setting's dev BLEU-1..4 and CIDEr-D, keyed
-    (beam width, neighbours, weight); neighbours 0 is no re-ranking. `captioner.neighbours` must be set."""
-    dataset = (features if isinstance(features, Prepared) else features(captioner.feature_groups[0])).dataset
+    """Consensus re-ranking chosen on dev by `score` (one of RERANK_SCORES) among the captioner's own beam and each
+    beam width x neighbours x weight above: each width is decoded once and re-ranked every way (the plain beams of
+    the other widths are scored for the table, not chosen). Sets the best on `captioner.config` (a tie keeps the
+    plainer) and returns each setting's dev BLEU-1..4 and CIDEr-D (this project's, on cleaned tokens), keyed (beam
+    width, neighbours, weight); neighbours 0 is no re-ranking. `captioner.neighbours` must be set."""
+    dataset = _dataset_of(captioner, features)
     names = dataset.split("dev")
     if not names:
         raise DataError(f"the dev split of {dataset.root} has no usable images to choose the re-ranking on")
-    score = score if score in ("bleu1", "bleu2", "bleu3", "bleu4", "cider") else "bleu4"
     references = [dataset.captions[name] for name in names]
     cider = CiderD(references)
     inputs = decoder_inputs(captioner, features, "dev")
     queries = query_features(inputs)
     plain = captioner.config.replace(rerank_neighbours=0)
+    captioner.config = plain
     tried = {}
 
     def measure(alternatives):
@@ -195,26 +204,28 @@ def choose_rerank(captioner: Captioner, features: Features, score: str) -> dict[
         return corpus_bleu_scores(references, hypotheses) | {"cider": cider.corpus_score(hypotheses)}
 
     for width in dict.fromkeys((plain.beam_width, *RERANK_WIDTHS)):
-        captioner.config = plain
         alternatives = captioner.decode_features(inputs, width)
         tried[(width, 0, plain.rerank_weight)] = measure(alternatives)
+        if width <= 1:  # greedy: one caption, nothing to re-rank
+            continue
         for k in RERANK_NEIGHBOURS:
             consensus = captioner.neighbours.consensus([[c for c, _ in o] for o in alternatives], queries, k)
             for weight in RERANK_WEIGHTS:
                 tried[(width, k, weight)] = measure(order_by(alternatives, consensus, weight)[0])
-    width, k, weight = max(tried, key=lambda key: tried[key][score])  # the first of equals: the plainest
+    eligible = [key for key in tried if key[1] or key[0] == plain.beam_width]
+    width, k, weight = max(eligible, key=lambda key: tried[key][score])  # the first of equals: the plainest
     captioner.config = plain.replace(beam_width=width, rerank_neighbours=k, rerank_weight=weight)
     return tried
 
 
-def rerank_lines(tried: dict[tuple[int, int, float], dict], score: str, chosen: tuple[int, int, float]) -> list[str]:
+def rerank_lines(tried: dict[tuple[int, int, float], dict], chosen: tuple[int, int, float]) -> list[str]:
     """A table of the re-ranking settings tried on dev, the chosen one marked."""
-    lines = ["| beam | neighbours | weight | dev BLEU-1 | dev BLEU-4 | dev CIDEr-D |", "|---|---|---|---|---|---|"]
-    for key, scores in tried.items():
-        mark = " (chosen)" if key == chosen else ""
-        width, k, weight = key
-        lines.append(f"| {width} | {k or 'off'} | {weight:g} | {scores['bleu1']:.4f} | {scores['bleu4']:.4f} | "
-                     f"{scores['cider']:.4f}{mark} |")
+    lines = ["| beam | neighbours | weight | dev BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (width, k, weight), scores in tried.items():
+        mark = " (chosen)" if (width, k, weight) == chosen else ""
+        lines.append(f"| {width} | {k or 'off'} | {weight:g} | " +
+                     " | ".join(f"{scores[name]:.4f}" for name in RERANK_SCORES) + f"{mark} |")
     return lines
 
 

@@ -31,10 +31,12 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
 
     # Consensus re-ranking: chosen on dev among 30 settings (or none), saved with its index if chosen; a captioner
     # trained to re-rank carries the index of its train split and captions with it; --set turns it off.
-    assert main(["rerank", "--model", str(out), "--data", str(shapes_dir), "--out", str(tmp_path / "rr")]) == 0
+    assert main(["rerank", "--model", str(out), "--data", str(shapes_dir), "--out", str(tmp_path / "rr"),
+                 "--metric", "cider"]) == 0
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith("| ") and line.count("|") == 7]
-    assert len(rows) == 1 + 3 * (1 + 3 * 3) and sum("(chosen)" in row for row in rows) == 1
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and line.count("|") == 9][1:]
+    assert len(rows) == 3 * (1 + 3 * 3) and sum("(chosen)" in row for row in rows) == 1
+    assert "off" not in next(row for row in rows if "(chosen)" in row) or "(chosen)" in rows[0]  # plain: beam 3 only
     chosen = json.loads((tmp_path / "rr" / "config.json").read_text())
     assert (tmp_path / "rr" / "neighbours.npz").is_file() == (chosen["rerank_neighbours"] > 0)
     assert "| test | beam-" in printed and "rerank: " in printed

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from captioning.attention import build_attention_decoder
-from captioning.captioner import Captioner
+from captioning.captioner import BundleError, Captioner
 from captioning.config import Config, ConfigError
 from captioning.consensus import Neighbours, order_by, query_features
 from captioning.decode import beam_search
@@ -113,3 +113,18 @@ def test_a_captioner_reranks_its_beam_and_keeps_the_chosen_captions_attention(tm
     assert not (tmp_path / "neighbours.npz").exists()
     with pytest.raises(ValueError, match="has no neighbour index"):
         Captioner(reranking.config, vocab, model).decode_features(inputs)
+    with pytest.raises(ValueError, match="no neighbour index to save"):
+        Captioner(reranking.config, vocab, model).save(tmp_path / "other")
+
+    # A bundle that re-ranks without its index, or with a damaged one, is a BundleError naming the fix.
+    reranking.save(tmp_path)
+    (tmp_path / "neighbours.npz").unlink()
+    with pytest.raises(BundleError, match="has no neighbours.npz; rebuild it with python -m captioning rerank"):
+        Captioner.load(tmp_path)
+    (tmp_path / "neighbours.npz").write_bytes(b"not an index")
+    with pytest.raises(BundleError, match="cannot read .*neighbours.npz"):
+        Captioner.load(tmp_path)
+    np.savez(tmp_path / "neighbours.npz", features=index.features, caption_counts=[2] * 5,
+             captions=np.frombuffer("a\nb".encode(), np.uint8))
+    with pytest.raises(BundleError, match="lists 10 captions by image but holds 2"):
+        Captioner.load(tmp_path)
