@@ -175,8 +175,6 @@ def build_neighbours(prepared: Prepared) -> Neighbours:
 RERANK_WIDTHS = (3, 5, 10)
 RERANK_NEIGHBOURS = (5, 10, 20)
 RERANK_WEIGHTS = (0.25, 0.5, 0.75)
-
-
 # The dev scores a re-ranking can be chosen by (the config's selection_metric, unless it is the loss).
 RERANK_SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider")
 
