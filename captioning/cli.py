@@ -118,7 +118,7 @@ def cmd_finetune(args) -> None:
 def cmd_ensemble(args) -> None:
     from captioning.captioner import Captioner
     from captioning.ensemble import EnsembleError
-    from captioning.pipeline import RunResult, choose_length_penalty, evaluate, penalty_line
+    from captioning.pipeline import choose_length_penalty, penalty_line
 
     if len(args.model) < 2:
         raise ConfigError(f"an ensemble needs at least two captioners, got {len(args.model)}: repeat --model")
@@ -133,19 +133,28 @@ def cmd_ensemble(args) -> None:
         tried = choose_length_penalty(ensemble, features, score)
         print(f"ensemble: beam search with {penalty_line(tried, score, ensemble.config.length_penalty)}")
         done[("dev", ensemble.config.beam_width)] = tried[ensemble.config.length_penalty]
-    widths = sorted({1, ensemble.config.beam_width})
-    evaluations = [done.get((split, width)) or evaluate(ensemble, features, split, width) for split in ("dev", "test")
-                   if features.dataset.splits[split] for width in widths]
-    out = _out_dir(args.out, "ensemble")
-    ensemble.save(out)
-    (out / "metrics.json").write_text(json.dumps({"members": args.model,
-                                                  **RunResult(ensemble, None, evaluations).metrics()}, indent=2))
-    print(_table(evaluations))
+    out = _score_and_save(ensemble, features, _out_dir(args.out, "ensemble"), {"members": args.model}, done)
     print(f"\nsaved the ensemble of {len(args.model)} captioners ({len(ensemble.members) + 1} decoders) to {out}")
 
 
+def _score_and_save(captioner, features, out: Path, record: dict, done: dict | None = None) -> Path:
+    """Score a captioner greedy and with its beam on dev and test (`done`: (split, beam width) -> an evaluation
+    already made), save it to `out` with metrics.json (`record` and the scores) and print the table."""
+    from captioning.pipeline import RunResult, evaluate
+
+    done = done or {}
+    evaluations = [done.get((split, width)) or evaluate(captioner, features, split, width)
+                   for split in ("dev", "test") if features.dataset.splits[split]
+                   for width in sorted({1, captioner.config.beam_width})]
+    captioner.save(out)
+    (out / "metrics.json").write_text(json.dumps({**record, **RunResult(captioner, None, evaluations).metrics()},
+                                                 indent=2))
+    print(_table(evaluations))
+    return out
+
+
 def cmd_rerank(args) -> None:
-    from captioning.pipeline import RERANK_SCORES, RunResult, build_neighbours, choose_rerank, evaluate, rerank_lines
+    from captioning.pipeline import RERANK_SCORES, build_neighbours, choose_rerank, rerank_lines
 
     captioner = _load_captioner(args.model)
     features = _features_for(captioner, args)
@@ -165,13 +174,7 @@ def cmd_rerank(args) -> None:
         captioner.neighbours = None
         print(f"rerank: no re-ranking beat the captioner's own beam of {own} on dev {score}; it is saved as it was, "
               "without an index")
-    evaluations = [evaluate(captioner, features, split, width) for split in ("dev", "test")
-                   if features.dataset.splits[split] for width in sorted({1, config.beam_width})]
-    out = _out_dir(args.out, "rerank")
-    captioner.save(out)
-    (out / "metrics.json").write_text(json.dumps({"source": args.model, **RunResult(captioner, None,
-                                                                                    evaluations).metrics()}, indent=2))
-    print(_table(evaluations))
+    out = _score_and_save(captioner, features, _out_dir(args.out, "rerank"), {"source": args.model})
     print(f"\nsaved the captioner to {out}")
 
 

@@ -221,10 +221,8 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat
     final = scores / np.maximum(lengths, 1) ** alpha
     results, attention = [], []
     for i in range(n):
-        order = np.argsort(-final[i])
-        results.append([(_strip(words[i, b], decoder.end_id), float(final[i, b])) for b in order
-                        if np.isfinite(final[i, b])])
+        kept = [b for b in np.argsort(-final[i]) if np.isfinite(final[i, b])]
+        results.append([(_strip(words[i, b], decoder.end_id), float(final[i, b])) for b in kept])
         if with_attention:
-            attention.append([seen[i, b, :len(_strip(words[i, b], decoder.end_id))] for b in order
-                              if np.isfinite(final[i, b])])
+            attention.append([seen[i, b, :len(ids)] for b, (ids, _) in zip(kept, results[-1])])
     return results, attention
