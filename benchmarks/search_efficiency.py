@@ -49,6 +49,8 @@ SETTINGS = {  # name -> search settings; the first is the reference (today's def
     "tpe + successive halving": {"sampler": "tpe", "pruner": "successive_halving"},
     "tpe, no pruning": {"sampler": "tpe", "pruner": "none"},
     "random + median": {"sampler": "random", "pruner": "median"},
+    # the median pruner from the first epoch on (the task's own warm-up is 2 epochs): a pruned trial costs 1 epoch
+    "random + median from epoch 1": {"sampler": "random", "pruner": "median", "pruner_warmup_epochs": 0},
 }
 
 def _task(units: list[int], embedding: list[int], epochs: int) -> dict:
