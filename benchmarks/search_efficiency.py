@@ -50,7 +50,7 @@ SETTINGS = {  # name -> search settings; the first is the reference (today's def
     "tpe, no pruning": {"sampler": "tpe", "pruner": "none"},
     "random + median": {"sampler": "random", "pruner": "median"},
     # Successive halving's one rung at epoch 3 (3 x 3 > 8 epochs): a trial goes on only in the top third of those
-    # that reached it. (The task's first rung, epoch 1, says little: greedy BLEU-4 is below 0.0001 for most trials then.)
+    # that reached it. (The task's first rung, epoch 1, says little: most trials' greedy BLEU-4 is below 0.0001.)
     "tpe + successive halving from epoch 3": {"sampler": "tpe", "pruner": "successive_halving",
                                               "pruner_min_epochs": 3},
     "random + successive halving from epoch 3": {"sampler": "random", "pruner": "successive_halving",

@@ -22,10 +22,6 @@ KEEPALIVE = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "kee
 PATIENCE_SECONDS = 600.0  # how long a worker waits for its database to come back before giving up
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def shared(storage: str) -> bool:
     """Whether several worker processes may run the study: a database server, not a local SQLite file."""
     return not storage.startswith("sqlite:")
@@ -38,69 +34,8 @@ def check_storage(storage: str) -> None:
                           "postgresql://USER:PASSWORD@HOST/DB (any number of workers)")
 
 
-_CONNECTION_LOST = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
-# A refused connection carries no SQLSTATE (psycopg reports it as text): these ones no retry will mend.
-_PERMANENT = ("authentication failed", "no pg_hba.conf entry", "does not exist", "permission denied")
-_last_outage = float("-inf")  # time.monotonic() when this process last found the database unreachable
-
-
-def unreachable(exc: BaseException) -> bool:
-    """A lost or refused connection to a database server (a restart, a network blip), as opposed to a wrong
-    password, a full disk or a bad query, which retrying would not mend."""
-    import sqlalchemy.exc
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, sqlalchemy.exc.DBAPIError):
-            if exc.connection_invalidated:
-                return True
-            if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-                state = getattr(exc.orig, "sqlstate", None)
-                if type(exc.orig).__module__.startswith("sqlite3"):
-                    return False  # a local file: nothing to wait for
-                if state is None:
-                    return not any(text in str(exc.orig) for text in _PERMANENT)
-                return state.startswith("08") or state in _CONNECTION_LOST
-            return False
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def note_outage() -> None:
-    global _last_outage
-    _last_outage = time.monotonic()
-
-
-def seconds_since_outage() -> float:
-    """How long this process has reached its database without a failure (inf if it never failed)."""
-    return time.monotonic() - _last_outage
-
-
-def retry(call: Callable[[], T], what: str, patience: float = PATIENCE_SECONDS,
-          log: Callable[[str], None] = print) -> T:
-    """call(), again and again while the database is unreachable (waits 1, 2, 4 ... 15 s), for up to `patience`."""
-    deadline, wait, said = time.monotonic() + patience, 1.0, False
-    while True:
-        try:
-            result = call()
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-            note_outage()
-            if time.monotonic() + wait > deadline:
-                raise
-            if not said:
-                log(f"search: the study database is unreachable while {what}; retrying for up to "
-                    f"{patience / 60:.0f} min")
-                said = True
-            time.sleep(wait)
-            wait = min(wait * 2, 15.0)
-        else:
-            if said:
-                note_outage()  # the grace clock starts when the database is back, not at the last failure
-                log(f"search: the study database is back ({what})")
-            return result
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Guard:
@@ -217,3 +152,68 @@ class Heartbeats:
     def close(self) -> None:
         if self.storage is not None:
             self.storage.engine.dispose()
+
+
+def retry(call: Callable[[], T], what: str, log: Callable[[str], None] = print) -> T:
+    """call(), again and again while the database is unreachable (waits 1, 2, 4 ... 15 s), for up to
+    PATIENCE_SECONDS."""
+    deadline, wait, said = time.monotonic() + PATIENCE_SECONDS, 1.0, False
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            note_outage()
+            if time.monotonic() + wait > deadline:
+                raise
+            if not said:
+                log(f"search: the study database is unreachable while {what}; retrying for up to "
+                    f"{PATIENCE_SECONDS / 60:.0f} min")
+                said = True
+            time.sleep(wait)
+            wait = min(wait * 2, 15.0)
+        else:
+            if said:
+                note_outage()  # the grace clock starts when the database is back, not at the last failure
+                log(f"search: the study database is back ({what})")
+            return result
+
+
+_CONNECTION_LOST = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
+# A refused connection carries no SQLSTATE (psycopg reports it as text): these ones no retry will mend.
+_PERMANENT = ("authentication failed", "no pg_hba.conf entry", "does not exist", "permission denied")
+_last_outage = float("-inf")  # time.monotonic() when this process last found the database unreachable
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A lost or refused connection to a database server (a restart, a network blip), as opposed to a wrong
+    password, a full disk or a bad query, which retrying would not mend."""
+    import sqlalchemy.exc
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+                state = getattr(exc.orig, "sqlstate", None)
+                if type(exc.orig).__module__.startswith("sqlite3"):
+                    return False  # a local file: nothing to wait for
+                if state is None:
+                    return not any(text in str(exc.orig) for text in _PERMANENT)
+                return state.startswith("08") or state in _CONNECTION_LOST
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def note_outage() -> None:
+    global _last_outage
+    _last_outage = time.monotonic()
+
+
+def seconds_since_outage() -> float:
+    """How long this process has reached its database without a failure (inf if it never failed)."""
+    return time.monotonic() - _last_outage

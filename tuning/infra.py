@@ -74,19 +74,69 @@ class Infra:
         return cls(root=root, **json.loads(state.read_text()))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("start", "stop", "status", "env"))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the state lives (default: ./infra)")
+    parser.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port, first start only "
+                        "(default: 5432)")
+    parser.add_argument("--mlflow-port", type=int, default=5000, help="tracking server port, first start only "
+                        "(default: 5000)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "start":
+            print(_describe(start(args.dir, args.pg_port, args.mlflow_port)))
+        elif args.command == "stop":
+            stop(args.dir)
+            print("stopped")
+        elif args.command == "env":
+            infra = Infra.load(args.dir.resolve())
+            print(f"export CAPTIONING_STORAGE='{infra.storage}'\nexport MLFLOW_TRACKING_URI='{infra.tracking_uri}'")
+        else:
+            infra = Infra.load(args.dir.resolve())
+            up = _postgres_running(infra, postgres_bin())
+            print(f"PostgreSQL  {'running' if up else 'stopped'}\n"
+                  f"MLflow      {'running' if _healthy(infra) else 'stopped'} at {infra.tracking_uri}")
+    except InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def _write_private(path: Path, text: str) -> None:
-    """A file only its owner can read, from its first byte."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)  # also when an older file was there
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
+def _describe(infra: Infra) -> str:
+    from captioning.workbench import redact
+
+    option = "" if infra.root == DEFAULT_DIR.resolve() else f" --dir {infra.root}"
+    return (f"PostgreSQL  {redact(infra.storage)}  (data: {infra.data})\n"
+            f"MLflow      {infra.tracking_uri}  (backend: {redact(infra.database_url('mlflow'))}, "
+            f"artifacts: {infra.artifacts})\n\n"
+            "Workers (in as many shells as you like; the password stays out of the command line):\n"
+            f"  eval \"$(python tuning/infra.py env{option})\"\n"
+            "  python tuning/search.py --study NAME [--data PATH] [--trials N]\n"
+            f"Browse: open {infra.tracking_uri}")
+
+
+def start(root: Path = DEFAULT_DIR, pg_port: int = 5432, mlflow_port: int = 5000) -> Infra:
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / "infra.json").is_file():
+        infra = Infra.load(root)
+    else:
+        infra = Infra(root, pg_port, mlflow_port, secrets.token_urlsafe(18))
+        infra.save()
+    start_postgres(infra)
+    start_mlflow(infra)
+    return infra
+
+
+def start_postgres(infra: Infra) -> None:
+    bindir = postgres_bin()
+    if not (infra.data / "PG_VERSION").is_file():
+        _initialise(infra, bindir)
+    if not _postgres_running(infra, bindir):
+        _run([str(bindir / "pg_ctl"), "-D", str(infra.data), "-l", str(infra.data / "server.log"), "-w",
+              "-t", "60", "start"], f"starting PostgreSQL (its log: {infra.data / 'server.log'})")
+    _create_databases(infra)
 
 
 def postgres_bin() -> Path:
@@ -99,20 +149,6 @@ def postgres_bin() -> Path:
         return Path(found).resolve().parent
     raise InfraError("the PostgreSQL server is not installed; on Debian or Ubuntu: apt-get install postgresql "
                      "(or point --storage at a PostgreSQL server you already have)")
-
-
-def _as_owner(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its programs as the `postgres` user the Debian package creates."""
-    if os.geteuid() != 0:
-        return command
-    return ["runuser", "-u", "postgres", "--", *command]
-
-
-def _run(command: list[str], what: str) -> None:
-    # (A server started here must not inherit a pipe: pg_ctl is given a log file, -l, for that.)
-    done = subprocess.run(_as_owner(command), capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise InfraError(f"{what} failed ({' '.join(command[:2])}):\n{(done.stderr or done.stdout).strip()}")
 
 
 def _initialise(infra: Infra, bindir: Path) -> None:
@@ -139,25 +175,31 @@ def _initialise(infra: Infra, bindir: Path) -> None:
                    f"unix_socket_directories = '{infra.data}'\nmax_connections = 200\n")
 
 
-def start_postgres(infra: Infra) -> None:
-    bindir = postgres_bin()
-    if not (infra.data / "PG_VERSION").is_file():
-        _initialise(infra, bindir)
-    if not _postgres_running(infra, bindir):
-        _run([str(bindir / "pg_ctl"), "-D", str(infra.data), "-l", str(infra.data / "server.log"), "-w",
-              "-t", "60", "start"], f"starting PostgreSQL (its log: {infra.data / 'server.log'})")
-    _create_databases(infra)
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # also when an older file was there
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def _run(command: list[str], what: str) -> None:
+    # (A server started here must not inherit a pipe: pg_ctl is given a log file, -l, for that.)
+    done = subprocess.run(_as_owner(command), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise InfraError(f"{what} failed ({' '.join(command[:2])}):\n{(done.stderr or done.stdout).strip()}")
+
+
+def _as_owner(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its programs as the `postgres` user the Debian package creates."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
 
 
 def _postgres_running(infra: Infra, bindir: Path) -> bool:
     return subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(infra.data), "status"]),
                           capture_output=True).returncode == 0
-
-
-def restart_postgres(infra: Infra) -> None:
-    """Stop and start the database server, as a crash-and-recover or maintenance restart would."""
-    _run([str(postgres_bin() / "pg_ctl"), "-D", str(infra.data), "-l", str(infra.data / "server.log"), "-m",
-          "fast", "-w", "restart"], "restarting PostgreSQL")
 
 
 def _create_databases(infra: Infra) -> None:
@@ -204,19 +246,6 @@ def _healthy(infra: Infra) -> bool:
         return False
 
 
-def start(root: Path = DEFAULT_DIR, pg_port: int = 5432, mlflow_port: int = 5000) -> Infra:
-    root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    if (root / "infra.json").is_file():
-        infra = Infra.load(root)
-    else:
-        infra = Infra(root, pg_port, mlflow_port, secrets.token_urlsafe(18))
-        infra.save()
-    start_postgres(infra)
-    start_mlflow(infra)
-    return infra
-
-
 def stop(root: Path = DEFAULT_DIR) -> None:
     infra = Infra.load(root.resolve())
     pid_file = infra.root / "mlflow-server.pid"
@@ -245,49 +274,17 @@ def _stop_group(pid: int, patience: float = 15) -> None:
         pass
 
 
-def _describe(infra: Infra) -> str:
-    from captioning.workbench import redact
-
-    return (f"PostgreSQL  {redact(infra.storage)}  (data: {infra.data})\n"
-            f"MLflow      {infra.tracking_uri}  (backend: {redact(infra.database_url('mlflow'))}, "
-            f"artifacts: {infra.artifacts})\n\n"
-            "Workers (in as many shells as you like; the password stays out of the command line):\n"
-            f"  eval \"$(python tuning/infra.py env{_dir_option(infra)})\"\n"
-            "  python tuning/search.py --study NAME [--data PATH] [--trials N]\n"
-            f"Browse: open {infra.tracking_uri}")
+def restart_postgres(infra: Infra) -> None:
+    """Stop and start the database server, as a crash-and-recover or maintenance restart would."""
+    _run([str(postgres_bin() / "pg_ctl"), "-D", str(infra.data), "-l", str(infra.data / "server.log"), "-m",
+          "fast", "-w", "restart"], "restarting PostgreSQL")
 
 
-def _dir_option(infra: Infra) -> str:
-    return "" if infra.root == DEFAULT_DIR.resolve() else f" --dir {infra.root}"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("start", "stop", "status", "env"))
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the state lives (default: ./infra)")
-    parser.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port, first start only "
-                        "(default: 5432)")
-    parser.add_argument("--mlflow-port", type=int, default=5000, help="tracking server port, first start only "
-                        "(default: 5000)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "start":
-            print(_describe(start(args.dir, args.pg_port, args.mlflow_port)))
-        elif args.command == "stop":
-            stop(args.dir)
-            print("stopped")
-        elif args.command == "env":
-            infra = Infra.load(args.dir.resolve())
-            print(f"export CAPTIONING_STORAGE='{infra.storage}'\nexport MLFLOW_TRACKING_URI='{infra.tracking_uri}'")
-        else:
-            infra = Infra.load(args.dir.resolve())
-            up = _postgres_running(infra, postgres_bin())
-            print(f"PostgreSQL  {'running' if up else 'stopped'}\n"
-                  f"MLflow      {'running' if _healthy(infra) else 'stopped'} at {infra.tracking_uri}")
-    except InfraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -25,14 +25,23 @@ from tuning.space import define_keras_tuner
 from tuning.trials import TrialRunner
 
 
-class BaselineFirstOracle(kt.oracles.BayesianOptimizationOracle):
-    """Gaussian-process Bayesian optimisation whose first trial takes the space's defaults, not a random point."""
+SEARCH_FILE = "search.json"  # in the study's folder: the search space and metric it was created for
 
-    def populate_space(self, trial_id):
-        if not self.trials:
-            return {"status": kt.engine.trial.TrialStatus.RUNNING,
-                    "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
-        return super().populate_space(trial_id)
+
+def open_tuner(directory: Path, study: str, runner: TrialRunner, settings,
+               baseline: dict[str, Any] | None = None) -> CaptionTuner:
+    recorded = recorded_search(directory, study)
+    check_same_search(study, recorded, settings)
+    tuner = CaptionTuner(runner, settings, baseline, directory=str(directory), project_name=study, overwrite=False)
+    if recorded is None:
+        (inside(directory, study) / SEARCH_FILE).write_text(json.dumps(search_identity(settings), indent=1))
+    return tuner
+
+
+def recorded_search(directory: Path, study: str) -> dict | None:
+    """The search space and metric the study was created for; None if it has not been created yet."""
+    path = inside(directory, study) / SEARCH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class CaptionTuner(kt.Tuner):
@@ -75,21 +84,11 @@ class CaptionTuner(kt.Tuner):
         pass  # the model is logged to MLflow by the runner
 
 
-SEARCH_FILE = "search.json"  # in the study's folder: the search space and metric it was created for
+class BaselineFirstOracle(kt.oracles.BayesianOptimizationOracle):
+    """Gaussian-process Bayesian optimisation whose first trial takes the space's defaults, not a random point."""
 
-
-def recorded_search(directory: Path, study: str) -> dict | None:
-    """The search space and metric the study was created for; None if it has not been created yet."""
-    path = inside(directory, study) / SEARCH_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def open_tuner(directory: Path, study: str, runner: TrialRunner, settings,
-               baseline: dict[str, Any] | None = None) -> CaptionTuner:
-    recorded = recorded_search(directory, study)
-    check_same_search(study, recorded, settings)
-    tuner = CaptionTuner(runner, settings, baseline, directory=str(directory), project_name=study, overwrite=False)
-    if recorded is None:
-        (inside(directory, study) / SEARCH_FILE).write_text(json.dumps(search_identity(settings), indent=1))
-    return tuner
-
+    def populate_space(self, trial_id):
+        if not self.trials:
+            return {"status": kt.engine.trial.TrialStatus.RUNNING,
+                    "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
+        return super().populate_space(trial_id)

@@ -42,6 +42,18 @@ MAX_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+def recorded_search(name: str, storage: str) -> dict | None:
+    """The search space and metric the study `name` was created for; None if there is no such study yet."""
+    backend = optuna.storages.RDBStorage(storage, engine_kwargs={
+        "connect_args": KEEPALIVE if shared(storage) else {"timeout": 60}})
+    try:
+        return backend.get_study_user_attrs(backend.get_study_id_from_name(name)).get(SEARCH)
+    except KeyError:  # no such study
+        return None
+    finally:
+        backend.engine.dispose()
+
+
 def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
                baseline: dict | None = None) -> optuna.Study:
     """Create or load the study. On a database server, trials carry a heartbeat, and a trial whose heartbeat stops
@@ -126,7 +138,6 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard,
     """Run trials until the study holds `settings.trials` (or the timeout passes). On a server (`beats`: the running
     trials' heartbeats), a worker with nothing left to start waits for the trials still running elsewhere, since one
     may be lost and need replacing. Returns True when the study is finished: enough trials, none running."""
-    log = runner.say
     waiting = False
     while True:
         stop_if_interrupted()
@@ -143,7 +154,7 @@ def run_optuna(study: optuna.Study, runner: TrialRunner, settings, guard: Guard,
         if timed_out or not running:
             return not running and held(trials) >= settings.trials
         if not waiting:
-            log(f"search: nothing left to start; waiting for {running} trial(s) running on other workers")
+            runner.say(f"search: nothing left to start; waiting for {running} trial(s) running on other workers")
             waiting = True
         time.sleep(min(settings.heartbeat_seconds, 5))
 
@@ -317,15 +328,3 @@ def fail(study: optuna.Study, number: int) -> bool:
     except (ValueError, UpdateFinishedTrialError):  # ValueError: "Cannot tell a COMPLETE trial", and so on
         return False
     return True
-
-
-def recorded_search(name: str, storage: str) -> dict | None:
-    """The search space and metric the study `name` was created for; None if there is no such study yet."""
-    backend = optuna.storages.RDBStorage(storage, engine_kwargs={
-        "connect_args": KEEPALIVE if shared(storage) else {"timeout": 60}})
-    try:
-        return backend.get_study_user_attrs(backend.get_study_id_from_name(name)).get(SEARCH)
-    except KeyError:  # no such study
-        return None
-    finally:
-        backend.engine.dispose()

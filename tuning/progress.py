@@ -7,11 +7,6 @@ import time
 from typing import TextIO
 
 
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-
-
 class EpochProgress:
     def __init__(self, metric: str, verbose: bool = False, stream: TextIO | None = None):
         self.metric, self.verbose, self.epochs = metric, verbose, 0
@@ -50,3 +45,8 @@ class EpochProgress:
         self.stream.write("\r\033[K" + text)
         self.stream.flush()
         self.shown = True
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"

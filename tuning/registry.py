@@ -34,6 +34,7 @@ from captioning.config import ConfigError
 from captioning.names import check_name, quote
 from tuning.coordination import Guard
 
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY = "champion_history"  # a registered model's tag: the versions that took `champion`, oldest first
 
@@ -42,192 +43,76 @@ class RegistryError(RuntimeError):
     """A registry request that cannot be done (an unknown version, nothing to roll back to)."""
 
 
-# --- The lock -----------------------------------------------------------------------------------------------------
+# --- By hand: the command line ------------------------------------------------------------------------------------
 
-def _lock_path(name: str) -> Path:
-    """A lock file per (tracking store, registered name): beside a SQLite database or inside a file store, where
-    every process that writes that store sees it; for a tracking server, in this machine's cache."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):  # the file's own folder: however the URI spells its path, one lock
-        database = Path(uri[len("sqlite:///"):])
-        return database.with_name(f"{database.name}.registry-{name}.lock")
-    if uri.startswith("file:") or "://" not in uri:
-        folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
-        return folder / f".registry-{name}.lock"
-    digest = hashlib.sha256(f"{uri.rstrip('/').lower()}|{name}".encode()).hexdigest()[:16]
-    return cache_root() / "locks" / f"registry-{digest}.lock"
+def main(argv=None) -> int:
+    from captioning.captioner import BundleError
+    from captioning.data import DataError
+    from captioning.serving import ModelNotFound
+    from captioning.weights import WeightsError
+    from captioning.workbench import quiet_libraries, resolve_tracking_uri
 
-
-@contextlib.contextmanager
-def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator[Guard]:
-    """Exclusive rights to move `name`'s aliases: a file lock for every store, and on a PostgreSQL study storage
-    (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
-    champion, registering and moving the alias. Yields the advisory lock's guard (still_held() tells whether a
-    database restart dropped it)."""
-    path = _lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"registry: waiting for another process that is moving {name}'s aliases")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            guard = Guard(storage or "sqlite:", f"registry:{name}")
-            with guard.hold(f"moving {name}'s aliases"):
-                yield guard
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# --- Scoring ------------------------------------------------------------------------------------------------------
-
-def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
-    """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
-    from captioning.pipeline import evaluate
-
-    return evaluate(captioner, prepare, split, beam_width).scores
-
-
-def champion_info(name: str):
-    """The version holding `champion`; None if there is none (any other failure, e.g. an unreachable server,
-    raises: it must not look like an empty registry)."""
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    resolve_tracking_uri(args.tracking_uri)
+    storage = args.storage or os.environ.get("CAPTIONING_STORAGE")
+    storage = storage if storage and storage.startswith("postgresql") else None  # (a SQLite study has no lock there)
     try:
-        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+        check_name(args.name, "--name", "captioner")
+        if args.command == "list":
+            rows = list_versions(args.name)
+            columns = list(rows[0])  # (list_versions raises when there is none)
+            widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+            print("  ".join(c.ljust(widths[c]) for c in columns))
+            for row in rows:
+                print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        elif args.command == "register":
+            from tuning.settings import PROMOTE_MARGIN
 
-
-def _history(client: MlflowClient, name: str) -> list[str]:
-    text = client.get_registered_model(name).tags.get(HISTORY, "")
-    return [v for v in text.split(",") if v]
-
-
-def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str,
-                   history: list[str] | None = None) -> None:
-    """Move `champion` to `version` (the lock held), with the reason on the version and the model's history of
-    champions (given: a rollback's, ending with `version`; else the current one with `version` added)."""
-    if history is None:
-        history = _history(client, name)
-        current = champion_info(name)
-        if not history and current is not None:  # a champion from before the history was kept
-            history = [str(current.version)]
-        if not history or history[-1] != version:
-            history = history + [version]
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:  # no longer a challenger
-        client.delete_registered_model_alias(name, CHALLENGER)
-    client.set_registered_model_tag(name, HISTORY, ",".join(history))
-    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
-
-
-def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
-                 *, prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
-    """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
-    both scored now on the same split with the same decoding; then score the registered version on test.
-    `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).
-    `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
-    from captioning.captioner import load_captioner
-
-    client = MlflowClient()
-    model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
-    split, _, score_name = metric.partition("_")  # dev_greedy_bleu4: dev, greedy decoding, bleu4
-    greedy, score_name = score_name.startswith("greedy_"), score_name.removeprefix("greedy_")
-    challenger = load_captioner(model_uri)
-    width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
-    decoding = "greedy" if width == 1 else f"beam-{width}"
-    value = score(challenger, split, width, prepare)[score_name]  # (before the lock: it is the same)
-    with registry_lock(name, storage, log) as guard:
-        current = champion_info(name)
-        registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
-        aliases = aliases_by_version(client, name)
-        if registered and str(registered[0].version) in aliases:
-            version = registered[0]
-            return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
-                    "why": f"this run is already registered as version {version.version}"}
-        old, why = None, "first registered model"
-        if current is not None:
-            try:
-                champion = load_captioner(f"models:/{name}/{current.version}")
-                old = score(champion, split, width, prepare)[score_name]
-            except Exception as exc:  # an old or damaged version: it cannot be compared, so nothing moves
-                why = (f"the champion (version {current.version}) cannot be scored here ({type(exc).__name__}: "
-                       f"{exc}); promote by hand if you trust it: python tuning/registry.py promote VERSION")
-        tags = {"metric": metric, metric: f"{value:.6f}", "decoding": decoding, "split": split, "study": study,
-                "data_fingerprint": dataset.fingerprint()}
-        if old is not None:
-            tags["champion_" + metric] = f"{old:.6f}"
-        _check_held(guard, name)
-        if registered:  # registered by a run that stopped before moving an alias: compared now, not again
-            version = registered[0]
-            for key, text in tags.items():
-                client.set_model_version_tag(name, str(version.version), key, text)
+            margin = PROMOTE_MARGIN if args.margin is None else args.margin
+            outcome = register(args.model, args.name, Path(args.data), args.label, args.metric, margin,
+                               args.experiment, storage)
+            test = outcome["test"] or {}
+            scores = " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5) if f"test_bleu{n}" in test)
+            print(f"registered: {args.name} version {outcome['version'].version} as @{outcome['alias']} "
+                  f"({outcome['why']})" + (f"\n  test BLEU-1..4: {scores}" if scores else ""))
+        elif args.command == "promote":
+            promote(args.name, args.version, args.reason, storage)
+            print(f"{args.name} version {args.version} is now @champion")
         else:
-            version = mlflow.register_model(model_uri, name, tags=tags)
-        beats = current is None or (old is not None and value > old + margin)  # an unscorable champion stays
-        alias = CHAMPION if beats else CHALLENGER
-        if old is not None:
-            why = (f"{metric} {value:.4f} {'beats' if beats else 'does not beat'} the champion's {old:.4f} (version "
-                   f"{current.version}) by {'more than ' if beats else ''}the margin {margin:g} ({decoding}, both "
-                   "scored now)")
-        _check_held(guard, name)
-        now = champion_info(name)  # a move made without the lock (by hand in the UI) is not overwritten
-        if (now and now.version) != (current and current.version):
-            raise RegistryError(f"{name}'s champion moved to version {now and now.version} while version "
-                                f"{version.version} was being compared; run the search again to compare anew")
-        if alias == CHAMPION:
-            _make_champion(client, name, str(version.version), why, by or f"search {study}")
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, str(version.version))
-    test = score_registered(name, str(version.version), dataset, prepare)
-    return {"version": version, "alias": alias, "why": why, "test": test}
+            version = rollback(args.name, args.reason, storage)
+            print(f"{args.name} version {version} is @champion again")
+    except (RegistryError, ConfigError, MlflowException, BundleError, DataError, ModelNotFound, WeightsError) as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
-    """Version -> its aliases, `champion` first, then by name, for the registered model `name` (empty if it does
-    not exist yet). Read from the model, as version searches leave aliases out on some stores."""
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        return {}
-    aliases: dict[str, list[str]] = {}
-    for alias, version in sorted((model.aliases or {}).items(), key=lambda item: (item[0] != CHAMPION, item[0])):
-        aliases.setdefault(str(version), []).append(alias)
-    return aliases
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="List a registered captioner's versions and move its champion by hand.")
+    p.add_argument("--name", default="captioner", help="registered model name (default: captioner)")
+    p.add_argument("--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    p.add_argument("--storage", metavar="URL", help="the searches' PostgreSQL storage, whose lock they hold while "
+                   "they register (default: $CAPTIONING_STORAGE; none for SQLite)")
+    commands = p.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="versions with their aliases, scores and promotion notes")
+    up = commands.add_parser("promote", help="give a version the champion alias")
+    up.add_argument("version")
+    up.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
+    add = commands.add_parser("register", help="register a captioner trained outside a search (a bundle or model "
+                              "URI) under the champion rule: scored on dev against the champion, then on test")
+    add.add_argument("model", metavar="MODEL", help="a captioner bundle directory (e.g. from python -m captioning "
+                     "finetune or ensemble) or a models:/ or runs:/ URI")
+    add.add_argument("--data", required=True, metavar="PATH", help="the dataset to score it on (dev, then test)")
+    add.add_argument("--label", required=True, help="what it is, e.g. 'trial 7 fine-tuned': its run's name")
+    add.add_argument("--metric", default="dev_bleu4", help="the champion rule's metric (default: dev_bleu4)")
+    add.add_argument("--margin", type=float, default=None, help="how much it must beat the champion by (default: "
+                     "search.promote_margin's default)")
+    add.add_argument("--experiment", default="registered", help="the MLflow experiment of its run")
+    back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
+    back.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
+    return p
 
-
-def _check_held(guard, name: str) -> None:
-    if not guard.still_held():
-        raise RegistryError(f"the lock on {name}'s aliases was lost (the study's database restarted); nothing was "
-                            "moved: run the search again to register its best")
-
-
-def score_registered(name: str, version: str, dataset, prepare) -> dict[str, float] | None:
-    """The test split's scores of a registered version, greedy and with its beam width: logged to its run (the only
-    trial runs with test scores) and kept as the version's tags."""
-    from captioning.captioner import load_captioner
-
-    if not dataset.splits.get("test"):
-        return None
-    client = MlflowClient()
-    captioner = load_captioner(f"models:/{name}/{version}")
-    width = captioner.config.beam_width
-    beam = score(captioner, "test", width, prepare)
-    greedy = beam if width == 1 else score(captioner, "test", 1, prepare)
-    metrics = {f"test_{k}": v for k, v in beam.items()} | {f"test_greedy_{k}": v for k, v in greedy.items()}
-    run_id = client.get_model_version(name, version).run_id
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-                                      for k, v in metrics.items()])
-    for key in ("test_bleu1", "test_bleu4", "test_cider"):
-        if key in metrics:
-            client.set_model_version_tag(name, version, key, f"{metrics[key]:.6f}")
-    return metrics
-
-
-# --- By hand ------------------------------------------------------------------------------------------------------
 
 def register(reference: str, name: str, data: Path, label: str, metric: str, margin: float,
              experiment: str = "registered", storage: str | None = None, log: Callable[[str], None] = print) -> dict:
@@ -311,73 +196,189 @@ def rollback(name: str, reason: str, storage: str | None = None, log: Callable[[
         return history[-1]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="List a registered captioner's versions and move its champion by hand.")
-    p.add_argument("--name", default="captioner", help="registered model name (default: captioner)")
-    p.add_argument("--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
-    p.add_argument("--storage", metavar="URL", help="the searches' PostgreSQL storage, whose lock they hold while "
-                   "they register (default: $CAPTIONING_STORAGE; none for SQLite)")
-    commands = p.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="versions with their aliases, scores and promotion notes")
-    up = commands.add_parser("promote", help="give a version the champion alias")
-    up.add_argument("version")
-    up.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
-    add = commands.add_parser("register", help="register a captioner trained outside a search (a bundle or model "
-                              "URI) under the champion rule: scored on dev against the champion, then on test")
-    add.add_argument("model", metavar="MODEL", help="a captioner bundle directory (e.g. from python -m captioning "
-                     "finetune or ensemble) or a models:/ or runs:/ URI")
-    add.add_argument("--data", required=True, metavar="PATH", help="the dataset to score it on (dev, then test)")
-    add.add_argument("--label", required=True, help="what it is, e.g. 'trial 7 fine-tuned': its run's name")
-    add.add_argument("--metric", default="dev_bleu4", help="the champion rule's metric (default: dev_bleu4)")
-    add.add_argument("--margin", type=float, default=None, help="how much it must beat the champion by (default: "
-                     "search.promote_margin's default)")
-    add.add_argument("--experiment", default="registered", help="the MLflow experiment of its run")
-    back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
-    back.add_argument("--reason", required=True, help="why: kept on the version's `promotion` tag")
-    return p
+# --- The champion rule --------------------------------------------------------------------------------------------
 
+def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
+                 *, prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
+    """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
+    both scored now on the same split with the same decoding; then score the registered version on test.
+    `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).
+    `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
+    from captioning.captioner import load_captioner
 
-def main(argv=None) -> int:
-    from captioning.captioner import BundleError
-    from captioning.data import DataError
-    from captioning.serving import ModelNotFound
-    from captioning.weights import WeightsError
-    from captioning.workbench import quiet_libraries, resolve_tracking_uri
-
-    args = build_parser().parse_args(argv)
-    quiet_libraries()
-    resolve_tracking_uri(args.tracking_uri)
-    storage = args.storage or os.environ.get("CAPTIONING_STORAGE")
-    storage = storage if storage and storage.startswith("postgresql") else None  # (a SQLite study has no lock there)
-    try:
-        check_name(args.name, "--name", "captioner")
-        if args.command == "list":
-            rows = list_versions(args.name)
-            columns = list(rows[0]) if rows else []
-            widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-            print("  ".join(c.ljust(widths[c]) for c in columns))
-            for row in rows:
-                print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
-        elif args.command == "register":
-            from tuning.settings import PROMOTE_MARGIN
-
-            margin = PROMOTE_MARGIN if args.margin is None else args.margin
-            outcome = register(args.model, args.name, Path(args.data), args.label, args.metric, margin,
-                               args.experiment, storage)
-            test = outcome["test"] or {}
-            scores = " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5) if f"test_bleu{n}" in test)
-            print(f"registered: {args.name} version {outcome['version'].version} as @{outcome['alias']} "
-                  f"({outcome['why']})" + (f"\n  test BLEU-1..4: {scores}" if scores else ""))
-        elif args.command == "promote":
-            promote(args.name, args.version, args.reason, storage)
-            print(f"{args.name} version {args.version} is now @champion")
+    client = MlflowClient()
+    model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
+    split, _, score_name = metric.partition("_")  # dev_greedy_bleu4: dev, greedy decoding, bleu4
+    greedy, score_name = score_name.startswith("greedy_"), score_name.removeprefix("greedy_")
+    challenger = load_captioner(model_uri)
+    width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
+    decoding = "greedy" if width == 1 else f"beam-{width}"
+    value = score(challenger, split, width, prepare)[score_name]  # (before the lock: it is the same)
+    with registry_lock(name, storage, log) as guard:
+        current = champion_info(name)
+        registered = client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
+        aliases = aliases_by_version(client, name)
+        if registered and str(registered[0].version) in aliases:
+            version = registered[0]
+            return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
+                    "why": f"this run is already registered as version {version.version}"}
+        old, why = None, "first registered model"
+        if current is not None:
+            try:
+                champion = load_captioner(f"models:/{name}/{current.version}")
+                old = score(champion, split, width, prepare)[score_name]
+            except Exception as exc:  # an old or damaged version: it cannot be compared, so nothing moves
+                why = (f"the champion (version {current.version}) cannot be scored here ({type(exc).__name__}: "
+                       f"{exc}); promote by hand if you trust it: python tuning/registry.py promote VERSION")
+        tags = {"metric": metric, metric: f"{value:.6f}", "decoding": decoding, "split": split, "study": study,
+                "data_fingerprint": dataset.fingerprint()}
+        if old is not None:
+            tags["champion_" + metric] = f"{old:.6f}"
+        _check_held(guard, name)
+        if registered:  # registered by a run that stopped before moving an alias: compared now, not again
+            version = registered[0]
+            for key, text in tags.items():
+                client.set_model_version_tag(name, str(version.version), key, text)
         else:
-            version = rollback(args.name, args.reason, storage)
-            print(f"{args.name} version {version} is @champion again")
-    except (RegistryError, ConfigError, MlflowException, BundleError, DataError, ModelNotFound, WeightsError) as exc:
-        print(f"registry: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            version = mlflow.register_model(model_uri, name, tags=tags)
+        beats = current is None or (old is not None and value > old + margin)  # an unscorable champion stays
+        alias = CHAMPION if beats else CHALLENGER
+        if old is not None:
+            why = (f"{metric} {value:.4f} {'beats' if beats else 'does not beat'} the champion's {old:.4f} (version "
+                   f"{current.version}) by {'more than ' if beats else ''}the margin {margin:g} ({decoding}, both "
+                   "scored now)")
+        _check_held(guard, name)
+        now = champion_info(name)  # a move made without the lock (by hand in the UI) is not overwritten
+        if (now and now.version) != (current and current.version):
+            raise RegistryError(f"{name}'s champion moved to version {now and now.version} while version "
+                                f"{version.version} was being compared; run the search again to compare anew")
+        if alias == CHAMPION:
+            _make_champion(client, name, str(version.version), why, by or f"search {study}")
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, str(version.version))
+    test = score_registered(name, str(version.version), dataset, prepare)
+    return {"version": version, "alias": alias, "why": why, "test": test}
+
+
+def score_registered(name: str, version: str, dataset, prepare) -> dict[str, float] | None:
+    """The test split's scores of a registered version, greedy and with its beam width: logged to its run (the only
+    trial runs with test scores) and kept as the version's tags."""
+    from captioning.captioner import load_captioner
+
+    if not dataset.splits.get("test"):
+        return None
+    client = MlflowClient()
+    captioner = load_captioner(f"models:/{name}/{version}")
+    width = captioner.config.beam_width
+    beam = score(captioner, "test", width, prepare)
+    greedy = beam if width == 1 else score(captioner, "test", 1, prepare)
+    metrics = {f"test_{k}": v for k, v in beam.items()} | {f"test_greedy_{k}": v for k, v in greedy.items()}
+    run_id = client.get_model_version(name, version).run_id
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                                      for k, v in metrics.items()])
+    for key in ("test_bleu1", "test_bleu4", "test_cider"):
+        if key in metrics:
+            client.set_model_version_tag(name, version, key, f"{metrics[key]:.6f}")
+    return metrics
+
+
+def score(captioner, split: str, beam_width: int, prepare) -> dict[str, float]:
+    """A captioner's scores on one split, decoded with `beam_width` (1: greedy); `prepare`: config -> features."""
+    from captioning.pipeline import evaluate
+
+    return evaluate(captioner, prepare, split, beam_width).scores
+
+
+def champion_info(name: str):
+    """The version holding `champion`; None if there is none (any other failure, e.g. an unreachable server,
+    raises: it must not look like an empty registry)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
+    """Version -> its aliases, `champion` first, then by name, for the registered model `name` (empty if it does
+    not exist yet). Read from the model, as version searches leave aliases out on some stores."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted((model.aliases or {}).items(), key=lambda item: (item[0] != CHAMPION, item[0])):
+        aliases.setdefault(str(version), []).append(alias)
+    return aliases
+
+
+def _make_champion(client: MlflowClient, name: str, version: str, reason: str, by: str,
+                   history: list[str] | None = None) -> None:
+    """Move `champion` to `version` (the lock held), with the reason on the version and the model's history of
+    champions (given: a rollback's, ending with `version`; else the current one with `version` added)."""
+    if history is None:
+        history = _history(client, name)
+        current = champion_info(name)
+        if not history and current is not None:  # a champion from before the history was kept
+            history = [str(current.version)]
+        if not history or history[-1] != version:
+            history = history + [version]
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:  # no longer a challenger
+        client.delete_registered_model_alias(name, CHALLENGER)
+    client.set_registered_model_tag(name, HISTORY, ",".join(history))
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, version, "promotion", f"{when} {by}: {reason}")
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    text = client.get_registered_model(name).tags.get(HISTORY, "")
+    return [v for v in text.split(",") if v]
+
+
+def _check_held(guard, name: str) -> None:
+    if not guard.still_held():
+        raise RegistryError(f"the lock on {name}'s aliases was lost (the study's database restarted); nothing was "
+                            "moved: run the search again to register its best")
+
+
+# --- The lock -----------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def registry_lock(name: str, storage: str | None = None, log: Callable[[str], None] = print) -> Iterator[Guard]:
+    """Exclusive rights to move `name`'s aliases: a file lock for every store, and on a PostgreSQL study storage
+    (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
+    champion, registering and moving the alias. Yields the advisory lock's guard (still_held() tells whether a
+    database restart dropped it)."""
+    path = _lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"registry: waiting for another process that is moving {name}'s aliases")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            guard = Guard(storage or "sqlite:", f"registry:{name}")
+            with guard.hold(f"moving {name}'s aliases"):
+                yield guard
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_path(name: str) -> Path:
+    """A lock file per (tracking store, registered name): beside a SQLite database or inside a file store, where
+    every process that writes that store sees it; for a tracking server, in this machine's cache."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):  # the file's own folder: however the URI spells its path, one lock
+        database = Path(uri[len("sqlite:///"):])
+        return database.with_name(f"{database.name}.registry-{name}.lock")
+    if uri.startswith("file:") or "://" not in uri:
+        folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
+        return folder / f".registry-{name}.lock"
+    digest = hashlib.sha256(f"{uri.rstrip('/').lower()}|{name}".encode()).hexdigest()[:16]
+    return cache_root() / "locks" / f"registry-{digest}.lock"
 
 
 if __name__ == "__main__":
