@@ -24,7 +24,8 @@ def test_each_sampler_name_builds_its_sampler(tmp_path, name, kind):
 
 
 @pytest.mark.parametrize("search, kind, budget", [
-    ({}, optuna.pruners.MedianPruner, None),
+    ({}, optuna.pruners.SuccessiveHalvingPruner, None),  # the default, from epoch 3
+    ({"pruner": "median"}, optuna.pruners.MedianPruner, None),
     ({"pruner": "hyperband", "pruner_min_epochs": 2, "pruner_max_epochs": 8}, optuna.pruners.HyperbandPruner, (2, 8)),
     ({"pruner": "successive_halving", "pruner_min_epochs": 2}, optuna.pruners.SuccessiveHalvingPruner, None),
     ({"pruner": "none"}, optuna.pruners.NopPruner, None)])
@@ -33,11 +34,14 @@ def test_each_pruner_name_builds_its_pruner_with_its_budget(tmp_path, search, ki
     assert type(pruner) is kind
     if budget:
         assert (pruner._min_resource, pruner._max_resource) == budget
+    if not search:  # the default's first rung: epoch 3
+        assert pruner._min_resource == 3
 
 
 def test_successive_halving_prunes_a_bad_trial_on_the_epochs_it_reports(tmp_path):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
-                                pruner=make_pruner(_settings(tmp_path, pruner="successive_halving")))
+                                pruner=make_pruner(_settings(tmp_path, pruner="successive_halving",
+                                                                         pruner_min_epochs=1)))
     for quality in (1.0, 0.9, 0.8):  # finished trials fill the first rung
         trial = study.ask()
         for epoch in range(1, 5):

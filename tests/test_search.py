@@ -27,6 +27,7 @@ config:
 search:
   trials: 2
   samples: 4
+  pruner: median
   pruner_startup_trials: 1
   space:
     units: {choices: [32, 64]}
@@ -85,7 +86,7 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     assert {"samples.json", "gallery.png"} <= artifacts
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.params["engine"] == "optuna" and parent.info.status == "FINISHED"
-    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"].startswith("median(startup=")
+    assert parent.data.params["sampler"] == "random" and parent.data.params["pruner"].startswith("median(startup=")
     assert {"optimization_history.png", "param_importances.png"} <= {a.path for a in client.list_artifacts(
         parent.info.run_id)}
     _dashboard_lists(f"sqlite:///{workspace[0] / 'optuna.db'}", "s1")
@@ -172,7 +173,7 @@ def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_b
     # (With CIDEr-D as the metric: any dev score can be; and another sampler and pruner than the defaults.)
     # The budget of 1 s ends trial 0's training after its first of 2 epochs: complete with that epoch.
     experiment = workspace[1]
-    experiment.write_text(experiment.read_text().replace("search:\n", "search:\n  sampler: random\n  pruner: hyperband\n"))
+    experiment.write_text(experiment.read_text().replace("search:\n", "search:\n  sampler: tpe\n  pruner: hyperband\n"))
     assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--budget", "1",
                    "--metric", "dev_cider") == 0
     out = capsys.readouterr().out

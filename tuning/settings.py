@@ -34,11 +34,14 @@ class SearchSettings:
     budget: float | None = None  # seconds after which a running trial ends with its epoch (and no new trial starts)
     metric: str = "dev_bleu4"
     seed: int = 0
-    sampler: str = "tpe"  # tpe: multivariate TPE, conditional keys grouped (constant liar with several workers)
-    pruner: str = "median"
+    # The defaults are the setting that found the best model soonest in benchmarks/search_efficiency.py (README:
+    # "Which sampler and pruner: successive halving from epoch 3").
+    sampler: str = "random"  # tpe: multivariate TPE, conditional keys grouped (constant liar with several workers)
+    pruner: str = "successive_halving"
     pruner_startup_trials: int = 2  # median: trials that run to the end before pruning starts
     pruner_warmup_epochs: int = 1  # median: epochs of every trial that are never pruned
-    pruner_min_epochs: int = 1  # hyperband, successive_halving: the epochs every trial gets (the first rung)
+    # hyperband, successive_halving: the epochs every trial gets (the first rung; dev BLEU-4 says little before 3)
+    pruner_min_epochs: int = 3
     pruner_max_epochs: int | None = None  # hyperband: the most a trial gets (default: the base config's, SCST included)
     pruner_reduction: int = 3  # hyperband, successive_halving: 1 in this many trials goes on to the next rung
     tuner: str = "bayesian"  # Keras Tuner: bayesian, or hyperband (whose epochs budget is pruner_max_epochs)
