@@ -1,6 +1,6 @@
 """Optuna: the sampler and pruner the experiment names (default: random sampling and successive halving on the
-per-epoch dev metric from epoch 3), persistent storage so a rerun resumes, and any number of workers on one study when the
-storage is a database server.
+per-epoch dev metric from epoch 3), persistent storage so a rerun resumes, and any number of workers on one study
+when the storage is a database server.
 
 Counting. A study "holds" a trial once it is complete, pruned or failed with an error. A trial whose process died
 (killed, machine lost) is failed without an error and does not count, so another trial runs in its place. Workers
