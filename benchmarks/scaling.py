@@ -31,7 +31,7 @@ config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, m
 search:
   trials: %d
   samples: 4
-  pruner_startup_trials: 1000
+  pruner: none
   space:
     dropout: {low: 0.0, high: 0.3}
 """

@@ -12,7 +12,7 @@ trials of 2.5-5 minutes: the first benchmark's). Each setting (a sampler and a p
 tuning/search.py` with a wall-time budget (no trial starts after it) for each seed, in a fresh study of its own.
 From each study's trials: the best dev BLEU-4 found so far against the wall time since the study began.
 Reported: each setting's final best (mean over seeds) and the time it needed to reach the final best of the
-median-pruner setting (the default).
+reference setting, TPE with the median pruner (the default until this benchmark chose another).
 With --jobs N, N searches run at a time, each pinned to a core of its own, so that every run has one core to
 itself (the memory and caches are shared; a run left alone at the end of the benchmark has them to itself).
 
@@ -43,7 +43,7 @@ from captioning.cache import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SETTINGS = {  # name -> search settings; the first is the reference (today's default)
+SETTINGS = {  # name -> search settings; the first is the reference (the default before this benchmark chose)
     "tpe + median": {"sampler": "tpe", "pruner": "median"},
     "tpe + hyperband": {"sampler": "tpe", "pruner": "hyperband"},
     "tpe + successive halving": {"sampler": "tpe", "pruner": "successive_halving"},

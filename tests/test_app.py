@@ -21,7 +21,7 @@ TINY = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24, embedding_size: 32,
          units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 3, patience: 3, beam_width: 3, decoder: attention,
          attention_units: 16}
-search: {trials: 1, samples: 4, pruner: median, pruner_startup_trials: 1, space: {dropout: {low: 0.0, high: 0.3}}}
+search: {trials: 1, samples: 4, pruner_startup_trials: 1, space: {dropout: {low: 0.0, high: 0.3}}}
 """
 
 

@@ -24,18 +24,25 @@ def test_each_sampler_name_builds_its_sampler(tmp_path, name, kind):
 
 
 @pytest.mark.parametrize("search, kind, budget", [
-    ({}, optuna.pruners.SuccessiveHalvingPruner, None),  # the default, from epoch 3
-    ({"pruner": "median"}, optuna.pruners.MedianPruner, None),
+    ({}, optuna.pruners.MedianPruner, None),
     ({"pruner": "hyperband", "pruner_min_epochs": 2, "pruner_max_epochs": 8}, optuna.pruners.HyperbandPruner, (2, 8)),
     ({"pruner": "successive_halving", "pruner_min_epochs": 2}, optuna.pruners.SuccessiveHalvingPruner, None),
+    ({"pruner": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner, None),
     ({"pruner": "none"}, optuna.pruners.NopPruner, None)])
 def test_each_pruner_name_builds_its_pruner_with_its_budget(tmp_path, search, kind, budget):
     pruner = make_pruner(_settings(tmp_path, **search))
     assert type(pruner) is kind
     if budget:
         assert (pruner._min_resource, pruner._max_resource) == budget
-    if not search:  # the default's first rung: epoch 3
+    if search == {"pruner": "successive_halving"}:  # the default first rung: epoch 3
         assert pruner._min_resource == 3
+
+
+def test_keras_tuner_hyperband_takes_fewer_epochs_than_optunas_first_rung(tmp_path):
+    # (pruner_min_epochs, default 3, is Optuna's; Keras Tuner's brackets start at one epoch)
+    assert _settings(tmp_path, engine="keras-tuner", tuner="hyperband", pruner_max_epochs=2).pruner_max_epochs == 2
+    with pytest.raises(ConfigError, match=r"pruner_max_epochs \(2\) one >= pruner_min_epochs"):
+        _settings(tmp_path, pruner="hyperband", pruner_max_epochs=2)
 
 
 def test_successive_halving_prunes_a_bad_trial_on_the_epochs_it_reports(tmp_path):

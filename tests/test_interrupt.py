@@ -20,7 +20,6 @@ config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, m
 search:
   trials: 2
   samples: 2
-  pruner: median
   pruner_startup_trials: 5
   space:
     dropout: {low: 0.0, high: 0.3}

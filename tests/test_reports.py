@@ -13,7 +13,6 @@ config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, m
 search:
   trials: 2
   samples: 2
-  pruner: median
   pruner_startup_trials: 2
   space:
     units: {choices: [32, 64]}

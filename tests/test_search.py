@@ -173,7 +173,7 @@ def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_b
     # (With CIDEr-D as the metric: any dev score can be; and another sampler and pruner than the defaults.)
     # The budget of 1 s ends trial 0's training after its first of 2 epochs: complete with that epoch.
     experiment = workspace[1]
-    experiment.write_text(experiment.read_text().replace("search:\n", "search:\n  sampler: tpe\n  pruner: hyperband\n"))
+    experiment.write_text(experiment.read_text().replace("  pruner: median\n", "  sampler: tpe\n  pruner: hyperband\n"))
     assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--budget", "1",
                    "--metric", "dev_cider") == 0
     out = capsys.readouterr().out

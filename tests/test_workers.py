@@ -27,7 +27,6 @@ config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, m
 search:
   trials: %d
   samples: 2
-  pruner: median
   pruner_startup_trials: 20
   heartbeat_seconds: 2
   grace_seconds: 10

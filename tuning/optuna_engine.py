@@ -1,5 +1,5 @@
-"""Optuna: the sampler and pruner the experiment names (default: random sampling and successive halving on the
-per-epoch dev metric from epoch 3), persistent storage so a rerun resumes, and any number of workers on one study
+"""Optuna: the sampler and pruner the experiment names (default: random sampling and a median pruner on the
+per-epoch dev metric), persistent storage so a rerun resumes, and any number of workers on one study
 when the storage is a database server.
 
 Counting. A study "holds" a trial once it is complete, pruned or failed with an error. A trial whose process died

@@ -233,7 +233,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
         print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
         return
     best = client.get_run(ranked[0])
-    if register and settings.ensemble > 1 and len(ranked) > 1:
+    if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
         best = grow_ensemble(best, ranked[1:settings.ensemble], ensemble, settings.metric)
     m = best.data.metrics
     width = int(float(best.data.params.get("beam_width", 3)))
