@@ -135,11 +135,11 @@ def _check_engine_choices(settings: SearchSettings) -> None:
             raise ConfigError(f"search.sampler {settings.sampler} needs {what}, which is not installed; choose "
                               f"another of {', '.join(SAMPLERS)}")
     low, high, factor = settings.pruner_min_epochs, settings.pruner_max_epochs, settings.pruner_reduction
-    floor = "1" if settings.engine == "keras-tuner" else "pruner_min_epochs"  # Keras Tuner's brackets start at 1
-    if not (isinstance(low, int) and low >= 1) or (high is not None and not (
-            isinstance(high, int) and high >= (1 if settings.engine == "keras-tuner" else low))):
+    # pruner_min_epochs is Optuna's first rung; Keras Tuner's Hyperband brackets start at one epoch.
+    floor, named = (1, "1") if settings.engine == "keras-tuner" else (low, "pruner_min_epochs")
+    if not (isinstance(low, int) and low >= 1) or (high is not None and not (isinstance(high, int) and high >= floor)):
         raise ConfigError(f"search.pruner_min_epochs ({low}) must be a whole number >= 1, and pruner_max_epochs "
-                          f"({high}) one >= {floor}")
+                          f"({high}) one >= {named}")
     if not (isinstance(factor, int) and factor >= 2):
         raise ConfigError(f"search.pruner_reduction must be a whole number >= 2, got {factor!r}")
 
