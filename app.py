@@ -22,13 +22,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from captioning.attention import spotlight
-from captioning.captioner import BundleError, Captioner
 from captioning.config import ConfigError
-from captioning.images import ImageError, TooManyPixels, load_rgb
-from captioning.names import check_name, quote
-from captioning.serving import ModelNotFound, download_bundle
-from captioning.workbench import redact, resolve_tracking_uri
+from captioning.core.names import check_name, quote
+from captioning.core.tracking import redact, resolve_tracking_uri
+from captioning.data.images import ImageError, TooManyPixels, load_rgb
+from captioning.decoding.bundle import BundleError
+from captioning.decoding.captioner import Captioner
+from captioning.decoding.spotlight import spotlight
+from captioning.serving.mlflow_model import ModelNotFound, download_bundle
 
 MAX_UPLOAD_MB = 20
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]

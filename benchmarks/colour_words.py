@@ -27,8 +27,8 @@ import json
 import time
 from pathlib import Path
 
-from captioning.metrics import corpus_bleu_scores
-from captioning.synthetic import COLOURS, SHAPES
+from captioning.data.synthetic import COLOURS, SHAPES
+from captioning.metrics.bleu import corpus_bleu_scores
 
 COUNT_WORDS = {"two": 2, "three": 3}
 
@@ -85,20 +85,20 @@ def main() -> None:
                         "(models:/captioner@champion, runs:/ID/model)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for a models:/ or runs:/ URI "
                         "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--data", help="a dataset folder written by captioning.synthetic (default: the embedded one)")
+    parser.add_argument("--data", help="a dataset folder written by captioning.data.synthetic (default: the embedded "
+                        "one)")
     parser.add_argument("--samples", type=int, default=8, help="sample captions to print")
     parser.add_argument("--out", default="colour_words.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
 
-    from captioning.cli import _load_captioner
-    from captioning.data import load_dataset
-    from captioning.synthetic import embedded_dataset
+    from captioning.core.tracking import resolve_tracking_uri
+    from captioning.data.dataset import load_dataset
+    from captioning.data.synthetic import embedded_dataset
+    from captioning.serving.load import load_captioner
 
-    if args.tracking_uri:
-        from captioning.workbench import resolve_tracking_uri
-
+    if args.tracking_uri or args.model.startswith(("models:/", "runs:/")):
         resolve_tracking_uri(args.tracking_uri)
-    captioner = _load_captioner(args.model)
+    captioner = load_captioner(args.model)
     dataset = load_dataset(Path(args.data) if args.data else embedded_dataset(), seed=captioner.config.seed)
     names = dataset.split("test")
     start = time.perf_counter()

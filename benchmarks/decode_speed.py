@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.seed_model import build_seed_model, seed_greedy_caption
-from captioning.captioner import Captioner
-from captioning.pipeline import FeatureCache, decoder_inputs, load_and_report
+from captioning.decoding.captioner import Captioner
+from captioning.evaluation.evaluate import decoder_inputs
+from captioning.features.prepare import FeatureCache, load_and_report
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.model.startswith("models:/"):
-        from captioning.serving import download_bundle
+        from captioning.serving.mlflow_model import download_bundle
 
         args.model = download_bundle(args.model)
     captioner = Captioner.load(args.model)

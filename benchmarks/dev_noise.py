@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.captioner import Captioner
-from captioning.metrics import corpus_bleu_scores
-from captioning.pipeline import FeatureCache, decoder_inputs, load_and_report
+from captioning.decoding.captioner import Captioner
+from captioning.evaluation.evaluate import decoder_inputs
+from captioning.features.prepare import FeatureCache, load_and_report
+from captioning.metrics.bleu import corpus_bleu_scores
 
 DRAWS = 2000
 
@@ -68,7 +69,7 @@ def main() -> None:
     for model in args.model[:2]:
         location = model
         if model.startswith("models:/"):
-            from captioning.serving import download_bundle
+            from captioning.serving.mlflow_model import download_bundle
 
             location = download_bundle(model)
         captioner = Captioner.load(location)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from benchmarks.flickr8k import bare_model_speed
 from captioning.config import load_config
-from captioning.encoders import make_encoder
-from captioning.features import extract_features
-from captioning.pipeline import load_and_report
+from captioning.features.encoders import make_encoder
+from captioning.features.prepare import load_and_report
+from captioning.features.store import extract_features
 
 
 def main() -> None:

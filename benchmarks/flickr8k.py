@@ -18,8 +18,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from captioning.config import load_config
-from captioning.encoders import make_encoder
-from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+from captioning.features.encoders import make_encoder
+from captioning.features.prepare import load_and_report, prepare
+from captioning.training.run import train_and_evaluate
 
 
 def bare_model_speed(encoder, images: int = 64, batch_size: int = 8) -> float:

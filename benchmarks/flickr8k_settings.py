@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from captioning.config import load_config
-from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate
+from captioning.evaluation.evaluate import evaluate
+from captioning.features.prepare import load_and_report, prepare
+from captioning.training.run import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_settings.json"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioning.pipeline import FeatureCache, evaluate, load_and_report
-from captioning.captioner import load_captioner
+from captioning.evaluation.evaluate import evaluate
+from captioning.features.prepare import FeatureCache, load_and_report
+from captioning.serving.load import load_captioner
 
 
 def repeats_a_pair(caption: str) -> bool:

@@ -17,8 +17,10 @@ import random
 import time
 from pathlib import Path
 
-from captioning.data import load_dataset
-from captioning.metrics import CiderD, coco_scores, corpus_bleu_scores
+from captioning.data.dataset import load_dataset
+from captioning.metrics.bleu import corpus_bleu_scores
+from captioning.metrics.cider import CiderD
+from captioning.metrics.coco import coco_scores
 
 
 def _stand_in(words: list[str], rng: random.Random, vocabulary: list[str]) -> list[str]:

@@ -66,8 +66,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
 
-    from captioning.synthetic import write_dataset
-    from tuning import infra as local_infra
+    from captioning.data.synthetic import write_dataset
+    from captioning.serving import infra as local_infra
 
     root = Path(tempfile.mkdtemp(prefix="captioning-scaling-", dir="/tmp"))
     root.chmod(0o755)  # PostgreSQL runs as its own user when this runs as root

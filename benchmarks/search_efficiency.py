@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from captioning.cache import cache_root
+from captioning.core.cache import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -23,12 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.seed_model import build_seed_model, prefix_batches
-from captioning.attention import build_attention_decoder
 from captioning.config import load_config
-from captioning.model import build_decoder, masked_cross_entropy
-from captioning.pipeline import load_and_report, prepare
-from captioning.text import Vocabulary
-from captioning.train import CaptionBatches, seed_everything
+from captioning.data.text import Vocabulary
+from captioning.features.prepare import load_and_report, prepare
+from captioning.models.attention import build_attention_decoder
+from captioning.models.base import masked_cross_entropy
+from captioning.models.merge import build_decoder
+from captioning.training.batches import CaptionBatches, seed_everything
 
 
 def matmul_peak_gflops(size: int = 2048, seconds: float = 5.0) -> float:

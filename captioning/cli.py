@@ -1,4 +1,6 @@
-"""`python -m captioning train|evaluate|caption`."""
+"""The command line, `captioning` or `python -m captioning COMMAND`: train, finetune (self-critical stage of a trained
+captioner), ensemble, rerank (consensus re-ranking chosen on dev), evaluate, caption, and relog (a pickled MLflow
+version registered again as code)."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +10,14 @@ import sys
 from pathlib import Path
 
 from captioning.config import ConfigError, finetune_config, load_config, parse_overrides
-from captioning.workbench import run_state
-
-PROJECT = Path(__file__).resolve().parents[1]
-EMBEDDED_EXPERIMENT = PROJECT / "experiments" / "shapes.yaml"
+from captioning.core.project import experiment_file
+from captioning.core.tracking import run_state
 
 
 def _config(args):
     path = args.config
     if path is None and getattr(args, "data", None) is None:
-        path = EMBEDDED_EXPERIMENT  # the embedded dataset's own experiment: small fast encoder with a spatial grid
+        path = experiment_file("shapes.yaml")  # the embedded dataset's own experiment: a fast encoder, a spatial grid
     return load_config(path, args.set)
 
 
@@ -38,8 +38,8 @@ def _table(evaluations) -> str:
 
 
 def _prepare(config, args):
-    from captioning.pipeline import load_and_report, prepare
-    from captioning.synthetic import dataset_path
+    from captioning.data.synthetic import dataset_path
+    from captioning.features.prepare import load_and_report, prepare
 
     dataset = load_and_report(dataset_path(args.data), seed=config.seed)
     prepared = prepare(config, dataset)
@@ -50,8 +50,8 @@ def _prepare(config, args):
 def _features_for(captioner, args):
     """The features of every setting the captioner's decoders read (one, but for an ensemble whose members read
     different ones), prepared and reported: a FeatureCache for pipeline.evaluate."""
-    from captioning.pipeline import FeatureCache, load_and_report
-    from captioning.synthetic import dataset_path
+    from captioning.data.synthetic import dataset_path
+    from captioning.features.prepare import FeatureCache, load_and_report
 
     features = FeatureCache(load_and_report(dataset_path(args.data), seed=captioner.config.seed))
     for config in captioner.feature_groups:
@@ -90,7 +90,7 @@ def _save_and_report(result, out, dataset) -> None:
 
 
 def cmd_train(args) -> None:
-    from captioning.pipeline import train_and_evaluate
+    from captioning.training.run import train_and_evaluate
 
     config = _config(args)
     prepared = _prepare(config, args)
@@ -98,7 +98,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from captioning.pipeline import train_and_evaluate
+    from captioning.training.run import train_and_evaluate
 
     start = _load_captioner(args.model)
     if start.members:
@@ -116,9 +116,9 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_ensemble(args) -> None:
-    from captioning.captioner import Captioner
-    from captioning.ensemble import EnsembleError
-    from captioning.pipeline import choose_length_penalty, penalty_line
+    from captioning.decoding.captioner import Captioner
+    from captioning.evaluation.choices import choose_length_penalty, penalty_line
+    from captioning.models.ensemble import EnsembleError
 
     if len(args.model) < 2:
         raise ConfigError(f"an ensemble needs at least two captioners, got {len(args.model)}: repeat --model")
@@ -140,7 +140,8 @@ def cmd_ensemble(args) -> None:
 def _score_and_save(captioner, features, out: Path, record: dict, done: dict | None = None) -> Path:
     """Score a captioner greedy and with its beam on dev and test (`done`: (split, beam width) -> an evaluation
     already made), save it to `out` with metrics.json (`record` and the scores) and print the table."""
-    from captioning.pipeline import RunResult, evaluate
+    from captioning.evaluation.evaluate import evaluate
+    from captioning.training.run import RunResult
 
     done = done or {}
     evaluations = [done.get((split, width)) or evaluate(captioner, features, split, width)
@@ -154,7 +155,7 @@ def _score_and_save(captioner, features, out: Path, record: dict, done: dict | N
 
 
 def cmd_rerank(args) -> None:
-    from captioning.pipeline import RERANK_SCORES, build_neighbours, choose_rerank, rerank_lines
+    from captioning.evaluation.choices import RERANK_SCORES, build_neighbours, choose_rerank, rerank_lines
 
     captioner = _load_captioner(args.model)
     features = _features_for(captioner, args)
@@ -181,10 +182,10 @@ def cmd_rerank(args) -> None:
 def _load_captioner(reference: str):
     """A bundle directory, or an MLflow model URI (models:/captioner@champion, runs:/ID/model) in the store that
     $MLFLOW_TRACKING_URI or the working directory names."""
-    from captioning.captioner import load_captioner
+    from captioning.serving.load import load_captioner
 
     if reference.startswith(("models:/", "runs:/")):
-        from captioning.workbench import resolve_tracking_uri
+        from captioning.core.tracking import resolve_tracking_uri
 
         resolve_tracking_uri()
     return load_captioner(reference)
@@ -222,7 +223,7 @@ def _load_for_decoding(args):
 
 
 def cmd_evaluate(args) -> None:
-    from captioning.pipeline import evaluate
+    from captioning.evaluation.evaluate import evaluate
 
     captioner = _load_for_decoding(args)
     features = _features_for(captioner, args)
@@ -241,8 +242,8 @@ def cmd_caption(args) -> None:
 
 
 def cmd_relog(args) -> None:
-    from captioning.serving import relog_captioner
-    from captioning.workbench import resolve_tracking_uri
+    from captioning.core.tracking import resolve_tracking_uri
+    from captioning.serving.mlflow_model import relog_captioner
 
     resolve_tracking_uri()
     old, new = relog_captioner(args.model)
@@ -252,13 +253,13 @@ def cmd_relog(args) -> None:
     print(f"registered {new.name} version {new.version}: version {old.version}'s captioner, logged as code (no "
           "pickle)")
     if old.aliases:
-        print(f"version {old.version} keeps @{', @'.join(old.aliases)}; to move @champion: python tuning/registry.py "
+        print(f"version {old.version} keeps @{', @'.join(old.aliases)}; to move @champion: captioning-registry "
               f"promote {new.version} --reason \"version {old.version} re-logged without pickle\"")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=(
-        "Train, evaluate and use CNN+LSTM image captioners (Xception features; merge or attention LSTM decoder)."))
+        "Train, evaluate and use image captioners (Xception features; any registered decoder: merge, attention)."))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_options(p):
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/rerank-TIME)")
     rerank.set_defaults(run=cmd_rerank)
 
-    evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with BLEU-1..4")
+    evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with every metric that runs here")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")
     data_options(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
@@ -342,11 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from captioning.captioner import BundleError
-    from captioning.data import DataError
-    from captioning.images import ImageError
-    from captioning.train import TrainingError
-    from captioning.weights import WeightsError
+    from captioning.data.dataset import DataError
+    from captioning.data.images import ImageError
+    from captioning.decoding.bundle import BundleError
+    from captioning.features.weights import WeightsError
+    from captioning.training.selection import TrainingError
 
     try:
         args.run(args)

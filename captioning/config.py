@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key a user supplied is wrong."""
+from captioning.core.errors import ConfigError
+from captioning.features import encoder_names
+from captioning.metrics import epoch_metrics
+from captioning.models import decoder_names, decoder_spec
 
 
 @dataclasses.dataclass
@@ -30,8 +31,8 @@ class Config:
     # Text.
     vocab_min_count: int = 5
     max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
-    # Decoder: merge (the seed's: the pooled vector added after the LSTM) or attention (Show-Attend-Tell soft
-    # attention over the encoder's spatial map; see captioning.attention).
+    # Decoder: a registered family (captioning.models): merge (the seed's: the pooled vector added after the LSTM) or
+    # attention (Show-Attend-Tell soft attention over the encoder's spatial map; captioning/models/attention.py).
     decoder: str = "merge"
     embedding_size: int = 256
     units: int = 512
@@ -59,7 +60,8 @@ class Config:
     length_penalty: float = 0.5  # beam score = log-probability / length ** length_penalty (0.5: chosen on Flickr8k dev)
     no_repeat_ngram: int = 0  # n >= 2: no caption repeats an n-gram of words (greedy and beam search); 0: off
     # k > 0: the beam's captions re-ranked by their consensus with the captions of the k training images nearest in
-    # feature space (captioning.consensus; beam search only, with the neighbour index the bundle carries); 0: off
+    # feature space (captioning.decoding.consensus; beam search only, with the neighbour index the bundle carries);
+    # 0: off
     rerank_neighbours: int = 0
     rerank_weight: float = 0.5  # the consensus's share of the re-ranking score; the beam's score has the rest
 
@@ -85,10 +87,8 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0,  # added on 2026-11-30: defaults
               "rerank_neighbours": 0, "rerank_weight": 0.5}
-SELECTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss")
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")
-DECODERS = ("merge", "attention")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -127,11 +127,12 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
     if not 0.0 < config.lr_decay <= 1.0:
         raise ConfigError(f"config key 'lr_decay' must be in (0, 1] (1: constant learning rate), got {config.lr_decay}")
-    if config.decoder not in DECODERS:
-        raise ConfigError(f"config key 'decoder' must be one of {', '.join(DECODERS)}, got {config.decoder!r}")
-    if config.decoder == "attention" and config.lstm_layers != 1:
-        raise ConfigError(f"config key 'lstm_layers' is {config.lstm_layers}, but the attention decoder has one LSTM; "
-                          "set lstm_layers=1 (or decoder=merge)")
+    if config.decoder not in decoder_names():
+        raise ConfigError(f"config key 'decoder' must be one of {', '.join(decoder_names())}, got {config.decoder!r}")
+    for key, value in decoder_spec(config.decoder).required.items():
+        if getattr(config, key) != value:
+            raise ConfigError(f"config key {key!r} is {getattr(config, key)}, but the {config.decoder} decoder needs "
+                              f"{key}={value}; set {key}={value} (or another decoder)")
     if config.attention_penalty < 0:
         raise ConfigError(f"config key 'attention_penalty' must be 0 (off) or more, got {config.attention_penalty}")
     if config.colour_grid < 0:
@@ -161,13 +162,12 @@ def _check(config: Config) -> Config:
                           f"{config.rerank_weight}")
     if config.patience < 0:
         raise ConfigError(f"config key 'patience' must be 0 or more, got {config.patience}")
-    if config.selection_metric not in SELECTION_METRICS:
-        raise ConfigError(f"config key 'selection_metric' must be one of {', '.join(SELECTION_METRICS)}, "
+    selectable = (*epoch_metrics(), "loss")
+    if config.selection_metric not in selectable:
+        raise ConfigError(f"config key 'selection_metric' must be one of {', '.join(selectable)}, "
                           f"got {config.selection_metric!r}")
-    from captioning.encoders import ENCODERS  # late import: the encoder registry needs TensorFlow
-
-    if config.encoder not in ENCODERS:
-        raise ConfigError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if config.encoder not in encoder_names():
+        raise ConfigError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(encoder_names())}")
     return config
 
 

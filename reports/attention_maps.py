@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioning.captioner import load_captioner
-from captioning.data import DataError, load_dataset
-from captioning.workbench import resolve_tracking_uri
+from captioning.core.tracking import resolve_tracking_uri
+from captioning.data.dataset import DataError, load_dataset
+from captioning.serving.load import load_captioner
 
 
 def main(argv=None) -> int:

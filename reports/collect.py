@@ -8,11 +8,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from captioning.metrics import METRICS
-from captioning.names import quote
-from captioning.workbench import redact
-from tuning.registry import aliases_by_version
-from tuning.tracking import ROLE, STUDY
+from captioning.core.names import quote
+from captioning.core.tracking import ROLE, STUDY, redact
+from captioning.metrics import metric_names
+from captioning.serving.registry import aliases_by_version
 
 BLEU = [f"bleu{n}" for n in range(1, 5)]
 # (The per-epoch dev scores decode greedily, or with beam search where the run's selection_beam says so.)
@@ -105,7 +104,7 @@ def _row(client: MlflowClient, run, registry: dict[str, str]) -> dict:
            "registry": registry.get(run.info.run_id, ""), "error": tags.get("error", "")}
     for split in ("dev", "test"):
         shown = split == "dev" or bool(row["registry"])  # test scores: registered versions only
-        for score in METRICS:  # NLTK BLEU-1..4 and the COCO metrics (NaN where a trial did not log one)
+        for score in metric_names():  # NLTK BLEU-1..4 and the COCO metrics (NaN where a trial did not log one)
             for name in (f"{split}_{score}", f"{split}_greedy_{score}"):
                 row[name] = metrics.get(name, math.nan) if shown else math.nan
     row["params"] = dict(run.data.params)

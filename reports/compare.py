@@ -75,10 +75,10 @@ ATTENTION_IMAGES = 3  # test images whose attention maps the report shows
 def gallery_captions(selection: Selection, count: int, model_name: str):
     """Test images of the first study's data, their references, and the captions of the champion and the best
     trial of each study. Returns (images, names, references, {model label: captions}) or None with a note."""
-    from captioning.captioner import Captioner
-    from captioning.data import load_dataset
-    from captioning.images import load_rgb
-    from captioning.serving import ModelNotFound, download_bundle
+    from captioning.data.dataset import load_dataset
+    from captioning.data.images import load_rgb
+    from captioning.decoding.captioner import Captioner
+    from captioning.serving.mlflow_model import ModelNotFound, download_bundle
 
     data = next((s.data for s in selection.studies if s.data), None)
     if count <= 0:
@@ -273,8 +273,8 @@ def _thumbnail(image, size: int = 160) -> str:
 def make_report(args) -> Path:
     from mlflow import MlflowClient
 
-    from captioning.names import check_name, inside
-    from captioning.workbench import redact, resolve_tracking_uri
+    from captioning.core.names import check_name, inside
+    from captioning.core.tracking import redact, resolve_tracking_uri
     from reports import figures as draw
     from reports.collect import collect, find_studies
 
@@ -314,9 +314,9 @@ def make_report(args) -> Path:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from captioning.config import ConfigError
-    from captioning.data import DataError
-    from captioning.serving import ModelNotFound
-    from captioning.workbench import password_warning
+    from captioning.core.tracking import password_warning
+    from captioning.data.dataset import DataError
+    from captioning.serving.mlflow_model import ModelNotFound
 
     for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
         warning = password_warning(option, url)

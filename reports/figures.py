@@ -136,7 +136,7 @@ def gallery(images: list[np.ndarray], names: list[str], references: list[list[st
 
 def attention_maps(images: list[np.ndarray], label: str, captioned: list[tuple[str, np.ndarray]]) -> plt.Figure:
     """For each of the first images: the photo, then a spotlight of where the model looked for each word."""
-    from captioning.attention import spotlight
+    from captioning.decoding.spotlight import spotlight
 
     columns = 1 + max(len(caption.split()) for caption, _ in captioned)
     figure, axes = plt.subplots(len(captioned), columns, figsize=(1.3 * columns, 1.55 * len(captioned)),

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from captioning.captioner import Captioner
-from captioning.serving import download_bundle
+from captioning.decoding.captioner import Captioner
+from captioning.serving.mlflow_model import download_bundle
 from tuning import search as search_cli
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -43,14 +43,15 @@ def registry(tmp_path_factory, shapes_dir) -> str:
 def _register_a_merge_model(uri: str, shapes_dir: Path, root: Path) -> None:
     """Version 2 of `captioner`: a merge decoder trained for one epoch, without an alias."""
     from captioning.config import Config
-    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
-    from captioning.serving import log_captioner
+    from captioning.features.prepare import load_and_report, prepare
+    from captioning.serving.mlflow_model import log_captioner
+    from captioning.training.run import train_and_evaluate
 
     config = Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
                     embedding_size=16, units=32, epochs=1)
     result = train_and_evaluate(config, prepare(config, load_and_report(shapes_dir, log=lambda line: None),
                                                  progress=False), eval_splits=(), verbose=False)
-    from tuning import tracking
+    from captioning.core import tracking
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("merge")):  # artifacts beside the database
@@ -167,7 +168,7 @@ def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps
         if os.environ.get("CAPTIONING_REQUIRE_BROWSER"):
             pytest.fail("headless Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
         pytest.skip("no chromium/chromedriver on PATH (CI installs them: .ci/run)")
-    from tuning.infra import free_port
+    from captioning.serving.infra import free_port
 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "MLFLOW_UI_URL": "http://127.0.0.1:9"}

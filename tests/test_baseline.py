@@ -14,12 +14,19 @@ import pytest
 from optuna.trial import TrialState
 
 from captioning.config import Config
-from tuning import infra as local_infra
+from captioning.core.locks import Guard
+from captioning.serving import infra as local_infra
 from tuning import search as search_cli
-from tuning.coordination import Guard
 from tuning.keras_tuner_engine import CaptionTuner
-from tuning.optuna_engine import (ATTEMPT, BASELINE, RESUMES, WORKER, fail_interrupted_trials,
-                                  fail_lost_trials, open_study)
+from tuning.optuna_engine import (
+    ATTEMPT,
+    BASELINE,
+    RESUMES,
+    WORKER,
+    fail_interrupted_trials,
+    fail_lost_trials,
+    open_study,
+)
 from tuning.settings import SearchSettings
 from tuning.space import base_values, parse_space, suggest_optuna
 

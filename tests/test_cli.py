@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from captioning.captioner import Captioner
 from captioning.cli import main
+from captioning.decoding.captioner import Captioner
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "encoder=pixels", "--set", "image_size=32", "--set", "feature_grid=4", "--set", "epochs=2",

@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 
-from captioning.attention import build_attention_decoder
-from captioning.captioner import BundleError, Captioner
 from captioning.config import Config, ConfigError
-from captioning.consensus import Neighbours, order_by, query_features
-from captioning.decode import beam_search
-from captioning.ensemble import MemberInputs
-from captioning.features import ImageInputs
-from captioning.text import Vocabulary
-from captioning.train import seed_everything
+from captioning.data.text import Vocabulary
+from captioning.decoding.bundle import BundleError
+from captioning.decoding.captioner import Captioner
+from captioning.decoding.consensus import Neighbours, order_by, query_features
+from captioning.decoding.search import beam_search
+from captioning.features.store import ImageInputs, MemberInputs
+from captioning.models.attention import build_attention_decoder
+from captioning.training.batches import seed_everything
 
 # Four training images in two kinds: 0 and 1 (red circles) point one way, 2 and 3 (blue squares) the other.
 FEATURES = np.array([[1.0, 0.1, 0.0], [2.0, 0.0, 0.3], [0.0, 1.0, 0.1], [0.1, 3.0, 0.0]], np.float32)

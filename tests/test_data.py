@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.data import DataError, load_dataset
-from captioning.synthetic import write_dataset
+from captioning.data.dataset import DataError, load_dataset
+from captioning.data.synthetic import write_dataset
 
 
 def _photo(path, mode="RGB", size=(40, 30), fmt=None, seed=0):

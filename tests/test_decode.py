@@ -1,17 +1,17 @@
 import itertools
 
 import keras
-
 import numpy as np
 import pytest
 
-from captioning.attention import build_attention_decoder
 from captioning.config import Config
-from captioning.decode import beam_search, greedy_search
-from captioning.features import ImageInputs
-from captioning.model import build_decoder, make_step_decoder
-from captioning.text import Vocabulary
-from captioning.train import seed_everything
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import beam_search, greedy_search
+from captioning.features.store import ImageInputs
+from captioning.models import make_step_decoder
+from captioning.models.attention import build_attention_decoder
+from captioning.models.merge import build_decoder
+from captioning.training.batches import seed_everything
 
 
 @pytest.fixture(scope="module", params=["merge", "attention"])

@@ -103,8 +103,8 @@ def test_an_experiment_without_a_search_space_says_where_to_look(tmp_path):
 def test_the_search_command_refuses_what_it_cannot_run_in_one_line(tmp_path, shapes_dir, capsys, monkeypatch):
     """An unknown experiment, a tracking server that does not answer, Keras Tuner on a shared storage or in its
     distributed mode: one line each, exit 2, nothing written."""
+    from captioning.serving.infra import free_port
     from tuning import search as search_cli
-    from tuning.infra import free_port
 
     monkeypatch.chdir(tmp_path)
     local = ["--data", str(shapes_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from captioning.attention import build_attention_decoder
-from captioning.captioner import Captioner
 from captioning.config import Config
-from captioning.ensemble import EnsembleError, MemberInputs
-from captioning.features import ImageInputs
-from captioning.model import build_decoder
-from captioning.text import Vocabulary
-from captioning.train import seed_everything
+from captioning.data.text import Vocabulary
+from captioning.decoding.captioner import Captioner
+from captioning.features.store import ImageInputs, MemberInputs
+from captioning.models.attention import build_attention_decoder
+from captioning.models.ensemble import EnsembleError
+from captioning.models.merge import build_decoder
+from captioning.training.batches import seed_everything
 
 VOCAB = Vocabulary(["red", "blue", "circle", "square"])
 _rng = np.random.default_rng(0)

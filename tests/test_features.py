@@ -7,10 +7,10 @@ import tensorflow as tf
 from PIL import Image
 
 from captioning.config import Config
-from captioning.data import load_dataset
-from captioning.encoders import ENCODERS, _grid_pool, make_encoder
-from captioning.features import extract_features
-from captioning.images import load_rgb
+from captioning.data.dataset import load_dataset
+from captioning.data.images import load_rgb
+from captioning.features.encoders import ENCODERS, _grid_pool, make_encoder
+from captioning.features.store import extract_features
 
 
 def _extract(dataset, config):
@@ -55,14 +55,14 @@ def test_pipeline_and_captioning_path_see_the_same_pixels(tmp_path):
 
 
 def test_xception_weights_are_real_imagenet_weights():
-    from captioning.weights import XCEPTION_SHA256, arrays_sha256, xception_weights
+    from captioning.features.weights import XCEPTION_SHA256, arrays_sha256, xception_weights
 
     arrays = xception_weights()
     assert len(arrays) == 234 and arrays_sha256(arrays) == XCEPTION_SHA256
 
 
 def test_damaged_weights_cache_is_rebuilt_not_used(tmp_path, monkeypatch):
-    from captioning.weights import XCEPTION_SHA256, arrays_sha256, xception_weights
+    from captioning.features.weights import XCEPTION_SHA256, arrays_sha256, xception_weights
 
     monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path))
     arrays = xception_weights()  # fills tmp_path/weights from the offline source
@@ -77,7 +77,7 @@ def test_a_tampered_package_weights_file_is_refused_before_keras_reads_it(tmp_pa
 
     import keras
 
-    from captioning.weights import WeightsError, _from_package, _package_model_path
+    from captioning.features.weights import WeightsError, _from_package, _package_model_path
 
     # A well-formed archive (valid CRCs) whose config names another model class: Keras would deserialise it and
     # fail in its own way (or, with a subtler edit, build something else); the loader must never get that far.
@@ -143,7 +143,7 @@ def _scene(colours, size=72, background=(128, 128, 128)) -> np.ndarray:
 
 def _colour_part(encoder, images) -> tuple[np.ndarray, np.ndarray]:
     """The colour part of the features: the cells (images, g, g, bins + 1) and the background (images, bins)."""
-    from captioning.encoders import COLOUR_BINS
+    from captioning.features.encoders import COLOUR_BINS
 
     g, bins = encoder.colour_grid, COLOUR_BINS ** 3
     colour = encoder.encode(images)[:, encoder.base_dim:]
@@ -157,7 +157,7 @@ RED, BLUE, GREEN = (220, 40, 40), (40, 80, 220), (40, 170, 60)
 def test_colour_part_tells_red_from_blue_and_where():
     """Xception with colour_grid: a red and a blue shape differ in their cell, a red and a blue image in the
     background part; empty cells are near zero; a cell's share is the square's area."""
-    from captioning.encoders import COLOUR_SCALE
+    from captioning.features.encoders import COLOUR_SCALE
 
     encoder = make_encoder(Config(image_size=72, feature_grid=1, colour_grid=2))
     images = [_scene({(0, 0): RED}), _scene({(0, 0): BLUE}), _scene({(0, 0): RED, (1, 1): BLUE}),
@@ -178,7 +178,7 @@ def test_colour_part_tells_red_from_blue_and_where():
 def test_colour_grid_is_in_key_and_dim_only_when_on():
     import hashlib
 
-    from captioning.encoders import COLOUR_BINS, PREPROCESSING, library_versions
+    from captioning.features.encoders import COLOUR_BINS, PREPROCESSING, library_versions
 
     plain = make_encoder(Config(encoder="pixels", image_size=16, feature_grid=2))
     text = f"pixels|none|16|2|{PREPROCESSING}|{library_versions(('PIL', 'tensorflow'))}"  # nothing of colour in it
@@ -197,7 +197,7 @@ def test_cache_keys_change_with_the_versions_of_the_libraries_that_make_the_feat
     import keras
     import PIL
 
-    from captioning import encoders
+    from captioning.features import encoders
 
     assert ENCODERS["pixels"].libraries == ("PIL", "tensorflow")
     assert ENCODERS["xception"].libraries == ("PIL", "tensorflow", "keras")
@@ -254,7 +254,7 @@ def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shape
 def test_one_extraction_serves_every_grid_and_the_maps_are_float16_memory_maps(tmp_path, shapes_dir, monkeypatch):
     """The cache keeps each image's map once; the pooled vector and other grids are derived from it without
     extracting again, and equal what the encoder computes from the same (float16) map."""
-    from captioning.features import MapStore, extract
+    from captioning.features.store import MapStore, extract
 
     monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "cache"))
     dataset = load_dataset(shapes_dir)
@@ -276,7 +276,7 @@ def test_one_extraction_serves_every_grid_and_the_maps_are_float16_memory_maps(t
 def test_an_interrupted_append_is_overwritten_and_rows_stay_aligned(tmp_path):
     """Rows written without their index line (an extraction killed in between) are dropped by the next append;
     a half-written index line is not read."""
-    from captioning.features import MapStore
+    from captioning.features.store import MapStore
 
     store = MapStore(tmp_path / "store")
     with store.lock():
@@ -298,7 +298,8 @@ def test_an_interrupted_append_is_overwritten_and_rows_stay_aligned(tmp_path):
 def test_maps_reach_tensorflow_without_a_copy_and_other_arrays_are_copied_safely(tmp_path):
     """The maps a MapView reads (averaged over its parts) are aligned, so host_tensor shares their memory; a
     misaligned, read-only or float64 array is copied into an aligned buffer first and gives the same values."""
-    from captioning.features import ALIGN, MapStore, MapView, host_tensor
+    from captioning.core.graph import ALIGN, host_tensor
+    from captioning.features.store import MapStore, MapView
 
     store = MapStore(tmp_path / "store")
     rng = np.random.default_rng(0)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from captioning.config import Config
-from captioning.encoders import make_encoder
-from captioning.pipeline import feature_key, load_and_report, prepare, train_and_evaluate
-from captioning.train import CaptionBatches
+from captioning.features.encoders import feature_key, make_encoder
+from captioning.features.prepare import load_and_report, prepare
+from captioning.training.batches import CaptionBatches
+from captioning.training.run import train_and_evaluate
 
 
 def _asymmetric_image() -> np.ndarray:
@@ -36,7 +37,7 @@ def test_average_and_augment_modes(shapes_dir):
     average = prepare(config.replace(feature_flip=True), dataset, progress=False)
     augment = prepare(config.replace(feature_flip=True, flip_mode="augment"), dataset, progress=False)
     mirrored = prepare(config, dataset, progress=False)  # the mirrored encoder's cache, read back through prepare
-    from captioning.features import extract_features
+    from captioning.features.store import extract_features
 
     names = dataset.split("train")
     mirrored_train, stats = extract_features(names, dataset.images, dataset.info,
@@ -76,8 +77,10 @@ def test_captioning_an_image_uses_the_features_it_was_trained_on(shapes_dir):
 
 def test_an_ensemble_of_flipped_and_plain_members_captions_images_as_it_scores_them(shapes_dir, tmp_path):
     # Each member reads the features it was trained on, from the feature cache and from an image alike.
-    from captioning.captioner import Captioner
-    from captioning.pipeline import FeatureCache, choose_length_penalty, evaluate
+    from captioning.decoding.captioner import Captioner
+    from captioning.evaluation.choices import choose_length_penalty
+    from captioning.evaluation.evaluate import evaluate
+    from captioning.features.prepare import FeatureCache
 
     config = Config(encoder="pixels", image_size=32, feature_grid=2, vocab_min_count=1, max_length=16,
                     embedding_size=16, units=32, epochs=1)

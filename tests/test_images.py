@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.images import ImageError, inspect_image, load_rgb
+from captioning.data.images import ImageError, inspect_image, load_rgb
 
 
 def test_every_source_kind_gives_rgb_uint8(tmp_path):

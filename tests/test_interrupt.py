@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from mlflow import MlflowClient
-import mlflow
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
@@ -147,9 +147,9 @@ def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_trial_after_its_epoch
     """Python only prints a KeyboardInterrupt raised inside a garbage-collection callback; the search's handler
     remembers it, and the trial stops at the end of the epoch, its checkpoint kept for the rerun."""
     from captioning.config import load_config
-    from captioning.pipeline import load_and_report
+    from captioning.core.tracking import ensure_experiment
+    from captioning.features.prepare import load_and_report
     from tuning.settings import read_settings
-    from tuning.tracking import ensure_experiment
     from tuning.trials import INTERRUPTED, TrialRunner
 
     (tmp_path / "kill.yaml").write_text(EXPERIMENT)

@@ -1,7 +1,7 @@
 import pytest
 from nltk.translate.bleu_score import corpus_bleu
 
-from captioning.metrics import corpus_bleu_scores
+from captioning.metrics.bleu import corpus_bleu_scores
 
 
 def test_identical_captions_score_one():
@@ -35,7 +35,10 @@ from pycocoevalcap.cider.cider import Cider  # noqa: E402
 from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
 
 from captioning import metrics  # noqa: E402
-from captioning.metrics import CiderD, SentenceBleu, coco_scores  # noqa: E402
+from captioning.metrics import coco  # noqa: E402
+from captioning.metrics.bleu import SentenceBleu
+from captioning.metrics.cider import CiderD  # noqa: E402
+from captioning.metrics.coco import coco_scores
 
 WORDS = "a the dog dogs man woman boy girl runs jumps sits on in at grass water ball red blue black white".split()
 
@@ -87,7 +90,7 @@ def test_cider_d_with_fixed_references_scores_any_image_index():
 
 def test_coco_scores_match_pycocoevalcaps_scorers_on_our_tokens(monkeypatch):
     # Without Java the COCO metrics run on our cleaned tokens: the same input as pycocoevalcap's scorers get here.
-    monkeypatch.setattr(metrics, "java_available", lambda: False)
+    monkeypatch.setattr(coco, "java_available", lambda: False)
     refs, hyps = _fixture()
     raw_refs = [[" ".join(r).capitalize() + "." for r in rs] for rs in refs]  # cleaning removes case and punctuation
     scores = coco_scores(raw_refs, [" ".join(h) for h in hyps])

@@ -11,19 +11,21 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from captioning.captioner import BundleError, Captioner
 from captioning.cli import main
 from captioning.config import Config
-from captioning.images import load_rgb
-from captioning.serving import PickledModelError, download_bundle, load_model, log_captioner
-from captioning.serving_inputs import RequestError, RequestRules, beam_width
-from captioning.text import Vocabulary
+from captioning.data.images import load_rgb
+from captioning.data.text import Vocabulary
+from captioning.decoding.bundle import BundleError
+from captioning.decoding.captioner import Captioner
+from captioning.serving.mlflow_model import PickledModelError, download_bundle, load_model, log_captioner
+from captioning.serving.requests import RequestError, RequestRules, beam_width
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, shapes_dir) -> Path:
     """A merge captioner trained for one epoch, saved as a bundle."""
-    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+    from captioning.features.prepare import load_and_report, prepare
+    from captioning.training.run import train_and_evaluate
 
     config = Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
                     embedding_size=16, units=32, epochs=1)

@@ -6,8 +6,8 @@ import pytest
 from mlflow import MlflowClient
 
 from captioning.config import ConfigError
-from captioning.names import check_name, inside, quote
-from captioning.workbench import password_warning
+from captioning.core.names import check_name, inside, quote
+from captioning.core.tracking import password_warning
 from reports import compare
 from tuning import search as search_cli
 
@@ -93,7 +93,7 @@ def test_a_password_on_the_command_line_is_warned_about_once_and_not_printed(tmp
 
 
 def test_redact_hides_a_password_in_the_user_part_and_in_the_query():
-    from captioning.workbench import redact
+    from captioning.core.tracking import redact
 
     assert redact("postgresql://u@db/optuna?password=s3cret") == "postgresql://u@db/optuna?password=***"
     assert redact("postgresql://u:pw@db/x?sslmode=require&password=abc") == \

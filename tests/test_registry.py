@@ -8,19 +8,20 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tuning import registry
+from captioning.serving import registry
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, shapes_dir):
     """A temporary tracking database, the shapes dataset, and two logged models: untrained and trained."""
-    from captioning.captioner import Captioner
     from captioning.config import Config
-    from captioning.model import build_decoder
-    from captioning.pipeline import load_and_report, prepare, train_and_evaluate
-    from captioning.serving import log_captioner
-    from captioning.text import Vocabulary
-    from tuning import tracking
+    from captioning.core import tracking
+    from captioning.data.text import Vocabulary
+    from captioning.decoding.captioner import Captioner
+    from captioning.features.prepare import load_and_report, prepare
+    from captioning.models.merge import build_decoder
+    from captioning.serving.mlflow_model import log_captioner
+    from captioning.training.run import train_and_evaluate
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -109,7 +110,7 @@ def test_a_second_promotion_waits_for_the_lock_held_by_another_process(store):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         import mlflow
-        from tuning.registry import registry_lock
+        from captioning.core.locks import registry_lock
         mlflow.set_tracking_uri({uri!r})
         with registry_lock("captioner"):
             print("held", flush=True)
@@ -129,7 +130,7 @@ def test_a_second_promotion_waits_for_the_lock_held_by_another_process(store):
 
 
 def test_a_captioner_from_outside_a_search_is_registered_under_the_same_rule(store, capsys, tmp_path, monkeypatch):
-    from captioning.serving import download_bundle
+    from captioning.serving.mlflow_model import download_bundle
 
     uri, dataset, runs, _ = store
     monkeypatch.chdir(tmp_path)  # the new experiment's artifacts

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from captioning.config import ConfigError, load_config
-from captioning.pipeline import load_and_report, prepare, train_and_evaluate
+from captioning.features.prepare import load_and_report, prepare
+from captioning.training.run import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_the_attention_decoder_trains_both_stages_and_its_bundle_captions_with_a
                                                                                          shapes_dir):
     """decoder: attention through teacher forcing and the self-critical stage, far beyond an untrained model;
     its bundle loads (Keras safe mode) and gives the same captions, with one attention map per word."""
-    from captioning.captioner import Captioner
+    from captioning.decoding.captioner import Captioner
 
     config, data = prepared
     config = config.replace(decoder="attention", attention_units=16, epochs=2, scst_epochs=1, scst_samples=2)
@@ -140,8 +141,8 @@ def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared,
         assert best["dev_cider"] > start_cider and best == max(history, key=lambda h: h["dev_cider"])
     assert np.isfinite(whole.metrics()["dev_bleu4"])
 
-    from captioning.captioner import Captioner
-    from captioning.model import build_decoder
+    from captioning.decoding.captioner import Captioner
+    from captioning.models.merge import build_decoder
 
     trained = start.captioner  # the same config and vocabulary, other (untrained) weights
     other = Captioner(config, trained.vocab, build_decoder(config, len(trained.vocab), data.features["train"].shape[1]))
@@ -157,8 +158,8 @@ def test_fine_tuning_continues_a_trained_captioner_and_resumes_exactly(prepared,
     assert seen == [(1, None)]
 
     # What the library refuses before any epoch: a config changed beyond the self-critical settings, other captions.
-    from captioning.data import DataError
-    from captioning.text import Vocabulary
+    from captioning.data.dataset import DataError
+    from captioning.data.text import Vocabulary
 
     with pytest.raises(ConfigError, match="units shape the model"):
         train_and_evaluate(tuned_config.replace(units=32), data, eval_splits=(), verbose=False, start=trained)

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tuning import search as search_cli
+from tuning import summary
 
 TINY = """
 config:
@@ -133,7 +134,7 @@ def _dashboard_lists(storage: str, study: str) -> None:
     import time
     import urllib.request
 
-    from tuning.infra import free_port
+    from captioning.serving.infra import free_port
 
     port = free_port()
     dashboard = Path(sys.executable).with_name("optuna-dashboard")
@@ -228,8 +229,8 @@ def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(works
 
 
 def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(workspace, shapes_dir, capsys):
-    from captioning.captioner import Captioner
-    from captioning.serving import download_bundle
+    from captioning.decoding.captioner import Captioner
+    from captioning.serving.mlflow_model import download_bundle
 
     text = TINY % "{low: 0.005, high: 0.02, log: true}"
     text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n")
@@ -282,13 +283,13 @@ def test_an_ensemble_grows_only_by_trials_that_raise_the_dev_metric(workspace, c
         kept = [n for n in names if n != "x"]
         return logged(f"ensemble of {'+'.join(kept)}", dev["+".join(kept)]) if len(kept) > 1 else None
 
-    best = search_cli.grow_ensemble(runs["a"], [trial[n] for n in "xbxcd"], ensemble, "dev_bleu4")
+    best = summary.grow_ensemble(runs["a"], [trial[n] for n in "xbxcd"], ensemble, "dev_bleu4")
     assert best.data.tags["label"] == "ensemble of a+b+d" and tried == ["a+x", "a+b", "a+b+x", "a+b+c", "a+b+d"]
     out = capsys.readouterr().out
     assert "the ensemble of a+b beats the best trial on dev_bleu4 (0.2500 against 0.2200)" in out
     assert "the ensemble of a+b+c does not beat the ensemble of a+b on dev_bleu4" in out
     assert "a+b does not beat the ensemble of a+b" not in out and out.count("beats") == 2
     # A best trial that no ensemble beats goes on alone.
-    alone = search_cli.grow_ensemble(logged("e", 0.3), [trial["b"]], lambda ids: logged("ensemble of e+b", 0.29),
+    alone = summary.grow_ensemble(logged("e", 0.3), [trial["b"]], lambda ids: logged("ensemble of e+b", 0.29),
                                      "dev_bleu4")
     assert alone.data.tags["label"] == "e"

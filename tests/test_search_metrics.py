@@ -1,8 +1,9 @@
 """Every score is a search metric; one that cannot run here is one clear error before any training."""
 import pytest
 
-from captioning import metrics
 from captioning.config import ConfigError
+from captioning import metrics
+from captioning.metrics import coco
 from tuning.settings import METRICS, read_settings
 
 
@@ -31,7 +32,7 @@ def test_unknown_metric_lists_the_known_ones(experiment):
 
 
 def test_a_java_metric_without_java_is_one_clear_error(experiment, monkeypatch):
-    monkeypatch.setattr(metrics, "_java_on_path", lambda: False)
+    monkeypatch.setattr(coco, "_java_on_path", lambda: False)
     monkeypatch.setenv("CAPTIONING_JAVA_METRICS", "on")
     with pytest.raises(ConfigError, match="'dev_meteor'.*cannot be computed here: METEOR runs on Java and no `java`"):
         read_settings(experiment, metric="dev_meteor")

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tuning.infra import free_port
+from captioning.serving.infra import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """

@@ -1,7 +1,7 @@
 import dataclasses
 
-import optuna
 import keras_tuner as kt
+import optuna
 import pytest
 
 from captioning.config import Config, ConfigError

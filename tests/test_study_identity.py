@@ -73,7 +73,8 @@ def test_the_search_command_refuses_before_writing_anything(tmp_path, shapes_dir
 
 
 def test_keras_tuner_records_its_search_and_refuses_another(tmp_path):
-    from tuning.keras_tuner_engine import open_tuner, recorded_search as recorded_tuner_search
+    from tuning.keras_tuner_engine import open_tuner
+    from tuning.keras_tuner_engine import recorded_search as recorded_tuner_search
 
     open_tuner(tmp_path, "kt", None, _settings(SPACE))
     assert recorded_tuner_search(tmp_path, "kt")["space"]["units"] == "units in [32, 64]"

@@ -1,6 +1,6 @@
 import pytest
 
-from captioning.text import END, START, UNK, Vocabulary, clean_caption, pad_batch
+from captioning.data.text import END, START, UNK, Vocabulary, clean_caption, pad_batch
 
 
 def test_clean_caption_like_the_seed():

@@ -2,10 +2,15 @@
 import numpy as np
 import pytest
 
-from captioning.captioner import BundleError, Captioner
-from captioning.model import build_decoder
-from captioning.pipeline import evaluate, load_and_report, prepare, train_and_evaluate
-from captioning.train import StopTraining, TrainingError, seed_everything
+from captioning.decoding.bundle import BundleError
+from captioning.decoding.captioner import Captioner
+from captioning.evaluation.evaluate import evaluate
+from captioning.features.prepare import load_and_report, prepare
+from captioning.models.merge import build_decoder
+from captioning.training.batches import seed_everything
+from captioning.training.run import train_and_evaluate
+from captioning.training.selection import TrainingError
+from captioning.training.teacher import StopTraining
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,7 @@ def test_nan_loss_stops_with_advice(trained):
 def test_every_epoch_sees_all_batches_in_a_new_order():
     import keras
 
-    from captioning.train import CaptionBatches, run_pass
+    from captioning.training.batches import CaptionBatches, run_pass
 
     features = np.arange(40, dtype=np.float32).reshape(40, 1)
     captions = [[[1, 4, 5, 2]] for _ in range(40)]

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tuning import infra as local_infra
+from captioning.serving import infra as local_infra
 from tuning.optuna_engine import ERROR, WORKER, held
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_connection_errors_are_told_apart(servers):
     """Retried: a refused connection (a restarting database). Not retried: a wrong password, a local SQLite file."""
     import sqlalchemy
 
-    from tuning.coordination import unreachable
+    from captioning.core.locks import unreachable
 
     def error_of(url):
         with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
@@ -205,13 +205,13 @@ def test_a_trial_declared_lost_while_alive_is_abandoned_not_recorded(servers, tm
     marks its run KILLED and leaves the study's count alone."""
     from optuna.storages import RDBStorage
 
-    from captioning.pipeline import load_and_report
+    from captioning.config import load_config  # noqa: I001
+    from captioning.core.tracking import ensure_experiment
+    from captioning.features.prepare import load_and_report
     from tuning.coordination import Heartbeats
     from tuning.optuna_engine import _run_trial, open_study
     from tuning.settings import read_settings
-    from tuning.tracking import ensure_experiment
     from tuning.trials import TrialRunner
-    from captioning.config import load_config  # noqa: I001
 
     (tmp_path / "workers.yaml").write_text(EXPERIMENT % (3, 1))
     settings = read_settings(tmp_path / "workers.yaml")

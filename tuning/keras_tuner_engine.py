@@ -19,11 +19,10 @@ from typing import Any
 
 import keras_tuner as kt
 
-from captioning.names import inside
+from captioning.core.names import inside
 from tuning.settings import check_same_search, search_identity
 from tuning.space import define_keras_tuner
 from tuning.trials import TrialRunner
-
 
 SEARCH_FILE = "search.json"  # in the study's folder: the search space and metric it was created for
 

@@ -25,7 +25,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuning.coordination import KEEPALIVE, Guard, Heartbeats, retry, seconds_since_outage, shared, worker_id
+from captioning.core.locks import KEEPALIVE, Guard, retry, seconds_since_outage, shared
+from tuning.coordination import Heartbeats, worker_id
 from tuning.settings import check_same_search, search_identity
 from tuning.space import suggest_optuna
 from tuning.trials import PruneTrial, TrialLost, TrialRunner, stop_if_interrupted

@@ -8,7 +8,7 @@ the best model registered as `captioner@champion`.
                                                   # $MLFLOW_TRACKING_URI=http://... set: one shared study
 
 Running the same command again resumes the study. `mlflow ui` in the same directory shows the runs.
-Several workers share one study on PostgreSQL (python tuning/infra.py starts a local one; README: Many workers).
+Several workers share one study on PostgreSQL (python -m captioning.serving.infra starts a local one; docs/workers.md).
 """
 from __future__ import annotations
 
@@ -24,15 +24,25 @@ import sys
 import time
 from pathlib import Path
 
-from captioning.cache import cache_root
 from captioning.config import ConfigError, load_config
-from captioning.names import check_name, inside
-from captioning.workbench import (default_tracking_uri, password_warning, quiet_libraries, redact,
-                                  resolve_tracking_uri, run_state)
-from tuning.coordination import Guard, Heartbeats, check_storage, shared, worker_id
+from captioning.core.cache import cache_root
+from captioning.core.locks import Guard, shared
+from captioning.core.names import check_name, inside
+from captioning.core.project import experiments_dir
+from captioning.core.tracking import (
+    ROLE,
+    STUDY,
+    ensure_experiment,
+    password_warning,
+    quiet_libraries,
+    redact,
+    resolve_tracking_uri,
+    run_state,
+)
+from tuning.coordination import Heartbeats, check_storage, worker_id
+from tuning.summary import log_study_figures, summarize
 
 PROJECT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = PROJECT / "experiments"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +84,10 @@ def main(argv=None) -> int:
         if warning:
             print(f"search: {warning}", file=sys.stderr)
     _quiet_libraries()
-    from captioning.data import DataError
-    from captioning.serving import ModelNotFound
-    from captioning.weights import WeightsError
-    from tuning.registry import RegistryError
-
+    from captioning.data.dataset import DataError
+    from captioning.features.weights import WeightsError
+    from captioning.serving.mlflow_model import ModelNotFound
+    from captioning.serving.registry import RegistryError
     from tuning.trials import INTERRUPTED
 
     def interrupt(signum, frame):  # as Python's own, but remembered: see stop_if_interrupted
@@ -114,8 +123,8 @@ def _quiet_libraries() -> None:
 def search(args) -> None:
     from mlflow import MlflowClient
 
-    from captioning.pipeline import load_and_report
-    from captioning.synthetic import dataset_path
+    from captioning.data.synthetic import dataset_path
+    from captioning.features.prepare import load_and_report
     from tuning import tracking
     from tuning.progress import EpochProgress
     from tuning.settings import read_settings
@@ -151,7 +160,7 @@ def search(args) -> None:
     client = MlflowClient()
     with _study_database(storage), guard.hold("creating the study's MLflow run"):  # one parent run in all
         _check_same_search(study, storage, settings)  # before anything is written
-        experiment_id = tracking.ensure_experiment(experiment.stem)
+        experiment_id = ensure_experiment(experiment.stem)
         if lock is not None:  # this process alone runs the study, so whatever is still RUNNING was interrupted
             stale = tracking.close_stale_runs(experiment_id, study)
             if stale:
@@ -187,7 +196,7 @@ def search(args) -> None:
                   else contextlib.nullcontext()) as beats:
                 finished = run_optuna(optuna_study, runner, settings, guard, beats)
             if finished:
-                _log_study_figures(client, parent, optuna_study, progress.say)
+                log_study_figures(client, parent, optuna_study, progress.say)
             record = lambda: study_record(optuna_study)  # the study is the record; MLflow mirrors it
         else:
             from tuning.keras_tuner_engine import open_tuner
@@ -219,80 +228,13 @@ def search(args) -> None:
                   prepare=runner.features, ensemble=runner.ensemble)
 
 
-def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
-              prepare=None, ensemble=None) -> None:
-    """The study's account (`record`: its trials by state, and its complete trials' MLflow runs, best first), then
-    the best model (with search.ensemble > 1, the best ensemble of the best trials if one beats the best trial on
-    dev: see grow_ensemble) registered (tuning/registry.py decides whether it becomes the champion)."""
-    from tuning.registry import promote_best
-
-    states, ranked = record
-    print(f"\nsearch: {sum(states.values())} trials in study {study} "
-          f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); this run took {seconds:.0f}s")
-    if not ranked:
-        print("search: no trial completed, so nothing was registered; see the failed runs' error tags in mlflow ui")
-        return
-    best = client.get_run(ranked[0])
-    if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
-        best = grow_ensemble(best, ranked[1:settings.ensemble], ensemble, settings.metric)
-    m = best.data.metrics
-    width = int(float(best.data.params.get("beam_width", 3)))
-    name = best.data.tags.get("label") or f"trial {best.data.tags.get('trial')}"
-    print(f"best: {name} (run {best.info.run_id}): {settings.metric} "
-          f"{m[settings.metric]:.4f}")
-    print(f"  dev  BLEU-1..4 (beam-{width}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
-                                                         for n in range(1, 5)))
-    if not register:
-        return
-    outcome = promote_best(best, settings.registered_model, settings.metric, settings.promote_margin, dataset, study,
-                           storage, prepare=prepare, log=print)
-    version, alias = outcome["version"], outcome["alias"]
-    client.set_tag(parent, "best_run_id", best.info.run_id)
-    client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
-    if outcome["test"]:
-        test = outcome["test"]
-        print(f"  test BLEU-1..4 (beam-{width}, the registered version only): "
-              + " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5)))
-    print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({outcome['why']})")
-    print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")
-    if uri.startswith(("http://", "https://")):
-        print(f"browse:     open {redact(uri)}")
-    elif uri == default_tracking_uri():
-        print("browse:     mlflow ui   (in this directory)")
-    else:
-        print(f"browse:     mlflow ui --backend-store-uri {uri}")
-
-
-def grow_ensemble(best, candidates: list[str], ensemble, metric: str):
-    """Forward selection: the best trial's run is joined by each next-best trial (`candidates`, run ids best first)
-    whose addition raises the ensemble's dev `metric`. Returns the run of the best model found: an ensemble (each
-    one tried is logged by `ensemble`, trials.TrialRunner.ensemble), or `best` if none beats it."""
-    members, value = [best.info.run_id], best.data.metrics[metric]
-    for candidate in candidates:
-        against = "the best trial" if len(members) == 1 else f"the {best.data.tags['label']}"
-        try:
-            combined = ensemble(members + [candidate])
-        except Exception as exc:  # the best model so far is registered all the same
-            print(f"search: no ensemble ({type(exc).__name__}: {exc}); {against} goes on")
-            break
-        if combined is None or combined.info.run_id == best.info.run_id:  # the candidate was left out (said why)
-            continue
-        new = combined.data.metrics[metric]
-        verdict = "beats" if new > value else "does not beat"
-        print(f"search: the {combined.data.tags['label']} {verdict} {against} on {metric} "
-              f"({new:.4f} against {value:.4f})")
-        if new > value:
-            members, value, best = members + [candidate], new, combined
-    return best
-
-
 def _experiment_path(name: str | None, embedded: bool) -> Path:
     name = name or ("shapes" if embedded else "flickr8k")
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
-        path = EXPERIMENTS / f"{name}.yaml"
+        path = experiments_dir() / f"{name}.yaml"
     if not path.is_file():
-        available = ", ".join(p.stem for p in sorted(EXPERIMENTS.glob("*.yaml")))
+        available = ", ".join(p.stem for p in sorted(experiments_dir().glob("*.yaml")))
         raise ConfigError(f"experiment {name!r} not found ({path}); available: {available}")
     return path
 
@@ -310,8 +252,8 @@ def _check_tracking_server(uri: str) -> None:
         return  # it answers (a proxy or an auth layer may refuse /health itself)
     except OSError as exc:
         raise ConfigError(f"the MLflow tracking server {redact(uri)} does not answer ({exc}); start it (for a local "
-                          "try-out: python tuning/infra.py start) or check --tracking-uri / $MLFLOW_TRACKING_URI") \
-            from None
+                          "try-out: python -m captioning.serving.infra start) or check --tracking-uri / "
+                          "$MLFLOW_TRACKING_URI") from None
 
 
 def _check_keras_tuner_alone(storage: str) -> None:
@@ -366,7 +308,8 @@ def _study_database(storage: str):
         cause = exc.__cause__ or exc
         cause = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
         raise ConfigError(f"cannot open the study database {redact(storage)} ({cause}); start it (for a local "
-                          "try-out: python tuning/infra.py start) or check --storage / $CAPTIONING_STORAGE") from None
+                          "try-out: python -m captioning.serving.infra start) or check --storage / "
+                          "$CAPTIONING_STORAGE") from None
 
 
 def _check_same_search(study: str, storage: str, settings) -> None:
@@ -384,10 +327,8 @@ def _check_same_search(study: str, storage: str, settings) -> None:
 
 
 def _create_parent_run(client, experiment_id, name, study, settings, dataset, fingerprint, base, storage) -> str:
-    from tuning import tracking
-
     run = client.create_run(experiment_id, run_name=study, tags={
-        tracking.ROLE: "study", tracking.STUDY: study, "engine": settings.engine,
+        ROLE: "study", STUDY: study, "engine": settings.engine,
         "data_fingerprint": fingerprint, "git_commit": _git_commit()})
     parent = run.info.run_id
     for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
@@ -407,35 +348,6 @@ def _git_commit() -> str:
         return done.stdout.strip() or "none"
     except (OSError, subprocess.SubprocessError):
         return "none"
-
-
-def _log_study_figures(client, parent: str, study, log) -> None:
-    """The finished study's optimisation history and hyperparameter importances (Optuna's own plots) on its parent
-    run. Importances need two completed trials that differ; without them the run gets a note instead."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization.matplotlib as plots
-
-    with warnings.catch_warnings():  # the matplotlib plots are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (("optimization_history", plots.plot_optimization_history),
-                           ("param_importances", plots.plot_param_importances)):
-            try:
-                axes = plot(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                client.log_text(parent, f"no {name.replace('_', ' ')}: {exc}\n", f"{name}.txt")
-                continue
-            figure = axes.figure
-            figure.set_size_inches(8, 5)
-            figure.tight_layout()
-            client.log_figure(parent, figure, f"{name}.png")
-            plt.close(figure)
-    log("search: the parent run holds the study's optimisation history and parameter importances")
 
 
 if __name__ == "__main__":

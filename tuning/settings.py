@@ -5,24 +5,16 @@ import dataclasses
 from pathlib import Path
 
 from captioning.config import ConfigError, read_experiment
-from captioning.metrics import METRICS as SCORES
-from captioning.metrics import unavailable
-from captioning.names import check_name
+from captioning.core.names import check_name
+from captioning.metrics import watched
+from captioning.serving.registry import PROMOTE_MARGIN, check_metric, dev_metrics
 from tuning.space import Param, parse_space
 
 ENGINES = ("optuna", "keras-tuner")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")  # Optuna: how a trial's epochs are cut short
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # Optuna: how values are chosen
 TUNERS = ("bayesian", "hyperband")  # Keras Tuner's oracle
-# Every score of the dev split, with the config's beam width (dev_cider) or greedy (dev_greedy_cider).
-METRICS = tuple(f"dev{kind}_{score}" for kind in ("", "_greedy") for score in SCORES)
-# Dev BLEU-4's noise: its bootstrap standard deviation over the 1,000 Flickr8k dev images (benchmarks/dev_noise.py:
-# 0.0050 for an attention model at 0.096). A challenger within it of the champion does not replace it.
-PROMOTE_MARGIN = 0.005
-# What the pruner watches after every epoch (on dev, decoded as selection_beam says): the metric itself, or its
-# closest per-epoch score.
-EPOCH_SCORES = {"coco_bleu1": "bleu1", "coco_bleu2": "bleu2", "coco_bleu3": "bleu3", "coco_bleu4": "bleu4",
-                "meteor": "cider", "rouge_l": "cider", "spice": "cider"}
+METRICS = dev_metrics()  # the built-in metrics' dev scores (check_metric also takes those registered since)
 
 
 @dataclasses.dataclass
@@ -57,8 +49,7 @@ class SearchSettings:
     def epoch_metric(self) -> str:
         """The per-epoch dev metric the pruner watches (scored after every epoch, see selection_beam: NLTK BLEU-1..4
         and CIDEr-D; the Java-based and slower metrics are watched through CIDEr-D)."""
-        score = self.metric.removeprefix("dev_").removeprefix("greedy_")
-        return "dev_" + EPOCH_SCORES.get(score, score)
+        return "dev_" + watched(self.metric)
 
     def strategy(self, base_epochs: int) -> dict[str, str]:
         """How trials are chosen and cut short, with the budgets, as the study's parent run records it."""
@@ -109,16 +100,6 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         raise ConfigError(f"search.ensemble must be a whole number >= 1 (1: no ensemble), got {settings.ensemble!r}")
     _check_engine_choices(settings)
     return settings
-
-
-def check_metric(metric: str, where: str) -> None:
-    """A metric the champion rule and the searches can use: known, and computable on this machine."""
-    if metric not in METRICS:
-        raise ConfigError(f"unknown metric {metric!r} ({where}); choose one of {', '.join(METRICS)}")
-    why = unavailable(metric)
-    if why is not None:
-        raise ConfigError(f"metric {metric!r} cannot be computed here: {why}; choose another ({where}), e.g. "
-                          "dev_cider or dev_bleu4")
 
 
 def _check_engine_choices(settings: SearchSettings) -> None:

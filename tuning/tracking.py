@@ -1,32 +1,13 @@
-"""MLflow: where runs go, one parent run per study (the registry's champion rule: tuning/registry.py)."""
+"""MLflow runs of a study: its one parent run, stale runs closed, its trials' record (the experiment, the tags and the
+registry's champion rule: captioning/core/tracking.py, captioning/serving/registry.py)."""
 from __future__ import annotations
 
 from collections import Counter
 
-import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from captioning.names import quote
-from captioning.workbench import default_tracking_uri, run_state
-
-ROLE, STUDY = "captioning.role", "captioning.study"
-
-
-def ensure_experiment(name: str) -> str:
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if mlflow.get_tracking_uri() == default_tracking_uri():
-        location = run_state("mlruns").as_uri()  # artifacts beside the database, as an absolute path
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException as exc:  # another worker created it a moment ago
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id
+from captioning.core.names import quote
+from captioning.core.tracking import ROLE, STUDY
 
 
 def parent_run_id(experiment_id: str, study: str) -> str | None:

@@ -20,16 +20,18 @@ import keras
 import mlflow
 
 from captioning.config import Config
-from captioning.data import Dataset
-from captioning.names import quote
-from captioning.pipeline import FeatureCache, Prepared, RunResult, train_and_evaluate
-from captioning.train import StopTraining, TrainingError
-from captioning.serving import log_captioner
+from captioning.core.names import quote
+from captioning.core.tracking import ROLE, STUDY
+from captioning.data.dataset import Dataset
+from captioning.features.prepare import FeatureCache, Prepared
+from captioning.serving.mlflow_model import log_captioner
+from captioning.training.run import RunResult, train_and_evaluate
+from captioning.training.selection import TrainingError
+from captioning.training.teacher import StopTraining
+from tuning import tracking
 from tuning.coordination import worker_id
 from tuning.progress import EpochProgress
-from tuning import tracking
 from tuning.settings import SearchSettings
-from tuning.tracking import ROLE, STUDY
 
 
 class PruneTrial(Exception):
@@ -202,9 +204,11 @@ class TrialRunner:
         and logged as a run of its own (role `ensemble`, model included); None if fewer than two of them can be
         decoded together (a trial with another vocabulary, or whose model cannot load, is left out, said why). Each
         member reads the features it was trained on."""
-        from captioning.captioner import Captioner, load_captioner
-        from captioning.ensemble import check_compatible
-        from captioning.pipeline import choose_length_penalty, evaluate, penalty_line
+        from captioning.decoding.captioner import Captioner
+        from captioning.evaluation.choices import choose_length_penalty, penalty_line
+        from captioning.evaluation.evaluate import evaluate
+        from captioning.models.ensemble import check_compatible
+        from captioning.serving.load import load_captioner
 
         client = mlflow.MlflowClient()
 
@@ -283,7 +287,7 @@ def gallery(dataset: Dataset, names: list[str], captions: list[str]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from captioning.images import load_rgb
+    from captioning.data.images import load_rgb
 
     columns = 4
     rows = (len(names) + columns - 1) // columns
