@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CAPTIONING_JAVA_METRICS"] = "off"
 
 from captioning.config import Config  # noqa: E402
-from captioning.synthetic import write_dataset  # noqa: E402
+from captioning.data.synthetic import write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

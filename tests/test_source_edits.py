@@ -15,14 +15,16 @@ SCRIPT = textwrap.dedent('''
     import numpy as np
     import captioning
     assert Path(captioning.__file__).parent == Path(sys.argv[1]), captioning.__file__
-    from captioning.attention import build_attention_decoder
     from captioning.config import Config
-    from captioning.decode import beam_search, greedy_search
-    from captioning.encoders import make_encoder
-    from captioning.features import ImageInputs, image_pipeline
-    from captioning.model import build_decoder, make_step_decoder, masked_cross_entropy
-    from captioning.scst import SelfCritical
-    from captioning.text import Vocabulary
+    from captioning.data.text import Vocabulary
+    from captioning.decoding.search import beam_search, greedy_search
+    from captioning.features.encoders import make_encoder
+    from captioning.features.store import ImageInputs, image_pipeline
+    from captioning.models import make_step_decoder
+    from captioning.models.attention import build_attention_decoder
+    from captioning.models.base import masked_cross_entropy
+    from captioning.models.merge import build_decoder
+    from captioning.training.scst import SelfCritical
 
     vocab = Vocabulary(["red", "blue", "circle"])
     rng = np.random.default_rng(0)
@@ -34,7 +36,7 @@ SCRIPT = textwrap.dedent('''
     merge = build_decoder(merge_config, len(vocab), feature_dim=5)
     attention = build_attention_decoder(attention_config, len(vocab), feature_dim=5, positions=4, channels=3)
     # Every package module the traced code lives in gets lines inserted at its top, as an edit would.
-    for module in Path(sys.argv[1]).glob("*.py"):
+    for module in Path(sys.argv[1]).rglob("*.py"):
         module.write_text("\\n" * 7 + module.read_text())
     captions = [[["red", "circle"], ["blue", "circle"]]] * 4
     for model, config, inputs in ((merge, merge_config, features),

@@ -1,0 +1,21 @@
+"""The captioning workbench's library: an image's path from file to caption, and a trial's from config to scores.
+
+    data/        dataset reading and checking, images, text and vocabulary, the embedded synthetic set
+    features/    encoder registry, offline weights, the cached map store, a dataset's prepared features
+    models/      decoder registry and the StepDecoder protocol; the merge, attention and ensemble decoders
+    decoding/    greedy and beam search, consensus re-ranking, the Captioner and its bundle
+    metrics/     metric registry; BLEU, CIDEr-D, the COCO scorers
+    evaluation/  a captioner scored on a split; decoding settings chosen on dev
+    training/    batches, dev selection and checkpoints, teacher forcing, SCST, the train-and-evaluate run
+    serving/     the logged MLflow model, request rules, the model registry's champion rule, local servers
+    core/        small shared helpers: cache folder, graph functions, locks, names, tracking URI and tags
+    config.py    the one Config; cli.py the command line (python -m captioning, `captioning`)
+
+Lower folders never import higher ones, and nothing here imports tuning/, reports/, app.py or benchmarks/.
+"""
+import os
+
+from captioning.core import legacy
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the user's terminal
+legacy.install()  # the module names a version logged before this layout imports (captioning/core/legacy.py)

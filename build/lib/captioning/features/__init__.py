@@ -1,0 +1,66 @@
+"""Image features: the registry of encoders, and the code that turns a dataset's images into cached maps and
+feature vectors (encoders.py, weights.py, store.py, prepare.py).
+
+An encoder registers an `EncoderSpec`: its name (the config's `encoder`), the smallest input size it takes, the
+shape of its spatial map for an input size, and `build(config, mirrored)`, which returns a
+captioning.features.encoders.Encoder (subclass it: `preprocess`, `unit_rgb`, `encode_maps`, `base_dim`):
+
+    from captioning.features import EncoderSpec, register_encoder
+
+    register_encoder(EncoderSpec(name="tiny", build=TinyEncoder, min_size=8,
+                                 map_shape=lambda size: (4, 4, 3)))
+
+The built-in encoders are registered below, importing their TensorFlow code only when first built.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from captioning.core.plugins import lazy
+
+REGISTRY: dict[str, "EncoderSpec"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    build: Callable[..., Any]  # (config, mirrored=False) -> Encoder
+    map_shape: Callable[[int], tuple[int, int, int]]  # input size -> (height, width, channels) of its map
+    min_size: int = 1  # the smallest image_size it takes
+    description: str = ""
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def encoder_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _xception_side(size: int) -> int:
+    """Xception's map side: two valid 3 x 3 convolutions (the first of stride 2), then four stride-2 poolings."""
+    side = (size - 3) // 2 + 1 - 2
+    for _ in range(4):
+        side = (side + 1) // 2
+    return side
+
+
+PIXEL_MAP = 8  # the pixel encoder's map: the image area-averaged to at most 8 x 8
+
+register_encoder(EncoderSpec(
+    name="xception", build=lazy("captioning.features.encoders", "XceptionEncoder"), min_size=71,
+    map_shape=lambda size: (_xception_side(size), _xception_side(size), 2048),
+    description="ImageNet Xception without its top (weights from an installed package, offline)"))
+register_encoder(EncoderSpec(
+    name="pixels", build=lazy("captioning.features.encoders", "PixelEncoder"),
+    map_shape=lambda size: (min(PIXEL_MAP, size), min(PIXEL_MAP, size), 3),
+    description="the image area-averaged to an 8 x 8 colour map: no weights, for tests and sanity runs"))
