@@ -1,5 +1,6 @@
 """The installed commands: the console scripts of the editable install `make setup` makes, and a non-editable
 install, which has no experiment files and says so in one line."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ def test_each_console_script_runs(script, words):
 
 
 def test_a_non_editable_install_refuses_without_experiments_in_one_line(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"  # (a copy: the build writes its build/ folder there)
+    source.mkdir()
+    shutil.copy(PROJECT / "pyproject.toml", source)
+    for name in ("requirements", "captioning", "tuning", "reports", "benchmarks"):
+        shutil.copytree(PROJECT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(PROJECT)], capture_output=True, text=True, timeout=300,
+                            "--target", str(target), str(source)], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-2000:]
     assert (target / "captioning" / "models" / "__init__.py").is_file()

@@ -1,5 +1,0 @@
-import sys
-
-from captioning.cli import main
-
-sys.exit(main())

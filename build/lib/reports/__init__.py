@@ -1,1 +1,0 @@
-"""Comparison reports of searches logged to MLflow."""
