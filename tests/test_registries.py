@@ -4,6 +4,7 @@ import importlib
 
 import numpy as np
 import pytest
+import yaml
 
 from captioning import metrics, models
 from captioning.config import ConfigError
@@ -74,35 +75,15 @@ def test_unregistered_names_are_clear_errors(toys, tiny_config):
         models.spec_of_model(type("Model", (), {"name": "toy_decoder"})())
 
 
-TOY_SEARCH = """
-config:
-  encoder: pixels
-  image_size: 32
-  feature_grid: 4
-  vocab_min_count: 1
-  max_length: 24
-  decoder: toy
-  selection_metric: distinct
-  embedding_size: 16
-  units: 32
-  learning_rate: 0.01
-  epochs: 2
-search:
-  trials: 2
-  samples: 2
-  pruner: none
-  ensemble: 2
-  space:
-    units: {choices: [16, 32]}
-"""
-
-
-def test_a_search_over_the_toy_decoder_driven_by_the_toy_metric(toys, shapes_dir, tmp_path, monkeypatch, capsys):
+def test_a_search_over_the_toy_decoder_driven_by_the_toy_metric(toys, shapes_dir, tiny_config, tmp_path, monkeypatch,
+                                                                 capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("CAPTIONING_STORAGE", raising=False)
     monkeypatch.chdir(tmp_path)
+    config = tiny_config.replace(decoder="toy", selection_metric="distinct", embedding_size=16, units=32, epochs=2)
     experiment = tmp_path / "toy.yaml"
-    experiment.write_text(TOY_SEARCH)
+    experiment.write_text(yaml.safe_dump({"config": config.to_dict(), "search": {
+        "trials": 2, "samples": 2, "pruner": "none", "ensemble": 2, "space": {"units": {"choices": [16, 32]}}}}))
     assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(experiment),
                             "--metric", "dev_distinct"]) == 0
     out = capsys.readouterr().out

@@ -1,8 +1,8 @@
 """Every score is a search metric; one that cannot run here is one clear error before any training."""
 import pytest
 
-from captioning.config import ConfigError
 from captioning import metrics
+from captioning.config import ConfigError
 from captioning.metrics import coco
 from tuning.settings import METRICS, read_settings
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from captioning.core.plugins import lazy
+from captioning.core.plugins import Registry, lazy
 
-REGISTRY: dict[str, "EncoderSpec"] = {}
+REGISTRY = Registry("encoder")
+encoder_names, encoder_spec = REGISTRY.names, REGISTRY.spec
+register_encoder = REGISTRY.register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,21 +31,6 @@ class EncoderSpec:
     map_shape: Callable[[int], tuple[int, int, int]]  # input size -> (height, width, channels) of its map
     min_size: int = 1  # the smallest image_size it takes
     description: str = ""
-
-
-def register_encoder(spec: EncoderSpec) -> EncoderSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def encoder_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def encoder_spec(name: str) -> EncoderSpec:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
 
 
 def _xception_side(size: int) -> int:

@@ -22,14 +22,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from captioning.core.plugins import lazy
+from captioning.core.plugins import Registry, lazy
 
 Scorer = Callable[..., Callable[[list[list[str]]], dict[str, float]]]
-REGISTRY: dict[str, "MetricSpec"] = {}
 
 
 class MetricError(ValueError):
     """A metric that was asked for by name cannot be computed here."""
+
+
+REGISTRY = Registry("metric", MetricError)
+metric_names, register_metric = REGISTRY.names, REGISTRY.register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +45,6 @@ class MetricSpec:
     dev_scorer: Scorer | None = None  # the per-epoch scorer, when it differs from the final one
     watch: str | None = None  # for a metric not scored every epoch: the one that is, which a pruner watches instead
     unavailable: Callable[[], str | None] | None = None  # why it cannot run here (None: it can)
-
-
-def register_metric(spec: MetricSpec) -> MetricSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def metric_names() -> tuple[str, ...]:
-    """Every registered metric, in registration order."""
-    return tuple(REGISTRY)
 
 
 def epoch_metrics() -> tuple[str, ...]:

@@ -24,13 +24,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from captioning.core.plugins import import_code, lazy
-
-REGISTRY: dict[str, "DecoderSpec"] = {}
+from captioning.core.plugins import Registry, import_code, lazy
 
 
 class DecoderLookupError(ValueError):
     """A decoder name, or a saved model, of no registered family."""
+
+
+REGISTRY = Registry("decoder", DecoderLookupError)
+decoder_names, decoder_spec = REGISTRY.names, REGISTRY.spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,18 +52,7 @@ def register_decoder(spec: DecoderSpec) -> DecoderSpec:
     for other in REGISTRY.values():
         if other.name != spec.name and other.model_name == spec.model_name:
             raise ValueError(f"decoder {spec.name!r}: the model name {spec.model_name!r} is {other.name!r}'s")
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def decoder_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def decoder_spec(name: str) -> DecoderSpec:
-    if name not in REGISTRY:
-        raise DecoderLookupError(f"unknown decoder {name!r}; choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    return REGISTRY.register(spec)
 
 
 def spec_of_model(model) -> DecoderSpec:
