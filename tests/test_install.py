@@ -24,6 +24,14 @@ def test_each_console_script_runs(script, words):
     assert all(word in done.stdout for word in words), done.stdout
 
 
+@pytest.mark.parametrize("script, words", [("tuning/registry.py", ("promote", "rollback")),
+                                           ("tuning/infra.py", ("start", "env"))])
+def test_the_old_script_paths_forward(script, words):
+    done = subprocess.run([sys.executable, str(PROJECT / script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and all(word in done.stdout for word in words), done.stderr[-2000:]
+
+
 def test_a_non_editable_install_refuses_without_experiments_in_one_line(tmp_path):
     source, target = tmp_path / "source", tmp_path / "site"  # (a copy: the build writes its build/ folder there)
     source.mkdir()

@@ -10,6 +10,7 @@ from captioning import metrics, models
 from captioning.config import ConfigError
 from captioning.decoding.captioner import Captioner
 from captioning.features.prepare import load_and_report, prepare
+from captioning.serving.registry import check_metric
 from captioning.training.run import train_and_evaluate
 from tuning import search as search_cli
 
@@ -70,6 +71,12 @@ def test_unregistered_names_are_clear_errors(toys, tiny_config):
         tiny_config.replace(decoder="transformer")
     with pytest.raises(ConfigError, match="'selection_metric' must be one of .*distinct, loss"):
         tiny_config.replace(selection_metric="spice")
+    metrics.register_metric(metrics.MetricSpec("shortness", toys[1].distinct_scorer, higher_is_better=False))
+    try:
+        with pytest.raises(ConfigError, match="'dev_shortness' is better when lower, but the searches"):
+            check_metric("dev_shortness", "--metric")
+    finally:
+        metrics.REGISTRY.pop("shortness")
     models.REGISTRY.pop("toy")
     with pytest.raises(models.DecoderLookupError, match="'toy_decoder' is of no registered decoder family"):
         models.spec_of_model(type("Model", (), {"name": "toy_decoder"})())
@@ -89,3 +96,18 @@ def test_a_search_over_the_toy_decoder_driven_by_the_toy_metric(toys, shapes_dir
     out = capsys.readouterr().out
     assert "trial   0" in out and "trial   1" in out and "best:" in out and "dev_distinct" in out
     assert "registered: captioner version 1 as @champion" in out
+
+
+def test_the_encoders_registered_map_shapes_are_their_maps(tiny_config):
+    import keras
+
+    from captioning.features import encoder_spec
+    from captioning.features.encoders import make_encoder
+
+    for size in (71, 128, 299):  # Xception's own arithmetic, without its weights
+        network = keras.applications.Xception(weights=None, include_top=False, input_shape=(size, size, 3))
+        assert encoder_spec("xception").map_shape(size) == tuple(network.output_shape[1:]), size
+    for size in (4, 32):
+        encoder = make_encoder(tiny_config.replace(image_size=size))
+        maps = encoder.encode_maps(encoder.preprocess(np.zeros((size + 3, size, 3), np.float32))[None])
+        assert encoder_spec("pixels").map_shape(size) == tuple(maps.shape[1:]), size

@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from captioning.config import ConfigError
 from captioning.core.locks import registry_lock
 from captioning.core.names import check_name, quote
-from captioning.metrics import metric_names, unavailable
+from captioning.metrics import metric_names, metric_spec, unavailable
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Dev BLEU-4's noise: its bootstrap standard deviation over the 1,000 Flickr8k dev images (benchmarks/dev_noise.py:
@@ -156,6 +156,9 @@ def check_metric(metric: str, where: str) -> None:
     known = dev_metrics()
     if metric not in known:
         raise ConfigError(f"unknown metric {metric!r} ({where}); choose one of {', '.join(known)}")
+    if not metric_spec(metric).higher_is_better:
+        raise ConfigError(f"metric {metric!r} is better when lower, but the searches and the champion rule maximise "
+                          f"their metric; choose one that is better when higher ({where}), e.g. dev_cider")
     why = unavailable(metric)
     if why is not None:
         raise ConfigError(f"metric {metric!r} cannot be computed here: {why}; choose another ({where}), e.g. "
