@@ -6,8 +6,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import keras
-
 FILES = ("config.json", "vocab.json", "decoder.keras")
 
 
@@ -34,7 +32,10 @@ def _layer_classes(keras_file: Path) -> set[str]:
     return names
 
 
-def load_decoder(decoder: Path) -> keras.Model:
+def load_decoder(decoder: Path):
+    """The Keras model in a .keras file, loaded in safe mode (Keras imported here: BundleError alone needs none)."""
+    import keras
+
     if "Lambda" in _layer_classes(decoder):
         raise BundleError(f"{decoder} holds a Lambda layer, which is Python code that loading would run; this "
                           "project loads decoders made of Keras's and its own layers only: retrain it with "
