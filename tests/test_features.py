@@ -95,6 +95,54 @@ def test_a_tampered_package_weights_file_is_refused_before_keras_reads_it(tmp_pa
         _from_package(tampered)
 
 
+def test_a_tampered_keras_weights_file_is_refused_by_its_md5_before_it_is_opened(tmp_path):
+    """Keras' own cached .h5 (what `_from_keras` opens) is checked against its known MD5 by the project itself, so
+    the guarantee does not rest on how a Keras version treats its cache."""
+    import h5py
+
+    from captioning.features.weights import KERAS_FILE, KERAS_MD5, WeightsError, _check_file
+
+    tampered = tmp_path / KERAS_FILE
+    with h5py.File(tampered, "w") as f:  # a well-formed HDF5 file with a weight Keras would load
+        f.create_dataset("block1_conv1/block1_conv1/kernel:0", data=np.ones((3, 3, 3, 32), np.float32))
+    with pytest.raises(WeightsError, match=f"weights file {tampered} does not match its known MD5 checksum .*"
+                                           "so it was not opened; delete it"):
+        _check_file(tampered, KERAS_MD5, "md5", "delete it (Keras downloads it again when online)")
+
+
+def test_an_exif_rotated_jpeg_is_upright_in_training_and_in_captioning(tmp_path):
+    """The cache's extraction (training) and Captioner.encode_images (captioning) turn a JPEG whose EXIF tag says
+    "rotate 90 degrees" into the same upright pixels, and so the same features, as the upright image itself."""
+    from captioning.data.images import inspect_image
+    from captioning.data.text import Vocabulary
+    from captioning.decoding.captioner import Captioner
+    from captioning.features.store import extract
+    from captioning.models.merge import build_decoder
+
+    upright = np.zeros((48, 64, 3), np.uint8)  # wider than tall, a colour in each quadrant: any turn shows
+    upright[:24, :32], upright[:24, 32:], upright[24:, :32], upright[24:, 32:] = (230, 30, 30), (30, 30, 230), \
+        (30, 200, 30), (240, 220, 40)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored pixels must be turned 90 degrees clockwise to be seen upright
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", quality=98,
+                                                                       exif=exif)
+    names = ["turned.jpg", "upright.png"]
+    paths = {name: tmp_path / name for name in names}
+    info = {name: inspect_image(path) for name, path in paths.items()}
+    assert info["turned.jpg"].needs_pil  # TensorFlow's JPEG decoder ignores EXIF: it goes through load_rgb
+    assert np.abs(load_rgb(paths["turned.jpg"]).astype(int) - upright).mean() < 3  # upright, not turned
+    config = Config(encoder="pixels", image_size=32, feature_grid=2)
+    features, maps, _ = extract(names, paths, info, make_encoder(config), progress=False)
+    np.testing.assert_allclose(features[0], features[1], atol=0.02)  # training: turned == upright
+    rows = maps[np.arange(2)]  # 8 x 8 cells, values 0..1: JPEG's ringing at the colour edges moves a cell by < 0.08,
+    np.testing.assert_allclose(rows[0], rows[1], atol=0.08)  # a turn by 90 degrees would move some by about 0.8
+    vocab = Vocabulary(["red"])  # an untrained decoder: only the captioner's encoding is looked at
+    captioner = Captioner(config, vocab, build_decoder(config, len(vocab), features.shape[1]))
+    encoded = captioner.encode_images([str(paths["turned.jpg"])])
+    np.testing.assert_allclose(encoded[0], features[0], atol=1e-5)  # captioning: the same features as training
+
+
 def test_xception_features_are_not_random(shapes_dir):
     """Two crops of one scene are closer than two different scenes (random weights would not do this reliably)."""
     encoder = make_encoder(Config(image_size=96, feature_grid=1))

@@ -104,3 +104,27 @@ def test_missing_input_is_one_clear_message(searched, capsys):
     assert compare.main(["--runs", "0123456789abcdef", "--tracking-uri", uri, "--out", str(tmp / "x")]) == 2
     assert "no run" in capsys.readouterr().err
     assert not (tmp / "x").exists()
+
+
+def test_report_of_two_runs_by_id(searched, capsys):
+    tmp, uri = searched
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'trial' and tags.state = 'complete'",
+                              order_by=["attributes.start_time ASC"])
+    chosen = [runs[0], runs[-1]]  # a trial of each study (Optuna's first, Keras Tuner's last)
+    assert {run.data.tags["captioning.study"] for run in chosen} == {"opt", "kt"}
+    out = tmp / "by-runs"
+    assert compare.main(["--runs", *(run.info.run_id for run in chosen), "--tracking-uri", uri, "--out", str(out),
+                         "--gallery", "2"]) == 0
+    text = (out / "report.html").read_text()
+    assert text.count('<tr class="') == 2  # the two runs, and no other trial of their studies
+    board = (out / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
+    rows = [line for line in board.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 2
+    for run in chosen:  # each run's row: its study, trial number and run id
+        assert any(f"| {run.data.tags['captioning.study']} | {run.data.tags['trial']} |" in row
+                   and run.info.run_id[:8] in row for row in rows), (run.info.run_id, rows)
+    assert (out / "bleu_top.png").stat().st_size > 5000
