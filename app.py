@@ -149,9 +149,9 @@ st.set_page_config(page_title="Image captioner", layout="wide")
 st.title("Image captioner")
 tracking_uri = redact(resolve_tracking_uri())  # shown on the page, so without a password
 model_name = os.environ.get("CAPTIONER_MODEL_NAME", "captioner")
-if not st.get_option("server.address"):  # started outside the project folder, without its .streamlit/config.toml
-    st.warning("This page listens on every network interface: start it from the project folder (its "
-               "`.streamlit/config.toml` keeps it on 127.0.0.1) or with `--server.address 127.0.0.1`.")
+if not st.get_option("server.address"):  # no .streamlit/config.toml beside the app or where it was started
+    st.warning("This page listens on every network interface: keep the project's `.streamlit/config.toml` beside "
+               "app.py (it keeps the page on 127.0.0.1) or start it with `--server.address 127.0.0.1`.")
 try:
     choices = model_choices(check_name(model_name, "$CAPTIONER_MODEL_NAME", "captioner"))
 except ConfigError as exc:

@@ -17,5 +17,12 @@ import os
 
 from captioning.core import legacy
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the user's terminal
+# Before TensorFlow loads: keep its C++ start-up lines (absl's I0000/W0000/E0000: CPU features, oneDNN, CUDA
+# factories) and gRPC's (Keras Tuner imports it) out of the user's terminal. Level 2 still lets E0000 lines through,
+# and gRPC ignores TensorFlow's setting. The project's own messages are Python's, which neither setting touches; a
+# value already in the environment wins, and `python -m captioning -v` shows them all (LIBRARY_LOGS_SHOWN).
+LIBRARY_LOGS_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "NONE"}
+LIBRARY_LOGS_SHOWN = {"TF_CPP_MIN_LOG_LEVEL": "0", "GRPC_VERBOSITY": "INFO"}
+for _name, _value in LIBRARY_LOGS_QUIET.items():
+    os.environ.setdefault(_name, _value)
 legacy.install()  # the module names a version logged before this layout imports (captioning/core/legacy.py)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -197,6 +198,16 @@ DECODING_HELP = ("another decoding setting for this command: length_penalty=X, n
                  "(0: off) or rerank_weight=W (repeatable)")
 
 
+MAX_BEAM = 50  # on the command line, a local user's own time (REST keeps serving.requests.MAX_BEAM_WIDTH, 10)
+
+
+def _check_beam(args) -> None:
+    beam = getattr(args, "beam", None)
+    if beam is not None and not 1 <= beam <= MAX_BEAM:
+        raise ConfigError(f"--beam {beam}: give a beam width from 1 (greedy) to {MAX_BEAM}, or leave it out for the "
+                          "model's own")
+
+
 def _decoding(pairs: list[str]) -> dict:
     changes = parse_overrides(pairs)
     other = sorted(set(changes) - set(DECODING_KEYS))
@@ -260,6 +271,8 @@ def cmd_relog(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=(
         "Train, evaluate and use image captioners (Xception features; any registered decoder: merge, attention)."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show TensorFlow's and gRPC's own log lines "
+                        "(hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_options(p):
@@ -316,11 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--out", metavar="DIR", help="where to save the captioner (default: outputs/rerank-TIME)")
     rerank.set_defaults(run=cmd_rerank)
 
-    evaluate = commands.add_parser("evaluate", help="score a saved captioner on one split with every metric that runs here")
+    evaluate = commands.add_parser("evaluate",
+                                   help="score a saved captioner on one split with every metric that runs here")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="captioner bundle directory or MLflow model URI")
     data_options(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "dev", "test"), help="default: test")
-    evaluate.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
+    evaluate.add_argument("--beam", type=int, metavar="K", help=f"beam width, 1 (greedy) to {MAX_BEAM} (default: the "
+                          "model's)")
     evaluate.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=DECODING_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -328,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("images", nargs="+", metavar="IMAGE")
     caption.add_argument("--model", required=True, metavar="MODEL",
                          help="captioner bundle directory or MLflow model URI, e.g. models:/captioner@champion")
-    caption.add_argument("--beam", type=int, metavar="K", help="beam width, 1 for greedy (default: the model's)")
+    caption.add_argument("--beam", type=int, metavar="K", help=f"beam width, 1 (greedy) to {MAX_BEAM} (default: the "
+                         "model's)")
     caption.add_argument("--alternatives", action="store_true", help="also print the other beams with scores")
     caption.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=DECODING_HELP)
     caption.set_defaults(run=cmd_caption)
@@ -338,11 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(a pickled python_model.pkl) again as a new version that loads without unpickling.")
     relog.add_argument("model", metavar="MODEL", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     relog.set_defaults(run=cmd_relog)
+    for command in commands.choices.values():  # -v after the command too; SUPPRESS: not resetting one before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="also show TensorFlow's and gRPC's own log lines (hidden by default)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:  # before TensorFlow loads, which reads its level once
+        import captioning
+
+        os.environ.update(captioning.LIBRARY_LOGS_SHOWN)
+    try:
+        _check_beam(args)  # before anything loads
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from captioning.data.dataset import DataError
     from captioning.data.images import ImageError
     from captioning.decoding.bundle import BundleError

@@ -147,80 +147,175 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps(registry, shapes_dir, tmp_path):
-    """`streamlit run app.py` on a free loopback port, driven by headless Chromium (Selenium): upload a photo, wait
-    for the caption and one spotlight image per word. The screenshot goes to $CAPTIONING_SCREENSHOT if set (the
-    README's figure), else into the test's temporary folder."""
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium driven by Selenium, shared by the browser tests (each opens its page anew)."""
     import os
     import shutil
-    import subprocess
-    import time
-    import urllib.request
 
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not (browser and driver_path):
         if os.environ.get("CAPTIONING_REQUIRE_BROWSER"):
             pytest.fail("headless Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
         pytest.skip("no chromium/chromedriver on PATH (CI installs them: .ci/run)")
-    from captioning.serving.infra import free_port
-
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "MLFLOW_UI_URL": "http://127.0.0.1:9"}
-    log = open(tmp_path / "streamlit.log", "w")
-    # No --server.address: the project's .streamlit/config.toml must keep the page on this machine.
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
-                               "--server.port", str(port),
-                               "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1500"):
         options.add_argument(flag)
-    driver = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):  # the server is up when its health endpoint answers
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    yield driver
+    driver.quit()
+
+
+class Served:
+    """`streamlit run app.py` on a free port, started in `cwd`, its output in `log`."""
+
+    def __init__(self, cwd: Path, tracking_uri: str, log: Path, script: str = APP):
+        import os
+        import subprocess
+
+        from captioning.serving.infra import free_port
+
+        self.port, self.log = free_port(), log
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_UI_URL": "http://127.0.0.1:9"}
+        with open(log, "w") as out:  # no --server.address: .streamlit/config.toml in `cwd` or beside `script` decides
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", "--server.port",
+                 str(self.port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_until_healthy(self, timeout: float = 120) -> None:
+        """Until the health endpoint answers; a failure, with the server's output, if it exits or never does."""
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert _listening_addresses(port) == {"127.0.0.1"}
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
-        driver.get(url)
-        waiter = WebDriverWait(driver, 180)
+                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1)
+                return
+            except OSError as exc:
+                if self.process.poll() is not None:
+                    pytest.fail(f"streamlit exited ({self.process.returncode}) before it answered:\n"
+                                f"{self.log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not answer {self.url}/_stcore/health within {timeout:.0f} s ({exc}); "
+                                f"its log ends:\n{self.log.read_text()[-3000:]}")
+                time.sleep(0.2)
 
-        class wait:  # on a timeout, say what the page and the server showed
-            @staticmethod
-            def until(condition):
-                try:
-                    return waiter.until(condition)
-                except TimeoutException:
-                    driver.save_screenshot(str(tmp_path / "timeout.png"))
-                    pytest.fail(f"timed out in the browser; the page reads:\n{driver.find_element(By.TAG_NAME, 'body').text}"
-                                f"\nthe server's log ends:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
-        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
-        upload.send_keys(str(shapes_dir / "Images" / "scene_00002.jpg"))
-        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Where the model looked"))
-        mlflow.set_tracking_uri(registry)
-        expected = Captioner.load(download_bundle("models:/captioner@champion")).caption(
-            shapes_dir / "Images" / "scene_00002.jpg")
-        wait.until(lambda d: expected in [h.text for h in d.find_elements(By.TAG_NAME, "h3")])
-        words = expected.split()
-        painted = "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
-        wait.until(lambda d: d.execute_script(painted) >= len(words) + 1)  # the photo and a spotlight per word
-        shot = Path(os.environ.get("CAPTIONING_SCREENSHOT") or tmp_path / "app.png")
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+@pytest.fixture(scope="module")
+def served(registry, tmp_path_factory):
+    """The app served from the project folder (its .streamlit/config.toml applies) on the test registry."""
+    server = Served(PROJECT, registry, tmp_path_factory.mktemp("streamlit") / "streamlit.log")
+    try:
+        server.wait_until_healthy()
+        yield server
     finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        server.stop()
+
+
+def _browse(driver, server: Served, shots: Path):
+    """Open the app anew; returns wait(condition), which on a timeout fails saying what the page and the server
+    showed."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server.url)
+    waiter = WebDriverWait(driver, 180)
+
+    def wait(condition):
+        try:
+            return waiter.until(condition)
+        except TimeoutException:
+            driver.save_screenshot(str(shots / "timeout.png"))
+            pytest.fail(f"timed out in the browser; the page reads:\n{driver.find_element(By.TAG_NAME, 'body').text}"
+                        f"\nthe server's log ends:\n{server.log.read_text()[-3000:]}")
+    return wait
+
+
+def _upload_and_wait_for_the_caption(driver, wait, photo: Path, registry: str) -> str:
+    """Upload `photo` through the page's file input; returns the champion's caption of it once the page shows it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    upload = wait(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
+    upload.send_keys(str(photo))
+    mlflow.set_tracking_uri(registry)
+    expected = Captioner.load(download_bundle("models:/captioner@champion")).caption(photo)
+    headings = "return Array.from(document.querySelectorAll('h3')).map(h => h.innerText)"  # (one read: no stale node)
+    wait(lambda d: expected in d.execute_script(headings))
+    return expected
+
+
+def test_in_a_real_browser_an_uploaded_photo_gets_its_caption_and_attention_maps(chromium, served, registry,
+                                                                                  shapes_dir, tmp_path):
+    """`streamlit run app.py` from the project folder: it listens on loopback only and gives no warning; upload a
+    photo, wait for the caption and one spotlight image per word. The screenshot goes to $CAPTIONING_SCREENSHOT if
+    set (the README's figure), else into the test's temporary folder."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    assert _listening_addresses(served.port) == {"127.0.0.1"}
+    wait = _browse(chromium, served, tmp_path)
+    expected = _upload_and_wait_for_the_caption(chromium, wait, shapes_dir / "Images" / "scene_00002.jpg", registry)
+    wait(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Where the model looked"))
+    painted = "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+    wait(lambda d: d.execute_script(painted) >= len(expected.split()) + 1)  # the photo and a spotlight per word
+    assert "listens on every network interface" not in chromium.find_element(By.TAG_NAME, "body").text
+    shot = Path(os.environ.get("CAPTIONING_SCREENSHOT") or tmp_path / "app.png")
+    assert chromium.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_in_a_real_browser_a_webp_photo_is_accepted_and_captioned(chromium, served, registry, shapes_dir, tmp_path):
+    """The page's file input lists WebP among the types it accepts, and a WebP photo uploaded there is captioned."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    photo = tmp_path / "scene.webp"
+    Image.open(shapes_dir / "Images" / "scene_00002.jpg").save(photo, "WEBP", lossless=True)
+    assert Image.open(photo).format == "WEBP"
+    wait = _browse(chromium, served, tmp_path)
+    accepts = wait(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']"))).get_attribute("accept")
+    assert ".webp" in accepts.split(","), accepts
+    _upload_and_wait_for_the_caption(chromium, wait, photo, registry)
+    width, height = Image.open(photo).size
+    wait(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), f"scene.webp ({width} x {height})"))
+    assert "not an image this app can read" not in chromium.find_element(By.TAG_NAME, "body").text
+
+
+def test_without_its_config_it_listens_everywhere_and_the_page_says_so(chromium, tmp_path):
+    """app.py served without the project's .streamlit/config.toml (Streamlit reads it from the folder it runs in and
+    from the script's folder, so here a copy of app.py in a folder without one; an empty registry: the page stops
+    early) listens on every interface, and the page warns about it."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(APP, elsewhere / "app.py")
+    server = Served(elsewhere, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "streamlit.log",
+                    str(elsewhere / "app.py"))
+    try:
+        server.wait_until_healthy()
+        assert _listening_addresses(server.port) & {"0.0.0.0", "::"}, _listening_addresses(server.port)
+        wait = _browse(chromium, server, tmp_path)
+        wait(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "No model named captioner"))
+        body = chromium.find_element(By.TAG_NAME, "body").text
+        assert ("This page listens on every network interface: keep the project's `.streamlit/config.toml` beside "
+                "app.py") in body, body
+        assert "--server.address 127.0.0.1" in body
+    finally:
+        server.stop()

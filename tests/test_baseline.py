@@ -21,6 +21,7 @@ from tuning.keras_tuner_engine import CaptionTuner
 from tuning.optuna_engine import (
     ATTEMPT,
     BASELINE,
+    QUEUED,
     RESUMES,
     WORKER,
     fail_interrupted_trials,
@@ -104,8 +105,7 @@ def test_a_baseline_lost_on_a_server_runs_again_instead_of_new_values(tmp_path, 
     fail_lost_trials(study, grace_seconds=60, on_lost=lambda trial, **kw: lost.append((trial.number, kw)))
     assert lost == [(unclaimed.number, {"rerun": True})]
     waiting, = study.get_trials(states=(TrialState.WAITING,))
-    assert waiting.user_attrs == {BASELINE: True, RESUMES: 0, ATTEMPT: 2}
-    assert waiting.system_attrs["fixed_params"] == BASELINE_VALUES
+    assert waiting.user_attrs == {BASELINE: True, RESUMES: 0, ATTEMPT: 2, QUEUED: BASELINE_VALUES}
 
 
 def test_a_base_value_outside_the_space_stops_the_search_before_anything_runs(tmp_path, capsys):
@@ -174,20 +174,27 @@ def test_workers_opening_a_new_shared_study_together_queue_one_baseline(settings
     server.save()
     try:
         local_infra.start_postgres(server)
-        start = threading.Barrier(4)
+        start = threading.Barrier(4, timeout=60)
+        errors = []
 
         def worker():
-            start.wait()
-            with Guard(server.storage, "shared").hold("opening the study"):
-                open_study("shared", server.storage, settings, lambda trial, **kw: None, BASELINE_VALUES)
+            try:
+                start.wait()
+                with Guard(server.storage, "shared").hold("opening the study"):
+                    open_study("shared", server.storage, settings, lambda trial, **kw: None, BASELINE_VALUES)
+            except BaseException as exc:  # raised again below: a thread's exception is otherwise only printed
+                errors.append(exc)
 
         workers = [threading.Thread(target=worker) for _ in range(4)]
         for w in workers:
             w.start()
         for w in workers:
-            w.join()
+            w.join(timeout=120)
+        assert not [w for w in workers if w.is_alive()], "a worker did not open the study within 2 minutes"
+        if errors:
+            raise errors[0]
         trials = optuna.load_study(study_name="shared", storage=server.storage).trials
-        assert [t.user_attrs for t in trials] == [{BASELINE: True}]
+        assert [t.user_attrs for t in trials] == [{BASELINE: True, QUEUED: BASELINE_VALUES}]
     finally:
         local_infra.stop(root)
         shutil.rmtree(root, ignore_errors=True)

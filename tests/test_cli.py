@@ -36,18 +36,39 @@ def test_train_evaluate_caption(shapes_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line.count("|") == 9][1:]
     assert len(rows) == 3 * (1 + 3 * 3) and sum("(chosen)" in row for row in rows) == 1
-    assert "off" not in next(row for row in rows if "(chosen)" in row) or "(chosen)" in rows[0]  # plain: beam 3 only
+    table = {}  # (beam, neighbours, weight) -> dev CIDEr-D, as printed
+    for row in rows:
+        width, k, weight, *scores = (cell.replace("(chosen)", "").strip() for cell in row.strip("| ").split("|"))
+        table[(int(width), 0 if k == "off" else int(k), float(weight))] = float(scores[-1])
+    own = json.loads((out / "config.json").read_text())
+    plain = (own["beam_width"], 0, own["rerank_weight"])
+    assert set(table) == {(w, 0, own["rerank_weight"]) for w in (3, 5, 10)} | {
+        (w, k, weight) for w in (3, 5, 10) for k in (5, 10, 20) for weight in (0.25, 0.5, 0.75)}
+    # The chosen row: the best dev CIDEr-D among the re-rankings and the captioner's own beam (the other plain beams
+    # are shown, not chosen), the first of equals; it is what the saved config decodes with.
+    eligible = [key for key in table if key[1] or key == plain]
+    best = max(eligible, key=table.get)
+    chosen_row = next(row for row in rows if "(chosen)" in row)
+    assert chosen_row.startswith(f"| {best[0]} | {best[1] or 'off'} | {best[2]:g} | ")
     chosen = json.loads((tmp_path / "rr" / "config.json").read_text())
+    assert (chosen["beam_width"], chosen["rerank_neighbours"], chosen["rerank_weight"]) == best
     assert (tmp_path / "rr" / "neighbours.npz").is_file() == (chosen["rerank_neighbours"] > 0)
-    assert "| test | beam-" in printed and "rerank: " in printed
+    assert "| test | beam-" in printed and (
+        f"rerank: beam {best[0]}, the {best[1]} nearest training images, weight {best[2]:g}: chosen on dev cider"
+        if best[1] else "rerank: no re-ranking beat the captioner's own beam of 3 on dev cider") in printed
     trained = tmp_path / "trained-rr"
     assert main(["train", "--data", str(shapes_dir), "--out", str(trained), "--quiet", *FAST,
                  "--set", "rerank_neighbours=3", "--set", "rerank_weight=1"]) == 0
     capsys.readouterr()
-    assert Captioner.load(trained).neighbours.features.shape[0] == 120  # the train split's images
-    assert main(["caption", str(image), "--model", str(trained), "--set", "rerank_neighbours=0"]) == 0
+    reranking = Captioner.load(trained)
+    assert reranking.neighbours.features.shape[0] == 120  # the train split's images
+    assert (reranking.config.rerank_neighbours, reranking.config.rerank_weight) == (3, 1)
     assert main(["caption", str(image), "--model", str(trained)]) == 0
-    assert capsys.readouterr().out.strip()
+    caption = reranking.caption(str(image))
+    assert caption.strip() and capsys.readouterr().out == caption + "\n"
+    assert main(["caption", str(image), "--model", str(trained), "--set", "rerank_neighbours=0"]) == 0
+    reranking.config = reranking.config.replace(rerank_neighbours=0)
+    assert capsys.readouterr().out == reranking.caption(str(image)) + "\n"
     assert main(["caption", str(image), "--model", str(out), "--set", "rerank_neighbours=5"]) == 2
     err = capsys.readouterr().err
     assert "has no neighbour index" in err and "python -m captioning rerank" in err and "Traceback" not in err
@@ -102,7 +123,7 @@ def test_user_errors_are_one_line(argv, message, capsys):
 
 def test_bad_image_to_caption_is_one_line(shapes_dir, tmp_path, capsys):
     out = tmp_path / "model"
-    main(["train", "--data", str(shapes_dir), "--out", str(out), "--quiet", *FAST])
+    assert main(["train", "--data", str(shapes_dir), "--out", str(out), "--quiet", *FAST]) == 0
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert main(["caption", str(tmp_path / "bad.jpg"), "--model", str(out)]) == 2
     assert "cannot read image" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 import optuna
 import pytest
 import yaml
+from optuna.distributions import FloatDistribution
 
 from captioning.config import ConfigError
 from tuning.optuna_engine import make_pruner, make_sampler
@@ -14,28 +15,78 @@ def _settings(tmp_path, **search):
     return read_settings(path)
 
 
-@pytest.mark.parametrize("name, kind", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-                                        ("cmaes", optuna.samplers.CmaEsSampler)])
-def test_each_sampler_name_builds_its_sampler(tmp_path, name, kind):
+@pytest.mark.parametrize("name, kind, relative", [("tpe", optuna.samplers.TPESampler, ["a", "b", "x"]),
+                                                  ("random", optuna.samplers.RandomSampler, []),
+                                                  ("cmaes", optuna.samplers.CmaEsSampler, ["x"])])
+def test_each_sampler_name_builds_its_sampler(tmp_path, name, kind, relative):
     sampler = make_sampler(_settings(tmp_path, sampler=name), seed=3, workers=True)
     assert type(sampler) is kind
-    if name == "tpe":  # multivariate over grouped keys, and a constant liar when workers share the study
-        assert sampler._multivariate and sampler._group and sampler._constant_liar
+    # The keys sampled together: TPE multivariate over groups (a conditional key, here "a" or "b", joins its group),
+    # CMA-ES over the keys every trial has, random none.
+    study = optuna.create_study(direction="maximize")
+    for i in range(6):
+        other = "a" if i % 2 else "b"
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": i / 10, other: 0.2}, value=float(i),
+            distributions={"x": FloatDistribution(0, 1), other: FloatDistribution(0, 1)}))
+    assert sorted(sampler.infer_relative_search_space(study, study.ask())) == relative
 
 
-@pytest.mark.parametrize("search, kind, budget", [
-    ({}, optuna.pruners.MedianPruner, None),
-    ({"pruner": "hyperband", "pruner_min_epochs": 2, "pruner_max_epochs": 8}, optuna.pruners.HyperbandPruner, (2, 8)),
-    ({"pruner": "successive_halving", "pruner_min_epochs": 2}, optuna.pruners.SuccessiveHalvingPruner, None),
-    ({"pruner": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner, None),
-    ({"pruner": "none"}, optuna.pruners.NopPruner, None)])
-def test_each_pruner_name_builds_its_pruner_with_its_budget(tmp_path, search, kind, budget):
+def _batches(sampler, size: int) -> list[list[float]]:
+    """The values suggested for 8 batches of `size` trials started together, each told after the whole batch."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    batches = []
+    for _ in range(8):
+        running = [study.ask() for _ in range(size)]
+        batches.append([trial.suggest_float("x", 0, 1) for trial in running])
+        for trial, x in zip(running, batches[-1]):
+            study.tell(trial, -abs(x - 0.7))
+    return batches
+
+
+def test_tpe_spreads_the_trials_that_workers_start_together(tmp_path):
+    """A constant liar when workers share the study: running trials count as bad, so trials started together spread
+    out instead of all sampling the best region; one trial at a time, it samples as without workers."""
+    settings = _settings(tmp_path, sampler="tpe")
+    assert _batches(make_sampler(settings, seed=3, workers=True), 1) == _batches(make_sampler(settings, seed=3), 1)
+    spread = [[max(b) - min(b) for b in _batches(make_sampler(settings, seed=3, workers=workers), 3)[2:]]
+              for workers in (True, False)]  # (the first 2 batches: random start-up)
+    assert min(spread[0]) > 0.1 > max(spread[1]), spread
+
+
+def _first_pruned_epochs(pruner, bad_trials: int = 8) -> list[int | None]:
+    """After 9 good trials of 20 epochs, the epoch at which each of `bad_trials` bad ones is pruned (None: never).
+    (Hyperband draws each trial's bracket from the study's name and the trial's number.)"""
+    study = optuna.create_study(study_name="pruned", direction="maximize", pruner=pruner)
+    for quality in range(1, 10):
+        trial = study.ask()
+        for epoch in range(1, 21):
+            trial.report(quality * epoch, epoch)
+            trial.should_prune()
+        study.tell(trial, quality * 20)
+    epochs = []
+    for _ in range(bad_trials):
+        trial = study.ask()
+        epochs.append(next((epoch for epoch in range(1, 21) if trial.report(0.001, epoch) or trial.should_prune()),
+                           None))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return epochs
+
+
+@pytest.mark.parametrize("search, kind, epochs", [
+    # median: after pruner_startup_trials, from the epoch after pruner_warmup_epochs (default 1)
+    ({}, optuna.pruners.MedianPruner, {2}),
+    # each bracket's first rung, at 2 * 3**bracket epochs: two brackets within 8 epochs, a third (18) within 20
+    ({"pruner": "hyperband", "pruner_min_epochs": 2, "pruner_max_epochs": 8}, optuna.pruners.HyperbandPruner, {2, 6}),
+    ({"pruner": "hyperband", "pruner_min_epochs": 2, "pruner_max_epochs": 20}, optuna.pruners.HyperbandPruner,
+     {2, 6, 18}),
+    ({"pruner": "successive_halving", "pruner_min_epochs": 2}, optuna.pruners.SuccessiveHalvingPruner, {2}),
+    ({"pruner": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner, {3}),  # the default first rung
+    ({"pruner": "none"}, optuna.pruners.NopPruner, {None})])
+def test_each_pruner_name_builds_its_pruner_with_its_budget(tmp_path, search, kind, epochs):
     pruner = make_pruner(_settings(tmp_path, **search))
     assert type(pruner) is kind
-    if budget:
-        assert (pruner._min_resource, pruner._max_resource) == budget
-    if search == {"pruner": "successive_halving"}:  # the default first rung: epoch 3
-        assert pruner._min_resource == 3
+    assert set(_first_pruned_epochs(pruner)) == epochs  # (Hyperband: each bad trial pruned in its own bracket)
 
 
 def test_keras_tuner_hyperband_takes_fewer_epochs_than_optunas_first_rung(tmp_path):

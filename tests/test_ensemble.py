@@ -29,10 +29,15 @@ def _captioner(decoder: str, seed: int, vocab: Vocabulary = VOCAB, **changes) ->
     return Captioner(config, vocab, model)
 
 
-def _probabilities(decoder, inputs, tokens):
+def _probabilities(decoder, inputs, tokens, steps: int = 1):
+    """The next-word distributions after feeding `tokens`, then (steps > 1) "red" at each further step."""
     context, states = decoder.start(inputs)
-    logp, _ = decoder.step(tokens, states, context)
-    return np.exp(logp.numpy())
+    distributions = []
+    for step in range(steps):
+        logp, states = decoder.step(tokens if step == 0 else np.full(len(tokens), VOCAB.index["red"], np.int32),
+                                    states, context)
+        distributions.append(np.exp(logp.numpy()))
+    return distributions[0] if steps == 1 else np.stack(distributions)
 
 
 def test_the_ensemble_predicts_the_mean_of_its_members_distributions():
@@ -46,9 +51,15 @@ def test_the_ensemble_predicts_the_mean_of_its_members_distributions():
 
 
 def test_a_two_layer_merge_model_first_and_an_attention_model_decode_together():
-    merge = _captioner("merge", 9, lstm_layers=2)
-    ensemble = Captioner.ensemble([merge, _captioner("attention", 10)])
+    merge, attention = _captioner("merge", 9, lstm_layers=2), _captioner("attention", 10)
+    ensemble = Captioner.ensemble([merge, attention])
     assert ensemble.config.decoder == "attention" and len(ensemble.decode_features(INPUTS, 3)) == len(INPUTS)
+    assert ensemble.model is merge.model and ensemble.members == [attention.model]  # the members themselves
+    # Each member's states (two layers' for the merge one) go on to its next step: the mean, step after step.
+    tokens = np.full(len(INPUTS), VOCAB.start_id, np.int32)
+    expected = (_probabilities(merge.decoder, INPUTS.features, tokens, steps=3)
+                + _probabilities(attention.decoder, INPUTS, tokens, steps=3)) / 2
+    np.testing.assert_allclose(_probabilities(ensemble.decoder, INPUTS, tokens, steps=3), expected, atol=1e-5)
 
 
 def test_a_model_ensembled_with_itself_captions_as_the_model():
@@ -85,7 +96,17 @@ def test_members_that_cannot_be_decoded_together_are_refused(other, message):
 def test_attention_members_must_share_one_map_grid():
     with pytest.raises(EnsembleError, match="maps of different grids"):
         Captioner.ensemble([_captioner("attention", 11), _captioner("attention", 12, image_size=64)])
-    Captioner.ensemble([_captioner("merge", 11), _captioner("attention", 12, image_size=64)])  # a merge one may differ
+    merge, attention = _captioner("merge", 11), _captioner("attention", 12, image_size=64)
+    ensemble = Captioner.ensemble([merge, attention])  # a merge one may differ: each reads its own features
+    assert ensemble.models == [merge.model, attention.model]
+    assert ensemble.decoder_configs[1] == attention.config  # (the first: the ensemble's, reading the maps)
+    assert [c.image_size for c in ensemble.feature_groups] == [merge.config.image_size, 64]
+    maps = ImageInputs(_rng.normal(size=(6, 5)).astype(np.float32), _rng.normal(size=(6, 4, 3)).astype(np.float32))
+    tokens = np.full(len(INPUTS), VOCAB.start_id, np.int32)
+    expected = (_probabilities(merge.decoder, INPUTS.features, tokens)
+                + _probabilities(attention.decoder, maps, tokens)) / 2
+    np.testing.assert_allclose(_probabilities(ensemble.decoder, MemberInputs([INPUTS.features, maps]), tokens),
+                               expected, atol=1e-5)
 
 
 def test_members_reading_other_features_each_read_their_own_part(tmp_path):

@@ -13,6 +13,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from tuning.optuna_engine import QUEUED
+
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
@@ -42,34 +44,51 @@ def _runs(state_filter=""):
 
 
 def _start_search(tmp_path, shapes_dir):
+    """The search in the background, its output into search.log (a pipe nobody reads while the test polls could fill
+    up and stall it)."""
     (tmp_path / "kill.yaml").write_text(EXPERIMENT)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path), env
+    with open(tmp_path / "search.log", "w") as log:
+        return subprocess.Popen(_command(tmp_path, shapes_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                text=True, cwd=tmp_path), env
+
+
+def _wait_for(process, tmp_path, condition, what: str, timeout: float = 240):
+    """Poll `condition` until it returns something true; fail, with the search's output, if the search ends first
+    or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"the search ended before {what}:\n{(tmp_path / 'search.log').read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; the search printed:\n"
+                        f"{(tmp_path / 'search.log').read_text()}")
+        time.sleep(0.2)
 
 
 def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
     process, env = _start_search(tmp_path, shapes_dir)
-    deadline = time.time() + 240
+    client = MlflowClient()
+
+    def trial_1_mid_training():  # trial 0 complete, trial 1 running with its values and epoch 1 of 6 logged
+        running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '1'")
+        return (_runs(" and tags.state = 'complete'") and running
+                and client.get_metric_history(running[0].info.run_id, "dev_loss"))
+
     try:
-        # Wait until trial 0 is complete and trial 1 is running, then kill the process without warning.
-        while time.time() < deadline:
-            complete = _runs(" and tags.state = 'complete'")
-            running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '1'")
-            if complete and running:
-                break
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.5)
-        else:
-            raise AssertionError("trial 1 never started")
-        time.sleep(2)
+        # Killed without warning as soon as trial 1 has finished an epoch: five epochs are left to it then.
+        _wait_for(process, tmp_path, trial_1_mid_training, "trial 1 to finish an epoch after trial 0 completed")
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
     finally:
         if process.poll() is None:
             process.kill()
-    assert len(_runs(" and attributes.status = 'RUNNING'")) == 1  # the victim, as the kill left it
+    running = [r.data.tags["trial"] for r in _runs(" and attributes.status = 'RUNNING'")]
+    assert running == ["1"], f"RUNNING trial runs after the kill: {running}"  # the victim, as the kill left it
 
     done = subprocess.run(_command(tmp_path, shapes_dir), env=env, capture_output=True, text=True, cwd=tmp_path,
                           timeout=300)
@@ -90,19 +109,19 @@ def test_sigkill_mid_trial_then_restart(tmp_path, shapes_dir):
 def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_rerun_resumes_that_trial(tmp_path, shapes_dir):
     process, env = _start_search(tmp_path, shapes_dir)
     client = MlflowClient()
+
+    def two_epochs_of_trial_0():
+        running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'")
+        return running and len(client.get_metric_history(running[0].info.run_id, "dev_loss")) >= 2
+
     try:
-        deadline = time.time() + 240
-        while True:  # until trial 0 has finished two epochs
-            running = _runs(" and attributes.status = 'RUNNING' and tags.trial = '0'")
-            if running and len(client.get_metric_history(running[0].info.run_id, "dev_loss")) >= 2:
-                break
-            assert process.poll() is None and time.time() < deadline, process.stdout.read()
-            time.sleep(0.5)
+        _wait_for(process, tmp_path, two_epochs_of_trial_0, "trial 0 to finish two epochs")
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    out = (tmp_path / "search.log").read_text()
     assert process.returncode == 130, out
     assert "interrupted; the running trial does not count yet" in out and "Traceback" not in out
     run, = _runs()
@@ -110,7 +129,7 @@ def test_ctrl_c_mid_trial_is_a_clean_stop_and_the_rerun_resumes_that_trial(tmp_p
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     interrupted, queued = optuna.load_study(study_name="k", storage=storage).trials
     assert interrupted.state.name == "FAIL" and "fail_reason" not in interrupted.user_attrs  # lost: not counted
-    assert queued.state.name == "WAITING" and queued.system_attrs["fixed_params"] == interrupted.params  # runs next
+    assert queued.state.name == "WAITING" and queued.user_attrs[QUEUED] == interrupted.params  # runs next
     checkpoints = Path(env["CAPTIONING_CACHE"]) / "checkpoints" / f"k-{hashlib.sha256(storage.encode()).hexdigest()[:8]}"
     assert [p.name for p in checkpoints.glob("*.npz")] == ["trial-0.npz"]
 
@@ -135,7 +154,7 @@ def test_interrupted_values_are_queued_once_and_give_way_after_repeated_kills():
     values = {"dropout": 0.25}
     assert requeue(study, 0, values, attempt=1) and requeue(study, 0, values, attempt=1)  # the second: already queued
     waiting, = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert waiting.user_attrs == {RESUMES: 0, ATTEMPT: 2}
+    assert waiting.user_attrs == {RESUMES: 0, ATTEMPT: 2, QUEUED: values}
     trial = study.ask()  # the queued values come first
     assert trial.suggest_float("dropout", 0.0, 0.3) == 0.25 and trial.user_attrs[RESUMES] == 0
     assert not requeue(study, trial.number, values, attempt=MAX_ATTEMPTS)  # killed every time: new values instead

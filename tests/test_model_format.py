@@ -76,7 +76,9 @@ def test_a_version_with_a_pickled_wrapper_is_refused_and_relogged(bundle, shapes
         load_model("models:/captioner/1")
     with pytest.raises(MlflowException, match="pickle is disallowed"):  # MLflow's own loader, in this project
         mlflow.pyfunc.load_model("models:/captioner/1")
-    assert Captioner.load(download_bundle("models:/captioner/1")).vocab.words  # the bundle readers take it as it is
+    saved = Captioner.load(bundle)
+    # The bundle readers take it as it is: the logged bundle's vocabulary and captions.
+    assert Captioner.load(download_bundle("models:/captioner/1")).vocab.words == saved.vocab.words
 
     MlflowClient().set_registered_model_alias("captioner", "champion", "1")
     assert main(["relog", "models:/captioner@champion"]) == 0
@@ -85,8 +87,12 @@ def test_a_version_with_a_pickled_wrapper_is_refused_and_relogged(bundle, shapes
     relogged = MlflowClient().get_model_version("captioner", "2")
     assert relogged.tags["relogged_from"] == "1" and relogged.tags["dev_bleu4"] == "0.25"
     assert "promotion" not in relogged.tags and relogged.run_id == run.info.run_id
-    image = base64.b64encode((shapes_dir / "Images" / "scene_00004.jpg").read_bytes()).decode()
-    assert load_model("models:/captioner/2").predict(pd.DataFrame({"image": [image]}))["caption"][0] is not None
+    image = shapes_dir / "Images" / "scene_00004.jpg"
+    encoded = base64.b64encode(image.read_bytes()).decode()
+    relogged_model = load_model("models:/captioner/2")
+    for params, width in (({}, None), ({"beam_width": 1}, 1)):  # its own beam width, and greedy
+        captions = relogged_model.predict(pd.DataFrame({"image": [encoded]}), params=params)["caption"].tolist()
+        assert captions == [saved.caption(str(image), beam_width=width)], params
     assert main(["relog", "models:/captioner/2"]) == 0
     assert "already logged as code" in capsys.readouterr().out
 

@@ -112,7 +112,8 @@ def test_report_of_two_runs_by_id(searched, capsys):
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'trial' and tags.state = 'complete'",
+    runs = client.search_runs([experiment.experiment_id],
+                              "tags.`captioning.role` = 'trial' and tags.state = 'complete'",
                               order_by=["attributes.start_time ASC"])
     chosen = [runs[0], runs[-1]]  # a trial of each study (Optuna's first, Keras Tuner's last)
     assert {run.data.tags["captioning.study"] for run in chosen} == {"opt", "kt"}

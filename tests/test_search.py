@@ -1,6 +1,7 @@
 """Real searches (Optuna and Keras Tuner) on generated scenes, logged to a temporary MLflow database."""
 import base64
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from captioning.decoding.captioner import Captioner
+from captioning.serving.mlflow_model import download_bundle
 from tuning import search as search_cli
 from tuning import summary
 
@@ -93,22 +96,26 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     _dashboard_lists(f"sqlite:///{workspace[0] / 'optuna.db'}", "s1")
 
     # The registered champion loads by alias and captions bytes, and paths where the serving machine allows them.
+    # Its captions are those of its bundle, loaded as a Captioner: with its own beam width, and greedy.
     monkeypatch.setenv("CAPTIONING_SERVE_LOCAL_PATHS", "1")  # trusted batch scoring, read when the model loads
     model = mlflow.pyfunc.load_model("models:/captioner@champion")
+    saved = Captioner.load(download_bundle("models:/captioner@champion"))
     image = shapes_dir / "Images" / "scene_00002.jpg"
     frame = pd.DataFrame({"image": [str(image), base64.b64encode(image.read_bytes()).decode()]})
-    captions = model.predict(frame)["caption"].tolist()
-    assert len(captions) == 2 and captions[0] == captions[1] and captions[0]
-    assert model.predict(pd.DataFrame({"image": [str(image)]}), params={"beam_width": 1})["caption"][0]
+    beam, greedy = saved.caption(str(image)), saved.caption(str(image), beam_width=1)
+    assert beam and greedy
+    assert model.predict(frame)["caption"].tolist() == [beam] * 2
+    assert model.predict(pd.DataFrame({"image": [str(image)]}), params={"beam_width": 1})["caption"][0] == greedy
 
     # The CLI captions with it by alias, and an unknown alias is one line naming what is registered.
     from captioning.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace[2])
     capsys.readouterr()
-    assert main(["caption", str(shapes_dir / "Images" / "scene_00005.jpg"), "--model",
-                 "models:/captioner@champion"]) == 0
-    assert capsys.readouterr().out.strip()
+    other = shapes_dir / "Images" / "scene_00005.jpg"
+    assert main(["caption", str(other), "--model", "models:/captioner@champion"]) == 0
+    caption = saved.caption(str(other))
+    assert caption.strip() and capsys.readouterr().out == caption + "\n"
     assert main(["caption", str(image), "--model", "models:/captioner@nope"]) == 2
     err = capsys.readouterr().err
     assert "no registered model models:/captioner@nope" in err and "captioner (@champion)" in err
@@ -170,15 +177,31 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(workspace, shapes_di
                for t in study.trials)
 
 
-def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_best(workspace, shapes_dir, capsys):
+def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_best(workspace, shapes_dir, capsys,
+                                                                                    monkeypatch):
     # (With CIDEr-D as the metric: any dev score can be; and another sampler and pruner than the defaults.)
-    # The budget of 1 s ends trial 0's training after its first of 2 epochs: complete with that epoch.
+    # The budget of 2 s ends trial 0's training after its first of 2 epochs: complete with that epoch. However fast
+    # that epoch was, it ends once the budget has: the search reports it to the trial only then.
+    from tuning.trials import TrialRunner
+
+    run, reported = TrialRunner.run, []
+
+    def run_until_the_budget_ends(self, number, params, report=None, **kwargs):
+        def report_once_the_budget_ended(epoch: int, value: float) -> None:
+            while epoch == 1 and time.monotonic() < self.deadline:  # until the instant the search checks
+                time.sleep(max(0.0, self.deadline - time.monotonic()))
+            reported.append((number, epoch))
+            report(epoch, value)
+
+        return run(self, number, params, report_once_the_budget_ended, **kwargs)
+
+    monkeypatch.setattr(TrialRunner, "run", run_until_the_budget_ends)
     experiment = workspace[1]
     experiment.write_text(experiment.read_text().replace("  pruner: median\n", "  sampler: tpe\n  pruner: hyperband\n"))
-    assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "1", "--budget", "1",
+    assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "2", "--budget", "2",
                    "--metric", "dev_cider") == 0
     out = capsys.readouterr().out
-    assert "trial   0" in out and "trial   1" not in out and "dev_cider" in out
+    assert "trial   0" in out and "trial   1" not in out and "dev_cider" in out and reported == [(0, 1)]
     assert "(the budget ended it after epoch 1)" in out
     assert "registered: captioner version 1 as @champion" in out and "other workers" not in out
     client = mlflow.MlflowClient()
@@ -229,9 +252,6 @@ def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(works
 
 
 def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(workspace, shapes_dir, capsys):
-    from captioning.decoding.captioner import Captioner
-    from captioning.serving.mlflow_model import download_bundle
-
     text = TINY % "{low: 0.005, high: 0.02, log: true}"
     text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n")
     workspace[1].write_text(text + "    feature_flip: {choices: [false, true]}\n")  # members of other features

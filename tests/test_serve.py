@@ -12,7 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import mlflow
+
+from captioning.decoding.captioner import Captioner
 from captioning.serving.infra import free_port
+from captioning.serving.mlflow_model import download_bundle
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
@@ -27,7 +31,7 @@ search:
 """
 
 
-def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png):
+def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png, monkeypatch):
     (tmp_path / "serve.yaml").write_text(EXPERIMENT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The server starts `uvicorn` through the shell, so the environment's bin folder must be on PATH (as it is in an
@@ -55,10 +59,17 @@ def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png):
                 assert time.time() < deadline, "the model server did not answer within 120 s"
                 time.sleep(1)
         assert status == 200, answer
-        caption = answer["predictions"][0]["caption"]
-        assert isinstance(caption, str) and len(caption.split()) >= 2
+        # The served captions are the champion's bundle's, loaded as a Captioner, on the same image and decoding:
+        # greedy, and its beam of 3 re-ranked by consensus with the index its bundle carries.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        saved = Captioner.load(download_bundle("models:/captioner@champion"))
+        assert saved.neighbours is not None and saved.config.rerank_neighbours == 3
+        greedy, reranked = (saved.caption(str(image), beam_width=width) for width in (1, 3))
+        assert len(greedy.split()) >= 2 and len(reranked.split()) >= 2
+        assert answer["predictions"] == [{"caption": greedy}]
         status, answer = _post(port, [encoded], beam_width=3)  # re-ranked
-        assert status == 200 and len(answer["predictions"][0]["caption"].split()) >= 2, answer
+        assert status == 200 and answer["predictions"] == [{"caption": reranked}], answer
 
         # Refusals are a 400 with one line (after MLflow's echo of the request), never a 500 or a traceback. A path
         # gets the same answer whether or not the file exists on the server.

@@ -8,7 +8,13 @@ import pytest
 
 from captioning.config import ConfigError
 from tuning import search as search_cli
-from tuning.optuna_engine import SEARCH, open_study, recorded_search
+from tuning.optuna_engine import (
+    QUEUED,
+    SEARCH,
+    open_study,
+    queued_values,
+    recorded_search,
+)
 from tuning.settings import SearchSettings
 from tuning.space import parse_space
 
@@ -55,6 +61,21 @@ def test_a_study_from_before_the_record_takes_the_search_it_is_resumed_with(tmp_
     assert recorded_search("old", storage)["space"]["dropout"] == "dropout in [0.0, 0.3]"
 
 
+def test_a_queued_trial_keeps_its_values_in_its_user_attributes_and_one_from_before_still_reads(tmp_path):
+    """The values a queued trial will run (the baseline's, an interrupted trial's) are read back through Optuna's
+    public API; a trial queued by an earlier version of this project, without QUEUED, is still read."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    values = {"units": 64, "dropout": 0.1}
+    study = open_study("s", storage, _settings(SPACE), _never_lost, baseline=values)
+    [queued] = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert queued.user_attrs[QUEUED] == values and queued_values(queued) == values
+    running = study.ask()  # started, interrupted before its values were suggested: they run again
+    assert running.params == {} and queued_values(study.trials[-1]) == values
+    suggested = study.ask()  # a trial that suggested its values runs those
+    suggested.suggest_categorical("units", [32, 64])
+    assert queued_values(study.trials[-1]) == suggested.params
+
+
 def test_the_search_command_refuses_before_writing_anything(tmp_path, shapes_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -77,7 +98,11 @@ def test_keras_tuner_records_its_search_and_refuses_another(tmp_path):
     from tuning.keras_tuner_engine import recorded_search as recorded_tuner_search
 
     open_tuner(tmp_path, "kt", None, _settings(SPACE))
-    assert recorded_tuner_search(tmp_path, "kt")["space"]["units"] == "units in [32, 64]"
-    open_tuner(tmp_path, "kt", None, _settings(SPACE))  # the same search: reloads
+    record = {"space": {"units": "units in [32, 64]", "dropout": "dropout in [0.0, 0.3]"}, "metric": "dev_bleu4"}
+    assert recorded_tuner_search(tmp_path, "kt") == record
+    files = sorted(tmp_path.rglob("*"))
+    reloaded = open_tuner(tmp_path, "kt", None, _settings(SPACE))  # the same search: reloads, as it was
+    assert recorded_tuner_search(tmp_path, "kt") == record and sorted(tmp_path.rglob("*")) == files
+    assert reloaded.oracle.max_trials == 2 and reloaded.settings.metric == "dev_bleu4"
     with pytest.raises(ConfigError, match="the metric was dev_bleu4, now dev_cider"):
         open_tuner(tmp_path, "kt", None, _settings(SPACE, metric="dev_cider"))

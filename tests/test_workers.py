@@ -8,11 +8,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -49,17 +51,49 @@ pytestmark = pytest.mark.skipif(not _postgres_installed() and not os.environ.get
                                 reason="PostgreSQL server not installed (apt-get install postgresql)")
 
 
+def _infra(root: Path, *command: str) -> subprocess.CompletedProcess:
+    """The local servers' command line, as a user runs it (python -m captioning.serving.infra)."""
+    return subprocess.run([sys.executable, "-m", "captioning.serving.infra", *command, "--dir", str(root)],
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def servers():
-    root = Path(tempfile.mkdtemp(prefix="captioning-infra-", dir="/tmp"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
-    infra = local_infra.start(root / "infra", local_infra.free_port(), local_infra.free_port())
+    """PostgreSQL and an MLflow server started with the command line (`start`), stopped with it (`stop`) after the
+    module's tests, which then finds both stopped (`status`)."""
+    base = Path(tempfile.mkdtemp(prefix="captioning-infra-", dir="/tmp"))
+    base.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
+    root = base / "infra"
+    started = _infra(root, "start", "--pg-port", str(local_infra.free_port()), "--mlflow-port",
+                     str(local_infra.free_port()))
+    assert started.returncode == 0, started.stderr[-3000:]
+    infra = local_infra.Infra.load(root)
+    assert f"127.0.0.1:{infra.pg_port}" in started.stdout and infra.password not in started.stdout
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(infra.tracking_uri)
     yield infra
     mlflow.set_tracking_uri(previous)
-    local_infra.stop(infra.root)
-    shutil.rmtree(root, ignore_errors=True)
+    stopped = _infra(root, "stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr[-3000:]
+    after = _infra(root, "status")
+    assert "PostgreSQL  stopped" in after.stdout and "MLflow      stopped" in after.stdout, after.stdout
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_servers_command_line_reports_them_and_exports_what_workers_need(servers, tmp_path):
+    status = _infra(servers.root, "status")
+    assert status.returncode == 0 and "PostgreSQL  running" in status.stdout
+    assert f"MLflow      running at {servers.tracking_uri}" in status.stdout
+    env = _infra(servers.root, "env")
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in env.stdout.splitlines())
+    storage, tracking = exports["CAPTIONING_STORAGE"].strip("'"), exports["MLFLOW_TRACKING_URI"].strip("'")
+    assert (storage, tracking) == (servers.storage, servers.tracking_uri)
+    with sqlalchemy.create_engine(storage).connect() as connection:  # what a worker's Optuna storage opens
+        assert connection.execute(sqlalchemy.text("select 1")).scalar() == 1
+    with urllib.request.urlopen(f"{tracking}/health", timeout=30) as answer:
+        assert answer.status == 200
+    nothing = _infra(tmp_path / "none", "status")
+    assert nothing.returncode == 2 and "nothing was set up" in nothing.stderr and "infra start --dir" in nothing.stderr
 
 
 def _worker(servers, tmp_path, shapes_dir, study):
@@ -140,10 +174,34 @@ def _check_consistent(servers, study, trials_asked, output):
     return trials, by_number
 
 
+def _start_together(servers, study, workers, start, count):
+    """Start `count` workers while this test holds the study's lock, and release it only once all of them wait on
+    it (PostgreSQL lists their waiting advisory locks), so that none starts trials before the others are up."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from captioning.core.locks import Guard
+
+    engine = sqlalchemy.create_engine(servers.storage, poolclass=NullPool)
+
+    def all_waiting():
+        with engine.connect() as connection:
+            return connection.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar() == count
+
+    try:
+        with Guard(servers.storage, study).hold("holding the workers back"):
+            workers.extend(start() for _ in range(count))
+            _wait_for(all_waiting, f"the {count} workers to wait on the study's lock", workers)
+    finally:
+        engine.dispose()
+
+
 def test_three_workers_share_one_study_through_a_database_restart(servers, tmp_path, shapes_dir):
     (tmp_path / "workers.yaml").write_text(EXPERIMENT % (3, 6))
-    workers = [_worker(servers, tmp_path, shapes_dir, "trio") for _ in range(3)]
+    workers = []
     try:
+        _start_together(servers, "trio", workers, lambda: _worker(servers, tmp_path, shapes_dir, "trio"), 3)
         _wait_for(lambda: any(t.state == TrialState.COMPLETE for t in _trials(servers, "trio")),
                   "a completed trial", workers)
         local_infra.restart_postgres(servers)  # mid-search: workers retry instead of crashing
@@ -153,7 +211,9 @@ def test_three_workers_share_one_study_through_a_database_restart(servers, tmp_p
             w.kill()
     output = "\n".join(outputs)
     trials, _ = _check_consistent(servers, "trio", 6, output)
-    assert len({t.user_attrs[WORKER] for t in trials}) >= 2, output  # the trials really were shared
+    # The trials really were shared: released together, the workers claimed their first trials within the lock's
+    # hand-overs (milliseconds), long before one worker could have run all six (seconds each).
+    assert len({t.user_attrs[WORKER] for t in trials}) >= 2, output
     assert sum("registered: trio version 1" in out for out in outputs) >= 1, output
 
 

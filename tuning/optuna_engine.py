@@ -36,6 +36,7 @@ WORKER = "worker"  # user attribute: host:pid of the process running the trial
 RESUMES = "resumes"  # user attribute: the interrupted trial whose values (and checkpoint) this one takes up
 ATTEMPT = "attempt"  # user attribute: how many interrupted trials in a row have run these values (1: none before)
 BASELINE = "baseline"  # user attribute (True): the trial runs the experiment's base config
+QUEUED = "queued_values"  # user attribute of a queued trial: the values enqueue_trial gave it
 RUN_ID = "mlflow_run_id"  # user attribute of a recorded trial: its MLflow run, the mirror of this record
 CUT = "cut_by_budget_after_epoch"  # user attribute of a complete trial whose training search.budget ended
 SEARCH = "search"  # study user attribute: the search space and metric the study was created for
@@ -82,7 +83,7 @@ def open_study(name: str, storage: str, settings, on_lost: Callable[..., None],
     study.sampler = make_sampler(settings, seed % 2**32, workers=shared(storage))
     study.pruner = make_pruner(settings)
     if baseline and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(baseline, user_attrs={BASELINE: True})
+        study.enqueue_trial(baseline, user_attrs={BASELINE: True, QUEUED: baseline})
     return study
 
 
@@ -310,15 +311,16 @@ def requeue(study: optuna.Study, number: int, values: dict, attempt: int, baseli
         return False
     if not any(t.user_attrs.get(RESUMES) == number for t in study.get_trials(deepcopy=False,
                                                                             states=(TrialState.WAITING,))):
-        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1,
+        study.enqueue_trial(values, user_attrs={RESUMES: number, ATTEMPT: attempt + 1, QUEUED: values,
                                                 **({BASELINE: True} if baseline else {})})
     return True
 
 
 def queued_values(trial: FrozenTrial) -> dict:
-    """The values a trial runs: those suggested, or before that those enqueue_trial gave it (which Optuna keeps in
-    the system attribute `fixed_params` until they are suggested)."""
-    return trial.params or trial.system_attrs.get("fixed_params", {})
+    """The values a trial runs: those suggested, or before that those it was queued with (QUEUED), read through
+    Optuna's public API only. (A trial queued by a version before QUEUED and stopped before it suggested its values
+    has none here: queued again, it draws new ones.)"""
+    return trial.params or trial.user_attrs.get(QUEUED, {})
 
 
 def fail(study: optuna.Study, number: int) -> bool:

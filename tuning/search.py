@@ -26,7 +26,7 @@ from pathlib import Path
 
 from captioning.config import ConfigError, load_config
 from captioning.core.cache import cache_root
-from captioning.core.locks import Guard, shared
+from captioning.core.locks import FileLock, Guard, LockHeld, shared
 from captioning.core.names import check_name, inside
 from captioning.core.project import experiments_dir
 from captioning.core.tracking import (
@@ -266,12 +266,10 @@ def _check_keras_tuner_alone(storage: str) -> None:
                           f"{redact(storage)}; for several workers use --engine optuna")
 
 
-def _single_worker_lock(storage: str | None, study: str):
+def _single_worker_lock(storage: str | None, study: str) -> FileLock | None:
     """An exclusive lock for a study whose state is a local file (Optuna on SQLite, Keras Tuner's folder), held
-    until main() returns or the process dies (the kernel drops it even after kill -9). None for a database server,
-    which several workers may share."""
-    import fcntl
-
+    until main() returns or the process dies (the kernel drops it even after kill -9); refused at once if another
+    search holds it. None for a database server, which several workers may share."""
     if storage is None:
         path, what = inside(run_state("keras_tuner"), f"{study}.lock"), "Keras Tuner keeps its state in local files"
     elif storage.startswith("sqlite:///"):
@@ -280,17 +278,15 @@ def _single_worker_lock(storage: str | None, study: str):
             "SQLite storage serves one process"
     else:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
+    lock = FileLock(path, if_held="refuse", say=f"another search is already running study {study!r} here, and "
+                    f"{what}; wait for it to finish, or run parallel workers on a database server: --storage "
+                    "postgresql://USER@HOST/DB")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(f"another search is already running study {study!r} here, and {what}; wait for it to "
-                          "finish, or run parallel workers on a database server: --storage "
-                          "postgresql://USER@HOST/DB") from None
-    _LOCKS.append(handle)
-    return handle
+        lock.acquire()
+    except LockHeld as exc:
+        raise ConfigError(str(exc)) from None
+    _LOCKS.append(lock)
+    return lock
 
 
 _LOCKS: list = []  # held until main() returns

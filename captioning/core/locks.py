@@ -1,4 +1,5 @@
-"""Locks that let only one process at a time do a step: a PostgreSQL advisory lock named after a study or a
+"""Locks that let only one process at a time do a step: a file lock on this machine (FileLock: the feature store's
+appends, a study on a local file, a registered name's aliases), a PostgreSQL advisory lock named after a study or a
 registered model (nothing on SQLite, which has one process), with retries while that database restarts; and the
 registry's lock on a registered name's aliases (a file lock, plus the advisory lock on a shared study storage)."""
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -16,7 +18,80 @@ T = TypeVar("T")
 # Connection settings for PostgreSQL: give up connecting after 10 s, and notice a vanished peer within ~30 s.
 KEEPALIVE = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
-PATIENCE_SECONDS = 600.0  # how long a worker waits for its database to come back before giving up
+PATIENCE_SECONDS = 600.0  # how long a worker waits for its database to come back before giving up, by default
+PATIENCE_SETTING = "CAPTIONING_RETRY_SECONDS"  # the environment variable that changes it
+
+
+class LockHeld(RuntimeError):
+    """Another process holds a FileLock taken with if_held="refuse"; the message says what to do."""
+
+
+class FileLock:
+    """An exclusive lock on a file among processes (fcntl.flock), held from acquire() (or entering a with block)
+    until release(), the with block's end or the process's end. The kernel drops it when its holder dies, even by
+    kill -9, because the holder's descriptor closes with it: a crash never leaves a stale lock behind.
+
+    If another process holds it: if_held="wait" waits until it is free, first logging `say` if given (so that a
+    wait is never silent where it may be long); if_held="refuse" raises LockHeld(say) at once."""
+
+    def __init__(self, path: Path, if_held: str = "wait", say: str | None = None,
+                 log: Callable[[str], None] = print):
+        if if_held not in ("wait", "refuse"):
+            raise ValueError(f"if_held is {if_held!r}; give 'wait' or 'refuse'")
+        self.path, self.if_held, self.say, self.log = Path(path), if_held, say, log
+        self._handle = None
+
+    def acquire(self) -> FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if self.if_held == "refuse":
+                    raise LockHeld(self.say or f"another process holds the lock {self.path}") from None
+                if self.say:
+                    self.log(self.say)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)  # (even if a forked child still has the descriptor)
+            self._handle.close()
+            self._handle = None
+
+    close = release
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def patience_seconds() -> float:
+    """How long retry() waits for a database: $CAPTIONING_RETRY_SECONDS, else PATIENCE_SECONDS (read at each call,
+    so that a test or a worker's environment may shorten it)."""
+    text = os.environ.get(PATIENCE_SETTING, "").strip()
+    if not text:
+        return PATIENCE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:  # (also NaN)
+        raise ValueError(f"${PATIENCE_SETTING} is {text!r}; give a number of seconds, 0 or more (default "
+                         f"{PATIENCE_SECONDS:.0f})")
+    return seconds
 
 
 def shared(storage: str) -> bool:
@@ -89,8 +164,9 @@ class Guard:
 
 def retry(call: Callable[[], T], what: str, log: Callable[[str], None] = print) -> T:
     """call(), again and again while the database is unreachable (waits 1, 2, 4 ... 15 s), for up to
-    PATIENCE_SECONDS."""
-    deadline, wait, said = time.monotonic() + PATIENCE_SECONDS, 1.0, False
+    patience_seconds(); then the last error is raised, after a line that says so."""
+    patience = patience_seconds()
+    deadline, wait, said = time.monotonic() + patience, 1.0, False
     while True:
         try:
             result = call()
@@ -98,19 +174,26 @@ def retry(call: Callable[[], T], what: str, log: Callable[[str], None] = print) 
             if not unreachable(exc):
                 raise
             note_outage()
-            if time.monotonic() + wait > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log(f"search: the study database is still unreachable after {_duration(patience)} while {what}; "
+                    f"giving up (${PATIENCE_SETTING} sets how long to retry)")
                 raise
             if not said:
                 log(f"search: the study database is unreachable while {what}; retrying for up to "
-                    f"{PATIENCE_SECONDS / 60:.0f} min")
+                    f"{_duration(patience)}")
                 said = True
-            time.sleep(wait)
+            time.sleep(min(wait, left))  # the last try comes at the deadline, not a back-off step past it
             wait = min(wait * 2, 15.0)
         else:
             if said:
                 note_outage()  # the grace clock starts when the database is back, not at the last failure
                 log(f"search: the study database is back ({what})")
             return result
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:g} s"
 
 
 _CONNECTION_LOST = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
@@ -158,20 +241,11 @@ def registry_lock(name: str, storage: str | None = None, log: Callable[[str], No
     (workers on several machines) also an advisory lock there, so that two searches never interleave reading the
     champion, registering and moving the alias. Yields the advisory lock's guard (still_held() tells whether a
     database restart dropped it)."""
-    path = _lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"registry: waiting for another process that is moving {name}'s aliases")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            guard = Guard(storage or "sqlite:", f"registry:{name}")
-            with guard.hold(f"moving {name}'s aliases"):
-                yield guard
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(_lock_path(name), say=f"registry: waiting for another process that is moving {name}'s aliases",
+                  log=log):
+        guard = Guard(storage or "sqlite:", f"registry:{name}")
+        with guard.hold(f"moving {name}'s aliases"):
+            yield guard
 
 
 def _lock_path(name: str) -> Path:

@@ -16,7 +16,6 @@ A changed image has a new hash and is extracted again; a stale entry cannot be r
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from captioning.core.cache import atomic_write, cache_root
 from captioning.core.graph import aligned_zeros
+from captioning.core.locks import FileLock
 from captioning.data.images import ImageInfo, load_rgb
 from captioning.features.encoders import Encoder
 
@@ -134,22 +134,7 @@ class MapStore:
 
     def lock(self):
         """An exclusive lock on the store (a context manager), so that two extracting processes do not interleave."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        return _FileLock(self.directory / "lock")
-
-
-class _FileLock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.file = open(self.path, "a")
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+        return FileLock(self.directory / "lock")  # waits: the holder is extracting maps that this one then reads
 
 
 # float16 -> float32 by table look-up: about 3x faster here than NumPy's or TensorFlow's own conversion, which made

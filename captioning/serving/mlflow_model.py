@@ -3,9 +3,9 @@
 A logged captioner is "models from code": its code is captioning/serving/pyfunc_model.py (with the `captioning`
 package as code_paths) and its one artifact, `captioner`, the bundle (config, vocabulary, decoder); nothing is
 pickled. Versions logged before that hold a pickled wrapper (python_model.pkl): `load_model` refuses them and says how
-to re-log them, and `relog_captioner` does it. The project's own readers (the app, `python -m captioning ... --model models:/...`,
-reports) read only the bundle, so they take old and new versions alike. The encoder weights are resolved offline by
-name on the serving machine, so every logged model stays a few MB.
+to re-log them, and `relog_captioner` does it. The project's own readers (the app, `python -m captioning ... --model
+models:/...`, reports) read only the bundle, so they take old and new versions alike. The encoder weights are
+resolved offline by name on the serving machine, so every logged model stays a few MB.
 """
 from __future__ import annotations
 
