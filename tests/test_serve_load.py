@@ -3,6 +3,7 @@ captioner, 2 clients, 40 requests (4 malformed, one of each kind); every answer 
 400, none failed. And the answer check itself refuses wrong answers."""
 import json
 import random
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -12,26 +13,19 @@ from benchmarks import serve_load
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory, shapes_dir) -> str:
-    """A tracking URI whose registry holds `captioner@champion`: a merge decoder trained for one epoch on raw pixels,
-    logged as a model from code (as a search logs its trials)."""
-    from captioning.config import Config
+def champion(tmp_path_factory) -> str:
+    """A tracking URI whose registry holds `captioner@champion`: the small attention captioner of
+    tests/fixtures/legacy (no training here), logged by this code as a model from code, as a search logs its trials."""
     from captioning.core import tracking
-    from captioning.features.prepare import load_and_report, prepare
     from captioning.serving.mlflow_model import log_captioner
-    from captioning.training.run import train_and_evaluate
 
     root = tmp_path_factory.mktemp("serve-load")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    config = Config(encoder="pixels", image_size=32, feature_grid=4, vocab_min_count=1, max_length=24,
-                    embedding_size=16, units=32, epochs=1, beam_width=2)
-    result = train_and_evaluate(config, prepare(config, load_and_report(shapes_dir, log=lambda line: None),
-                                                progress=False), eval_splits=(), verbose=False)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(experiment_id=tracking.ensure_experiment("serve-load")):
-            info = log_captioner(result.captioner.save(root / "captioner"))
+            info = log_captioner(Path(__file__).resolve().parent / "fixtures" / "legacy" / "bundle")
         version = mlflow.register_model(info.model_uri, "captioner").version
         MlflowClient(uri).set_registered_model_alias("captioner", "champion", version)
     finally:
