@@ -2,7 +2,6 @@
 on a local PostgreSQL server for workers opening a study together; Keras Tuner's own oracle in a temporary folder); a
 resumed study does not run it again."""
 import dataclasses
-import os
 import secrets
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from optuna.trial import TrialState
 from captioning.config import Config
 from captioning.core.locks import Guard
 from captioning.serving import infra as local_infra
+from markers import requires_postgres
 from tuning import search as search_cli
 from tuning.keras_tuner_engine import CaptionTuner
 from tuning.optuna_engine import (
@@ -156,16 +156,7 @@ def test_keras_tuner_reruns_an_interrupted_baseline_with_its_values(tmp_path, se
     assert again.trial_id == "0" and again.hyperparameters.values == BASELINE_VALUES
 
 
-def _postgres_installed() -> bool:
-    try:
-        local_infra.postgres_bin()
-        return True
-    except local_infra.InfraError:
-        return False
-
-
-@pytest.mark.skipif(not _postgres_installed() and not os.environ.get("CAPTIONING_REQUIRE_POSTGRES"),
-                    reason="PostgreSQL server not installed (apt-get install postgresql)")
+@requires_postgres
 def test_workers_opening_a_new_shared_study_together_queue_one_baseline(settings):
     """As search.py opens the study: under the study's lock (without it, four workers here queued two or three)."""
     root = Path(tempfile.mkdtemp(prefix="captioning-baseline-", dir="/tmp"))

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from captioning.serving import registry
+from markers import requires_postgres
 
 
 @pytest.fixture(scope="module")
@@ -225,18 +226,7 @@ def test_a_champion_that_cannot_be_scored_keeps_its_place(store, tmp_path, monke
     assert outcome["test"]["test_bleu4"] >= 0  # the registered version is still scored on test
 
 
-def _postgres_installed() -> bool:
-    from captioning.serving import infra
-
-    try:
-        infra.postgres_bin()
-        return True
-    except infra.InfraError:
-        return False
-
-
-@pytest.mark.skipif(not _postgres_installed() and not os.environ.get("CAPTIONING_REQUIRE_POSTGRES"),
-                    reason="PostgreSQL server not installed (apt-get install postgresql)")
+@requires_postgres
 def test_a_promotion_whose_lock_was_lost_moves_nothing(store):
     """Workers share a PostgreSQL study storage: the registry also holds an advisory lock there. Its connection cut
     by the server while the champion is scored (as a restart does) stops the promotion before anything is written."""

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from captioning.serving import infra as local_infra
+from markers import requires_postgres
 from tuning.optuna_engine import ERROR, WORKER, held
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,17 +39,7 @@ search:
 """
 
 
-def _postgres_installed() -> bool:
-    try:
-        local_infra.postgres_bin()
-        return True
-    except local_infra.InfraError:
-        return False
-
-
-# CI installs PostgreSQL (.ci/run) and sets CAPTIONING_REQUIRE_POSTGRES=1, so there a missing server fails.
-pytestmark = pytest.mark.skipif(not _postgres_installed() and not os.environ.get("CAPTIONING_REQUIRE_POSTGRES"),
-                                reason="PostgreSQL server not installed (apt-get install postgresql)")
+pytestmark = requires_postgres
 
 
 def _infra(root: Path, *command: str) -> subprocess.CompletedProcess:
