@@ -1,7 +1,7 @@
 """Locks that let only one process at a time do a step: a file lock on this machine (FileLock: the feature store's
-appends, a study on a local file, a registered name's aliases), a PostgreSQL advisory lock named after a study or a
-registered model (nothing on SQLite, which has one process), with retries while that database restarts; and the
-registry's lock on a registered name's aliases (a file lock, plus the advisory lock on a shared study storage)."""
+appends, a study on a local file), a PostgreSQL advisory lock named after a study or a registered model (nothing on
+SQLite, which has one process) with retries while that database restarts, and the registry's lock on a registered
+name's aliases (a FileLock, plus the advisory lock on a shared study storage)."""
 from __future__ import annotations
 
 import contextlib

@@ -78,7 +78,7 @@ def _run(scorers: dict, references, raw_references, hypotheses) -> dict[str, flo
     scores: dict[str, float] = {}
     for scorer, names in scorers.items():
         found = scorer(references, raw_references)(hypotheses)
-        scores.update({name: value for name, value in found.items() if name in names or name not in REGISTRY})
+        scores.update({name: value for name, value in found.items() if name in names})
     return scores
 
 
