@@ -31,21 +31,27 @@ class Config:
     # Text.
     vocab_min_count: int = 5
     max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
-    # Decoder: a registered family (captioning.models): merge (the seed's: the pooled vector added after the LSTM) or
-    # attention (Show-Attend-Tell soft attention over the encoder's spatial map; captioning/models/attention.py).
+    # Decoder: a registered family (captioning.models): merge (the seed's: the pooled vector added after the LSTM),
+    # attention (Show-Attend-Tell soft attention over the encoder's spatial map; captioning/models/attention.py) or
+    # transformer (pre-layer-norm blocks cross-attending to the map; captioning/models/transformer.py).
     decoder: str = "merge"
-    embedding_size: int = 256
+    embedding_size: int = 256  # the word embedding; the transformer's width (split over transformer_heads)
     units: int = 512
     lstm_layers: int = 1  # merge only (the attention decoder has one LSTM)
     dropout: float = 0.5
     attention_units: int = 256  # attention only: the size of the attention MLP
     attention_penalty: float = 1.0  # attention only: weight of the doubly stochastic attention regulariser
+    transformer_layers: int = 2  # transformer only: decoder blocks
+    transformer_heads: int = 4  # transformer only: attention heads (embedding_size must divide by it)
+    transformer_ff: int = 1024  # transformer only: units of each block's feed-forward layer
     # Training.
     learning_rate: float = 1e-3
     batch_size: int = 64
     epochs: int = 20
     patience: int = 3  # epochs without improvement of the selection metric before stopping
     lr_decay: float = 0.5  # after an epoch that does not improve the selection metric, learning_rate *= lr_decay
+    warmup_steps: int = 0  # n > 0: the rate rises linearly to learning_rate over the first n updates (then lr_decay)
+    label_smoothing: float = 0.0  # e > 0: each target's loss takes e of its weight from the whole vocabulary
     selection_metric: str = "bleu4"  # dev-split metric used for early stopping and model selection
     selection_beam: int = 1  # how dev is decoded after each epoch: 1 greedy (fast), k beam search of width k
     seed: int = 0
@@ -86,7 +92,9 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0,  # added on 2026-11-30: defaults
-              "rerank_neighbours": 0, "rerank_weight": 0.5}
+              "rerank_neighbours": 0, "rerank_weight": 0.5,
+              "transformer_layers": 2, "transformer_heads": 4, "transformer_ff": 1024,  # added on 2026-12-07
+              "warmup_steps": 0, "label_smoothing": 0.0}
 FLIP_MODES = ("average", "augment")
 SCST_BASELINES = ("mean", "greedy")
 
@@ -115,7 +123,8 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _check(config: Config) -> Config:
     positive = ("image_size", "feature_grid", "vocab_min_count", "embedding_size", "units", "lstm_layers",
-                "batch_size", "epochs", "beam_width", "attention_units", "selection_beam")
+                "batch_size", "epochs", "beam_width", "attention_units", "selection_beam", "transformer_layers",
+                "transformer_heads", "transformer_ff")
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {getattr(config, key)}")
@@ -135,6 +144,14 @@ def _check(config: Config) -> Config:
                               f"{key}={value}; set {key}={value} (or another decoder)")
     if config.attention_penalty < 0:
         raise ConfigError(f"config key 'attention_penalty' must be 0 (off) or more, got {config.attention_penalty}")
+    if config.embedding_size % config.transformer_heads:
+        raise ConfigError(f"config key 'embedding_size' ({config.embedding_size}) must divide into transformer_heads "
+                          f"({config.transformer_heads}) equal heads; choose e.g. transformer_heads="
+                          f"{_divisor(config.embedding_size, config.transformer_heads)}")
+    if config.warmup_steps < 0:
+        raise ConfigError(f"config key 'warmup_steps' must be 0 (off) or more, got {config.warmup_steps}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"config key 'label_smoothing' must be in [0, 1) (0: off), got {config.label_smoothing}")
     if config.colour_grid < 0:
         raise ConfigError(f"config key 'colour_grid' must be 0 (off) or more, got {config.colour_grid}")
     if config.flip_mode not in FLIP_MODES:
@@ -169,6 +186,11 @@ def _check(config: Config) -> Config:
     if config.encoder not in encoder_names():
         raise ConfigError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(encoder_names())}")
     return config
+
+
+def _divisor(size: int, heads: int) -> int:
+    """The divisor of size nearest to heads (the fix a head-count error suggests)."""
+    return min((h for h in range(1, size + 1) if size % h == 0), key=lambda h: (abs(h - heads), h))
 
 
 def from_dict(values: dict[str, Any]) -> Config:

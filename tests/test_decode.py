@@ -11,10 +11,11 @@ from captioning.features.store import ImageInputs
 from captioning.models import make_step_decoder
 from captioning.models.attention import build_attention_decoder
 from captioning.models.merge import build_decoder
+from captioning.models.transformer import build_transformer_decoder
 from captioning.training.batches import seed_everything
 
 
-@pytest.fixture(scope="module", params=["merge", "attention"])
+@pytest.fixture(scope="module", params=["merge", "attention", "transformer"])
 def tiny(request):
     """Either decoder, small, with random weights; `features` is what its decoding reads for 6 images."""
     seed_everything(0)
@@ -24,19 +25,27 @@ def tiny(request):
     if request.param == "merge":
         config = Config(encoder="pixels", embedding_size=8, units=16, lstm_layers=2, dropout=0.0)
         model = build_decoder(config, len(vocab), feature_dim=5)
-    else:
+    elif request.param == "attention":
         config = Config(encoder="pixels", embedding_size=8, units=16, attention_units=6, dropout=0.0,
                         decoder="attention")
         model = build_attention_decoder(config, len(vocab), feature_dim=5, positions=4, channels=3)
         features = ImageInputs(features, rng.normal(size=(6, 4, 3)).astype(np.float32))
+    else:  # the step with its cache of keys and values
+        config = Config(encoder="pixels", embedding_size=8, transformer_layers=2, transformer_heads=2,
+                        transformer_ff=16, dropout=0.0, decoder="transformer", max_length=40)
+        model = build_transformer_decoder(config, len(vocab), feature_dim=5, positions=4, channels=3)
+        features = ImageInputs(features, rng.normal(size=(6, 4, 3)).astype(np.float32))
     for weights in model.weights:  # larger random weights, so that the distributions are far from uniform
         weights.assign(weights.numpy() * 3)
+    if request.param == "transformer":  # its random captions end at once: make the end token less likely
+        bias = model.get_layer("logits").bias
+        bias.assign(bias.numpy() - 2.0 * (np.arange(len(vocab)) == vocab.end_id))
     return vocab, model, make_step_decoder(model, vocab), features
 
 
 def _model_inputs(model, features, tokens):
     """Teacher-forcing inputs: caption row i belongs to image i."""
-    if model.name == "attention_decoder":
+    if model.name in ("attention_decoder", "transformer_decoder"):
         return [features.maps, features.features, np.arange(len(tokens), dtype=np.int32), tokens]
     return [features, tokens]
 
@@ -190,11 +199,14 @@ def test_attention_weights_of_decoding_equal_teacher_forcing_and_images_are_proj
     forcing (a distribution over positions per word); captions that share an image through
     `owner` get what they get with a copy of the image each."""
     vocab, model, decoder, features = tiny
-    if model.name != "attention_decoder":
+    if model.name == "merge_decoder":
         assert greedy_search(decoder, features, 6, with_attention=True)[1] == [None] * len(features)
         assert beam_search(decoder, features, 6, 2, 0.5, with_attention=True)[1] == [None] * len(features)
         return
-    attention_model = keras.Model(model.inputs, model.get_layer("attention_lstm").output[2])
+    if model.name == "attention_decoder":
+        attention_model = keras.Model(model.inputs, model.get_layer("attention_lstm").output[2])
+    else:  # the last block's cross-attention, mean of heads, over the map cells (the pooled token is the last)
+        attention_model = keras.Model(model.inputs, model.get_layer("transformer").output[1][:, :, :-1])
     greedy, greedy_maps = greedy_search(decoder, features, 6, with_attention=True)
     beams, beam_maps = beam_search(decoder, features, 6, 3, 0.5, with_attention=True)
     assert [len(m) for m in beam_maps] == [len(b) for b in beams] == [3] * len(features)
@@ -206,7 +218,8 @@ def test_attention_weights_of_decoding_equal_teacher_forcing_and_images_are_proj
         expected = attention_model(_model_inputs(model, features[[i]], tokens), training=False).numpy()[0]
         assert weights.shape == (len(ids), 4)
         np.testing.assert_allclose(weights, expected[:len(ids)], atol=1e-5)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        if model.name == "attention_decoder":
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
     tokens = np.array([[vocab.start_id, 4, 5], [vocab.start_id, 6, 4], [vocab.start_id, 5, 5]], np.int32)
     shared = model([features.maps[:2], features.features[:2], np.array([0, 1, 0], np.int32), tokens], training=False)
     copied = model([features.maps[[0, 1, 0]], features.features[[0, 1, 0]], np.arange(3, dtype=np.int32), tokens],

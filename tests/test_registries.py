@@ -67,8 +67,8 @@ def test_a_toy_decoder_and_metric_train_decode_save_and_ensemble(toys, shapes, t
 
 
 def test_unregistered_names_are_clear_errors(toys, tiny_config):
-    with pytest.raises(ConfigError, match="'decoder' must be one of merge, attention, toy, got 'transformer'"):
-        tiny_config.replace(decoder="transformer")
+    with pytest.raises(ConfigError, match="'decoder' must be one of merge, attention, transformer, toy, got 'gru'"):
+        tiny_config.replace(decoder="gru")
     with pytest.raises(ConfigError, match="'selection_metric' must be one of .*distinct, loss"):
         tiny_config.replace(selection_metric="spice")
     metrics.register_metric(metrics.MetricSpec("shortness", toys[1].distinct_scorer, higher_is_better=False))

@@ -93,3 +93,9 @@ register_decoder(DecoderSpec(
     build=lazy("captioning.models.attention", "build_model"),
     step_decoder=lazy("captioning.models.attention", "AttentionStepDecoder"),
     description="Show-Attend-Tell soft attention over the encoder's spatial map, one LSTM"))
+register_decoder(DecoderSpec(
+    name="transformer", model_name="transformer_decoder", reads_maps=True,
+    keys=("transformer_layers", "transformer_heads", "transformer_ff"),
+    build=lazy("captioning.models.transformer", "build_model"),
+    step_decoder=lazy("captioning.models.transformer", "TransformerStepDecoder"),
+    description="pre-layer-norm transformer blocks cross-attending to the encoder's spatial map"))

@@ -26,25 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from captioning.config import Config
-from captioning.core.graph import graph_function, host_tensor
+from captioning.core.graph import graph_function
 from captioning.data.text import END, SPECIALS, Vocabulary
-from captioning.models.base import banned_logits
+from captioning.models.base import PACKAGE, Gather, banned_logits, maps_tensor
 
-PACKAGE = "captioning"
 END_ID = SPECIALS.index(END)  # every Vocabulary's id of the end token
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Gather(keras.layers.Layer):
-    """Rows of per-image tensors for each caption: inputs [per_image (images, ...), owner (captions,)]."""
-
-    def call(self, inputs):
-        values, owner = inputs
-        return tf.gather(values, tf.cast(owner, tf.int32))
-
-    def compute_output_shape(self, input_shapes):
-        values, owner = input_shapes
-        return (owner[0], *values[1:])
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -192,7 +178,7 @@ class AttentionStepDecoder:
     def start(self, inputs) -> tuple[tuple[tf.Tensor, ...], list[tf.Tensor]]:
         """Per-image context (annotations, keys) and the initial states [h, c]."""
         annotations, keys, h, c = self._start(tf.convert_to_tensor(inputs.features, tf.float32),
-                                              _maps_tensor(inputs.maps))
+                                              maps_tensor(inputs.maps))
         return (annotations, keys), [h, c]
 
     def _start_impl(self, features, maps):
@@ -227,11 +213,6 @@ class AttentionStepDecoder:
 
     def training_inputs(self, inputs, owner: np.ndarray, tokens: np.ndarray) -> list:
         """The model's inputs for captions `tokens` of the images `inputs` (caption i is of image owner[i])."""
-        return [_maps_tensor(inputs.maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
+        return [maps_tensor(inputs.maps), tf.constant(inputs.features, tf.float32), tf.constant(owner, tf.int32),
                 tf.constant(tokens, tf.int32)]
 
-
-def _maps_tensor(maps) -> tf.Tensor:
-    """The maps (a MapView, read now, or an array) as a float32 tensor (images, positions, channels)."""
-    maps = maps.read() if hasattr(maps, "read") else np.asarray(maps)
-    return host_tensor(maps.reshape(len(maps), -1, maps.shape[-1]))

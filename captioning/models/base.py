@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from captioning.core.graph import host_tensor
 from captioning.data.text import PAD, START, UNK, Vocabulary
+
+# The package of this project's Keras layers: a saved decoder names them captioning>Gather, captioning>AttentionLSTM...
+PACKAGE = "captioning"
 
 
 @runtime_checkable
@@ -64,8 +69,52 @@ def masked_cross_entropy(targets, logits):
     return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """masked_cross_entropy with label smoothing: each real token's loss is (1 - e) x its cross-entropy plus e x the
+    mean over the vocabulary of -log p (a uniform target's share), so the decoder is not pushed to certainty."""
+
+    def __init__(self, label_smoothing: float, name: str = "smoothed_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, targets, logits):
+        mask = tf.cast(tf.not_equal(targets, 0), logits.dtype)
+        logp = tf.nn.log_softmax(logits)
+        picked = -tf.gather(logp, tf.cast(targets, tf.int32), batch_dims=2)
+        losses = (1.0 - self.label_smoothing) * picked - self.label_smoothing * tf.reduce_mean(logp, axis=-1)
+        return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def caption_loss(label_smoothing: float = 0.0):
+    """The teacher-forcing loss: masked_cross_entropy, smoothed when label_smoothing > 0."""
+    return SmoothedCrossEntropy(label_smoothing) if label_smoothing else masked_cross_entropy
+
+
 def banned_logits(vocab: Vocabulary) -> tf.Tensor:
     """Added to the logits of every decoding step: never generate padding, the start token or <unk>."""
     banned = np.zeros(len(vocab), np.float32)
     banned[[vocab.index[PAD], vocab.index[START], vocab.index[UNK]]] = -np.inf
     return tf.constant(banned)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Gather(keras.layers.Layer):
+    """Rows of per-image tensors for each caption: inputs [per_image (images, ...), owner (captions,)]."""
+
+    def call(self, inputs):
+        values, owner = inputs
+        return tf.gather(values, tf.cast(owner, tf.int32))
+
+    def compute_output_shape(self, input_shapes):
+        values, owner = input_shapes
+        return (owner[0], *values[1:])
+
+
+def maps_tensor(maps) -> tf.Tensor:
+    """The maps (a MapView, read now, or an array) as a float32 tensor (images, positions, channels)."""
+    maps = maps.read() if hasattr(maps, "read") else np.asarray(maps)
+    return host_tensor(maps.reshape(len(maps), -1, maps.shape[-1]))

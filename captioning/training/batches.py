@@ -110,14 +110,31 @@ class CaptionBatches:
                 yield batch
 
 
-def run_pass(model: keras.Model, batches: CaptionBatches, train: bool) -> float:
-    """One pass of `batches` through the compiled model, training on them or not; the mean loss per caption.
+class WarmUp:
+    """A linear warm-up of the learning rate over the first `steps` updates, up to `rate` (the config's
+    learning_rate); after it, the rate is left to the optimizer (and to lr_decay). Read from the optimizer's own
+    update count, so a resumed training continues it."""
+
+    def __init__(self, rate: float, steps: int):
+        self.rate, self.steps = rate, steps
+
+    def before_update(self, optimizer) -> None:
+        done = int(optimizer.iterations.numpy())
+        if done < self.steps:
+            optimizer.learning_rate.assign(self.rate * (done + 1) / self.steps)
+
+
+def run_pass(model: keras.Model, batches: CaptionBatches, train: bool, warmup: WarmUp | None = None) -> float:
+    """One pass of `batches` through the compiled model, training on them or not (with `warmup`, its rate set
+    before each update); the mean loss per caption.
 
     A plain loop over `train_on_batch` rather than `fit` on a tf.data pipeline: fed from tf.data, the attention
     decoder's step ran at half speed here, with as much system time as user time (page faults in the step)."""
     step = model.train_on_batch if train else model.test_on_batch
     total, rows = 0.0, 0
     for x, y in batches.ahead():
+        if warmup is not None:
+            warmup.before_update(model.optimizer)
         total += float(step(x, y)) * len(y)
         rows += len(y)
     return total / max(rows, 1)

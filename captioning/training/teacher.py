@@ -14,8 +14,8 @@ from captioning.config import Config
 from captioning.data.text import Vocabulary
 from captioning.features.weights import arrays_sha256
 from captioning.models import build_model, decoder_spec, make_step_decoder
-from captioning.models.base import masked_cross_entropy
-from captioning.training.batches import CaptionBatches, run_pass, seed_everything
+from captioning.models.base import caption_loss
+from captioning.training.batches import CaptionBatches, WarmUp, run_pass, seed_everything
 from captioning.training.scst import SelfCritical
 from captioning.training.selection import Checkpoint, DevSelection
 
@@ -66,8 +66,9 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
     dev = CaptionBatches(dev_features, encode(dev_captions), config.batch_size, shuffle=False, seed=config.seed,
                          by_image=by_image)
     model = build_model(config, len(vocab), train_features)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_cross_entropy,
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=caption_loss(config.label_smoothing),
                   jit_compile=False)
+    warmup = WarmUp(config.learning_rate, config.warmup_steps) if config.warmup_steps else None
     model.optimizer.build(model.trainable_variables)  # now: the first step would otherwise be traced twice
     saver = None
     if checkpoint is not None:
@@ -97,7 +98,7 @@ def train_decoder(config: Config, vocab: Vocabulary, train_features: np.ndarray,
                 selection.decoder = make_step_decoder(model, vocab)  # shares the model's layers: sees every update
                 for epoch in range(done + 1, config.epochs + 1):
                     started = time.perf_counter()
-                    loss = run_pass(model, train, train=True)
+                    loss = run_pass(model, train, train=True, warmup=warmup)
                     train.on_epoch_end()  # the next epoch's order
                     selection.end_epoch(model, epoch, loss, run_pass(model, dev, train=False), model.optimizer,
                                         started)
