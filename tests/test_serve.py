@@ -1,7 +1,7 @@
 """`mlflow models serve --env-manager local` answers a REST request with a caption (offline: no new environment), and
 refuses server paths, a beam or a batch over the limits and unreadable rows with a 400 and one line. The served
-champion is an attention decoder that re-ranks its beam by consensus, with the index its bundle carries
-(tests/test_search.py loads a merge one through pyfunc)."""
+champion is a transformer decoder (1 block, 2 heads) that re-ranks its beam by consensus, with the index its bundle
+carries (tests/test_search.py loads a merge one through pyfunc, tests/test_legacy.py an attention one)."""
 import base64
 import json
 import os
@@ -21,8 +21,8 @@ from captioning.serving.mlflow_model import download_bundle
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
-         embedding_size: 32, units: 64, learning_rate: 0.01, dropout: 0.1, epochs: 2, decoder: attention,
-         attention_units: 16, rerank_neighbours: 3}
+         embedding_size: 32, learning_rate: 0.003, dropout: 0.1, epochs: 2, decoder: transformer,
+         transformer_layers: 1, transformer_heads: 2, transformer_ff: 64, rerank_neighbours: 3}
 search:
   trials: 1
   samples: 2
