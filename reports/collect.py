@@ -112,12 +112,16 @@ def _row(client: MlflowClient, run, registry: dict[str, str]) -> dict:
 
 
 def registry_marks(client: MlflowClient, model_name: str) -> dict[str, str]:
-    """run id -> 'champion (v3)', 'challenger (v4)' or 'v2' for every registered version of the model."""
+    """run id -> 'champion (v3)', 'challenger (v4)' or 'v2' for every registered version of the model; a version
+    whose decoding a search chose on dev (a run of its own, tuning/decoding_choice.py) marks its trial's run too."""
     aliases = aliases_by_version(client, model_name)
     marks = {}
     for version in client.search_model_versions(f"name = {quote(model_name)}"):
         alias = "/".join(aliases.get(str(version.version), []))
         marks[version.run_id] = f"{alias} (v{version.version})" if alias else f"v{version.version}"
+        source = client.get_run(version.run_id).data.tags.get("source_run")
+        if source:
+            marks.setdefault(source, f"{marks[version.run_id]}, decoding chosen on dev")
     return marks
 
 

@@ -119,7 +119,8 @@ def test_successive_halving_prunes_a_bad_trial_on_the_epochs_it_reports(tmp_path
     ({"pruner_min_epochs": 4, "pruner_max_epochs": 2}, "pruner_max_epochs (2) one >= pruner_min_epochs"),
     ({"pruner_reduction": 1}, "pruner_reduction must be a whole number >= 2, got 1"),
     ({"budget": 0}, "--budget (search.budget) must be a number of seconds > 0, got 0"),
-    ({"timeout": "1h"}, "--timeout (search.timeout) must be a number of seconds > 0, got '1h'")])
+    ({"timeout": "1h"}, "--timeout (search.timeout) must be a number of seconds > 0, got '1h'"),
+    ({"decoding_choice": "large"}, "unknown search.decoding_choice 'large'; choose one of full, small, off")])
 def test_bad_engine_choices_are_one_error_each(tmp_path, search, message):
     with pytest.raises(ConfigError) as error:
         _settings(tmp_path, **search)
@@ -142,6 +143,15 @@ def test_bad_search_settings_are_one_error_each(tmp_path, search, message):
     with pytest.raises(ConfigError) as error:
         _settings(tmp_path, **search)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_decoding_choice_is_off_unless_the_experiment_asks_for_it(tmp_path):
+    assert _settings(tmp_path).decoding_choice == "off"
+    assert _settings(tmp_path, decoding_choice="small").decoding_choice == "small"
+    for bare, value in (("off", "off"), ("on", "full")):  # YAML reads a bare off or on as a boolean
+        path = tmp_path / f"{bare}.yaml"
+        path.write_text(f"search:\n  decoding_choice: {bare}\n  space: {{units: {{choices: [32, 64]}}}}\n")
+        assert read_settings(path).decoding_choice == value
 
 
 def test_an_experiment_without_a_search_space_says_where_to_look(tmp_path):

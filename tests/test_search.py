@@ -2,6 +2,7 @@
 import base64
 import sys
 import time
+import types
 from pathlib import Path
 
 import mlflow
@@ -11,9 +12,13 @@ import pytest
 from mlflow import MlflowClient
 
 from captioning.decoding.captioner import Captioner
+from captioning.features.prepare import FeatureCache, load_and_report
 from captioning.serving.mlflow_model import download_bundle
+from reports.collect import registry_marks
 from tuning import search as search_cli
 from tuning import summary
+from tuning.decoding_choice import choose_decoding
+from tuning.settings import read_settings
 
 TINY = """
 config:
@@ -251,29 +256,82 @@ def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(works
     assert _trial_runs("busy") == []  # refused before any trial started
 
 
-def test_the_best_trials_decoded_together_are_registered_if_they_beat_the_best(workspace, shapes_dir, capsys):
+def test_a_search_ensembles_two_families_and_registers_the_decoding_it_chose_on_dev(workspace, shapes_dir, capsys):
+    # Trial 0 (merge, plain features) and trial 1 (attention, flip-averaged: the seeded sampler's draw) are decoded
+    # together when the study ends; then the beam width and re-ranking of the better model are chosen on dev (the
+    # small grid: 6 settings) and registered with it.
     text = TINY % "{low: 0.005, high: 0.02, log: true}"
-    text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n")
-    workspace[1].write_text(text + "    feature_flip: {choices: [false, true]}\n")  # members of other features
+    text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n  decoding_choice: small\n")
+    workspace[1].write_text(text + "    feature_flip: {choices: [false, true]}\n"
+                                   "    decoder: {choices: [merge, attention]}\n")
     assert _search(workspace, shapes_dir, "--study", "together") == 0
     out = capsys.readouterr().out
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tiny")
+    trials = _trial_runs("together")
+    assert [(r.data.params["decoder"], r.data.params["feature_flip"]) for r in trials] == [("merge", "False"),
+                                                                                          ("attention", "True")]
     [run] = client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")
     assert sorted(run.data.tags["members"].split(",")) == ["0", "1"] and run.data.tags["state"] == "complete"
-    assert sorted(r.data.params["feature_flip"] for r in _trial_runs("together")) == ["False", "True"]
     assert f"decodes with length_penalty {float(run.data.params['length_penalty']):g}, chosen on dev bleu4" in out
     assert "dev_bleu4" in run.data.metrics and "dev_greedy_bleu4" in run.data.metrics
-    best_single = max(r.data.metrics["dev_bleu4"] for r in _trial_runs("together"))
-    champion = client.get_model_version_by_alias("captioner", "champion")
-    if run.data.metrics["dev_bleu4"] > best_single:  # the rule, whichever way the tiny trials went
-        assert champion.run_id == run.info.run_id and "beats the best trial" in out
-    else:
-        assert champion.run_id != run.info.run_id and "does not beat the best trial" in out
     ensemble = Captioner.load(download_bundle(run.data.tags["model_uri"]))
-    assert len(ensemble.members) == 1 and len(ensemble.feature_groups) == 2  # each member reads its own features
+    assert sorted(c.decoder for c in ensemble.decoder_configs) == ["attention", "merge"]
+    assert len(ensemble.feature_groups) == 2  # each member reads its own features
+    best_single = max(trials, key=lambda r: r.data.metrics["dev_bleu4"])
+    if run.data.metrics["dev_bleu4"] > best_single.data.metrics["dev_bleu4"]:  # the rule, whichever way it went
+        best, label = run, f"the ensemble of trials {run.data.tags['members'].replace(',', ', ')}"
+        assert "beats the best trial" in out
+    else:
+        best, label = best_single, f"trial {best_single.data.tags['trial']}"
+        assert "does not beat the best trial" in out
+
+    # The decoding: every setting's dev scores printed and logged, the best by dev BLEU-4 (among re-rankings and the
+    # model's own beam) registered, with its index when it re-ranks.
+    assert f"search: the decoding of {label}, chosen on dev bleu4 among 6 settings" in out
+    assert sum(line.startswith(("  | 3 |", "  | 5 |")) for line in out.splitlines()) == 6
+    champion = client.get_model_version_by_alias("captioner", "champion")
+    registered = client.get_run(champion.run_id)
+    rows = mlflow.artifacts.load_dict(f"runs:/{registered.info.run_id}/decoding_choice.json")
+    assert {(r["beam_width"], r["rerank_neighbours"], r["rerank_weight"]) for r in rows} == {
+        (3, 0, 0.5), (5, 0, 0.5), (3, 10, 0.25), (3, 10, 0.5), (5, 10, 0.25), (5, 10, 0.5)}
+    [chosen] = [r for r in rows if r["chosen"]]
+    eligible = [r for r in rows if r["rerank_neighbours"] or r["beam_width"] == 3]
+    assert chosen == max(eligible, key=lambda r: r["dev_bleu4"])  # the first of equals: the plainest
+    setting = (chosen["beam_width"], chosen["rerank_neighbours"], chosen["rerank_weight"])
+    tags = champion.tags
+    assert (int(tags["beam_width"]), int(tags["rerank_neighbours"]), float(tags["rerank_weight"])) == setting
+    saved = Captioner.load(download_bundle("models:/captioner@champion"))
+    assert (saved.config.beam_width, saved.config.rerank_neighbours, saved.config.rerank_weight) == setting
+    assert (saved.neighbours is not None) == (setting[1] > 0)
+    assert registered.data.metrics["dev_bleu4"] == pytest.approx(chosen["dev_bleu4"])
+    assert "decoding_choice.md" in {a.path for a in client.list_artifacts(registered.info.run_id)}
+    if setting == (3, 0, 0.5):  # its own decoding: the best model's run is registered, the table logged on it
+        assert registered.info.run_id == best.info.run_id and registered.data.tags["decoding_choice"] == "kept"
+    else:  # a run of its own, its params the chosen decoding, its dev scores that decoding's
+        assert registered.data.tags["captioning.role"] == "decoding"
+        assert registered.data.tags["source_run"] == best.info.run_id
+        assert registered.data.params["beam_width"] == str(setting[0])
+        assert registered.data.params["rerank_neighbours"] == str(setting[1])
+        assert "dev_greedy_bleu4" in registered.data.metrics and "decoding_choice_seconds" in registered.data.metrics
+        assert registry_marks(client, "captioner")[best.info.run_id] == "champion (v1), decoding chosen on dev"
+        # Chosen again for the model it made, its own decoding wins: that run goes on as it is, the tables on it.
+        runner = types.SimpleNamespace(settings=read_settings(workspace[1]), experiment_id=experiment.experiment_id,
+                                       study="together", features=FeatureCache(load_and_report(shapes_dir)),
+                                       say=print)
+        capsys.readouterr()
+        assert choose_decoding(registered, runner).info.run_id == registered.info.run_id
+        assert "no other decoding beat the " in capsys.readouterr().out
+        kept = client.get_run(registered.info.run_id)
+        assert kept.data.tags["decoding_choice"] == "kept"
+        [again] = [r for r in mlflow.artifacts.load_dict(f"runs:/{kept.info.run_id}/decoding_choice.json")
+                   if r["chosen"]]
+        assert (again["beam_width"], again["rerank_neighbours"], again["rerank_weight"]) == setting
+        assert again["dev_bleu4"] == pytest.approx(chosen["dev_bleu4"])
     assert _search(workspace, shapes_dir, "--study", "together") == 0  # the finished study again: nothing new
+    assert "chosen on dev bleu4 among" not in capsys.readouterr().out
     assert len(client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'ensemble'")) == 1
+    assert len(client.search_runs([experiment.experiment_id], "tags.`captioning.role` = 'decoding'")) <= 1
     assert len(client.search_model_versions("name = 'captioner'")) == 1
 
 

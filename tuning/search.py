@@ -126,6 +126,7 @@ def search(args) -> None:
     from captioning.data.synthetic import dataset_path
     from captioning.features.prepare import load_and_report
     from tuning import tracking
+    from tuning.decoding_choice import choose_decoding
     from tuning.progress import EpochProgress
     from tuning.settings import read_settings
     from tuning.space import base_values
@@ -222,10 +223,11 @@ def search(args) -> None:
         return
     with guard.hold("registering the champion"):  # workers finishing together register once
         if server:  # nothing runs any more: close any trial run a lost worker left RUNNING
-            for role in ("trial", "ensemble"):
+            for role in ("trial", "ensemble", "decoding"):
                 tracking.close_stale_runs(experiment_id, study, role=role)
         summarize(client, parent, study, settings, dataset, uri, seconds, record(), storage,
-                  prepare=runner.features, ensemble=runner.ensemble)
+                  prepare=runner.features, ensemble=runner.ensemble,
+                  decoding=lambda best: choose_decoding(best, runner))
 
 
 def _experiment_path(name: str | None, embedded: bool) -> Path:
@@ -329,7 +331,7 @@ def _create_parent_run(client, experiment_id, name, study, settings, dataset, fi
     parent = run.info.run_id
     for key, value in {"engine": settings.engine, "data": str(dataset.root), "data_fingerprint": fingerprint,
                        "experiment": name, "metric": settings.metric, "seed": settings.seed,
-                       "ensemble": settings.ensemble,
+                       "ensemble": settings.ensemble, "decoding_choice": settings.decoding_choice,
                        **settings.strategy(base.epochs),
                        "storage": redact(storage) if settings.engine == "optuna" else str(run_state("keras_tuner")),
                        **{f"base.{k}": v for k, v in base.to_dict().items()}}.items():

@@ -14,6 +14,7 @@ ENGINES = ("optuna", "keras-tuner")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")  # Optuna: how a trial's epochs are cut short
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # Optuna: how values are chosen
 TUNERS = ("bayesian", "hyperband")  # Keras Tuner's oracle
+DECODING_CHOICES = ("full", "small", "off")  # the grids of tuning/decoding_choice.py, or none
 METRICS = dev_metrics()  # the built-in metrics' dev scores (check_metric also takes those registered since)
 
 
@@ -42,6 +43,10 @@ class SearchSettings:
     samples: int = 8  # dev images whose captions are logged with every trial
     ensemble: int = 1  # when the study ends: up to the best N complete trials decoded as one model, each next-best
     # trial joining only if it raises the dev metric (search.grow_ensemble)
+    # Then: the beam width and consensus re-ranking of the model to register, chosen on dev (tuning/decoding_choice.py;
+    # full: 30 settings, small: 6, off: the model's own decoding). Off unless asked for, as the ensemble is: the
+    # experiment says what a study spends after its trials (experiments/*.yaml ask for it).
+    decoding_choice: str = "off"
     heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
     grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
 
@@ -75,6 +80,8 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         raise ConfigError(f"unknown search setting(s) {', '.join(sorted(unknown))} in {experiment}; "
                           f"known: {', '.join(sorted(known))}")
     section["space"] = parse_space(section["space"])
+    if isinstance(section.get("decoding_choice"), bool):  # YAML reads a bare `off` (or `on`) as a boolean
+        section["decoding_choice"] = "full" if section["decoding_choice"] else "off"
     section.update({k: v for k, v in options.items() if v is not None})
     settings = SearchSettings(**section)
     if settings.engine not in ENGINES:
@@ -104,7 +111,8 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
 
 def _check_engine_choices(settings: SearchSettings) -> None:
     for key, value, choices in (("sampler", settings.sampler, SAMPLERS), ("pruner", settings.pruner, PRUNERS),
-                                ("tuner", settings.tuner, TUNERS)):
+                                ("tuner", settings.tuner, TUNERS), ("decoding_choice", settings.decoding_choice,
+                                                                    DECODING_CHOICES)):
         if value not in choices:
             raise ConfigError(f"unknown search.{key} {value!r}; choose one of {', '.join(choices)}")
     needs = {"gp": ("torch", "PyTorch (pip install torch)"), "cmaes": ("cmaes", "the cmaes package")}

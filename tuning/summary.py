@@ -1,5 +1,6 @@
-"""A finished study: its account, its best model (or the best ensemble of its best trials) registered by the
-registry's champion rule, and Optuna's figures on its parent run."""
+"""A finished study: its account, its best model (or the best ensemble of its best trials, with the beam width and
+re-ranking that score best on dev) registered by the registry's champion rule, and Optuna's figures on its parent
+run."""
 from __future__ import annotations
 
 from captioning.core.tracking import default_tracking_uri, redact
@@ -7,10 +8,12 @@ from captioning.serving.registry import promote_best
 
 
 def summarize(client, parent, study, settings, dataset, uri, seconds, record, storage=None, register=True,
-              prepare=None, ensemble=None) -> None:
+              prepare=None, ensemble=None, decoding=None) -> None:
     """The study's account (`record`: its trials by state, and its complete trials' MLflow runs, best first), then
     the best model (with search.ensemble > 1, the best ensemble of the best trials if one beats the best trial on
-    dev: see grow_ensemble) registered (captioning/serving/registry.py decides whether it becomes the champion)."""
+    dev: see grow_ensemble; `decoding`: run -> the run of that model with its decoding chosen on dev, unless
+    search.decoding_choice is off) registered (captioning/serving/registry.py decides whether it becomes the
+    champion)."""
     states, ranked = record
     print(f"\nsearch: {sum(states.values())} trials in study {study} "
           f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); this run took {seconds:.0f}s")
@@ -20,13 +23,21 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
     best = client.get_run(ranked[0])
     if register and ensemble is not None and settings.ensemble > 1 and len(ranked) > 1:
         best = grow_ensemble(best, ranked[1:settings.ensemble], ensemble, settings.metric)
-    m = best.data.metrics
-    width = int(float(best.data.params.get("beam_width", 3)))
+    if register and decoding is not None and settings.decoding_choice != "off":
+        try:
+            best = decoding(best)
+        except Exception as exc:  # the best model is registered all the same, with its own decoding
+            print(f"search: no decoding choice ({type(exc).__name__}: {exc}); the best model keeps its own")
+    from tuning.decoding_choice import describe  # (it imports TensorFlow: not before a search needs it)
+
+    m, params = best.data.metrics, best.data.params
+    decoded = describe((int(float(params.get("beam_width", 3))), int(float(params.get("rerank_neighbours", 0))),
+                        float(params.get("rerank_weight", 0.5))))
     name = best.data.tags.get("label") or f"trial {best.data.tags.get('trial')}"
     print(f"best: {name} (run {best.info.run_id}): {settings.metric} "
           f"{m[settings.metric]:.4f}")
-    print(f"  dev  BLEU-1..4 (beam-{width}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
-                                                         for n in range(1, 5)))
+    print(f"  dev  BLEU-1..4 ({decoded}): " + " ".join(f"{m.get(f'dev_bleu{n}', float('nan')):.4f}"
+                                                     for n in range(1, 5)))
     if not register:
         return
     outcome = promote_best(best, settings.registered_model, settings.metric, settings.promote_margin, dataset, study,
@@ -36,7 +47,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
     client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
     if outcome["test"]:
         test = outcome["test"]
-        print(f"  test BLEU-1..4 (beam-{width}, the registered version only): "
+        print(f"  test BLEU-1..4 ({decoded}; the registered version only): "
               + " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5)))
     print(f"registered: {settings.registered_model} version {version.version} as @{alias} ({outcome['why']})")
     print(f"load it:    mlflow.pyfunc.load_model('models:/{settings.registered_model}@{alias}')")

@@ -7,8 +7,9 @@
     (--name NAME for another registered model, --tracking-uri URI for another store, --storage for the searches'
      PostgreSQL storage, whose lock they take too: default $CAPTIONING_STORAGE)
 
-A search registers its best trial (`promote_best`): under the registry lock for that name, the challenger and the
-current champion are both scored now, on the same dev split, with the same decoding and this code; the challenger
+A search registers its best model (`promote_best`): under the registry lock for that name, the challenger and the
+current champion are both scored now, on the same dev split, each decoded as it is served (its own beam width and
+re-ranking; both greedy for a greedy metric), with this code; the challenger
 takes `champion` only if it beats the champion by `search.promote_margin`, else it gets `challenger`. The test split
 is scored for the registered version alone (trials log dev scores only), so nothing is chosen by its test score.
 """
@@ -215,20 +216,27 @@ def rollback(name: str, reason: str, storage: str | None = None, log: Callable[[
 # --- The champion rule --------------------------------------------------------------------------------------------
 
 def promote_best(best_run, name: str, metric: str, margin: float, dataset, study: str, storage: str | None = None,
-                 *, prepare, log: Callable[[str], None] = print, by: str | None = None) -> dict:
+                 *, prepare, log: Callable[[str], None] = print, by: str | None = None, export: bool = True) -> dict:
     """Register the search's best trial and give it `champion` if it beats the champion by `margin` on `metric`,
-    both scored now on the same split with the same decoding; then score the registered version on test.
+    both scored now on the same split, each decoded as it is served (both greedy for a dev_greedy_ metric); then
+    score the registered version on test.
     `prepare`: config -> the dataset's features (a cache: the challenger, champion and test scores share them).
-    `by`: who registers, for the promotion note (default: the search `study`). Returns {version, alias, why, test}."""
+    `by`: who registers, for the promotion note (default: the search `study`). With `export`, the version registered
+    is the trial's captioner logged again with its inference export (mlflow_model.log_with_export), so that it runs
+    without TensorFlow. Returns {version, alias, why, test}."""
     from captioning.serving.load import load_captioner
+    from captioning.serving.mlflow_model import log_with_export
 
     client = MlflowClient()
     model_uri, run_id = best_run.data.tags["model_uri"], best_run.info.run_id
     split, _, score_name = metric.partition("_")  # dev_greedy_bleu4: dev, greedy decoding, bleu4
     greedy, score_name = score_name.startswith("greedy_"), score_name.removeprefix("greedy_")
     challenger = load_captioner(model_uri)
-    width = 1 if greedy else challenger.config.beam_width  # the champion is decoded the same way
-    decoding = "greedy" if width == 1 else f"beam-{width}"
+    registering = model_uri  # the trial's bundle, or it again with its inference export (before the lock: minutes)
+    if export and not client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}"):
+        registering = log_with_export(model_uri, run_id, log)
+    width = 1 if greedy else challenger.config.beam_width  # each decoded as it is served (or both greedy)
+    decoding = _decoding(challenger.config, width)
     value = score(challenger, split, width, prepare)[score_name]  # (before the lock: it is the same)
     with registry_lock(name, storage, log) as guard:
         current = champion_info(name)
@@ -238,16 +246,21 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
             version = registered[0]
             return {"version": version, "alias": aliases[str(version.version)][0], "test": None,
                     "why": f"this run is already registered as version {version.version}"}
-        old, why = None, "first registered model"
+        old, why, against = None, "first registered model", decoding
         if current is not None:
             try:
                 champion = load_captioner(f"models:/{name}/{current.version}")
-                old = score(champion, split, width, prepare)[score_name]
+                own = 1 if greedy else champion.config.beam_width
+                against = _decoding(champion.config, own)
+                old = score(champion, split, own, prepare)[score_name]
             except Exception as exc:  # an old or damaged version: it cannot be compared, so nothing moves
                 why = (f"the champion (version {current.version}) cannot be scored here ({type(exc).__name__}: "
                        f"{exc}); promote by hand if you trust it: captioning-registry promote VERSION")
         tags = {"metric": metric, metric: f"{value:.6f}", "decoding": decoding, "split": split, "study": study,
-                "data_fingerprint": dataset.fingerprint()}
+                "data_fingerprint": dataset.fingerprint(), "beam_width": str(challenger.config.beam_width),
+                "rerank_neighbours": str(challenger.config.rerank_neighbours),
+                "rerank_weight": f"{challenger.config.rerank_weight:g}",
+                "inference_export": "openvino" if registering != model_uri else "none"}
         if old is not None:
             tags["champion_" + metric] = f"{old:.6f}"
         _check_held(guard, name)
@@ -256,13 +269,14 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
             for key, text in tags.items():
                 client.set_model_version_tag(name, str(version.version), key, text)
         else:
-            version = mlflow.register_model(model_uri, name, tags=tags)
+            version = mlflow.register_model(registering, name, tags=tags)
         beats = current is None or (old is not None and value > old + margin)  # an unscorable champion stays
         alias = CHAMPION if beats else CHALLENGER
         if old is not None:
             why = (f"{metric} {value:.4f} {'beats' if beats else 'does not beat'} the champion's {old:.4f} (version "
-                   f"{current.version}) by {'more than ' if beats else ''}the margin {margin:g} ({decoding}, both "
-                   "scored now)")
+                   f"{current.version}) by {'more than ' if beats else ''}the margin {margin:g} ("
+                   + (f"{decoding}, both" if against == decoding else f"{decoding} against its {against}, each")
+                   + " scored now)")
         _check_held(guard, name)
         now = champion_info(name)  # a move made without the lock (by hand in the UI) is not overwritten
         if (now and now.version) != (current and current.version):
@@ -274,6 +288,15 @@ def promote_best(best_run, name: str, metric: str, margin: float, dataset, study
             client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     test = score_registered(name, str(version.version), dataset, prepare)
     return {"version": version, "alias": alias, "why": why, "test": test}
+
+
+def _decoding(config, width: int) -> str:
+    """How a captioner decodes with `width` (1: greedy), as a version's `decoding` tag says it."""
+    if width <= 1:
+        return "greedy"
+    if config.rerank_neighbours:
+        return f"beam-{width} re-ranked ({config.rerank_neighbours} neighbours, weight {config.rerank_weight:g})"
+    return f"beam-{width}"
 
 
 def score_registered(name: str, version: str, dataset, prepare) -> dict[str, float] | None:
