@@ -154,33 +154,43 @@ class TransformerStack(keras.layers.Layer):
         return self._norm(x, self.final_g, self.final_b), tf.reduce_mean(weights, axis=1)
 
     # Decoding: one word per row, at the row's own position, with the cached keys and values of the words before.
-    def step(self, x, keys_cache, values_cache, positions, memory):
-        """x (R, d): the embedded words (positions added); caches (R, layers, max_length, d); positions (R,) int32;
-        memory (R, M, layers * 2d). Returns hidden (R, d), the new caches, and the last block's cross-attention
-        (R, M), mean of heads."""
-        write = tf.one_hot(positions, self.max_length)[:, :, None]  # (R, L, 1)
+    # Every tensor a step reads is laid out (rows, heads, positions, head size), so that its products are batched
+    # matmuls over whole tensors: no slice, concatenation or transposition copies the memory or the cache per step.
+    def memory_heads(self, memory):
+        """The memory's keys and values (rows, M, layers * 2d) as [keys, values] per block, (rows, H, M, k) each."""
+        rows, positions = tf.shape(memory)[0], tf.shape(memory)[1]
+        split = tf.reshape(memory, [rows, positions, self.layers * 2, self.heads, self.head_size])
+        return tf.unstack(tf.transpose(split, (2, 0, 3, 1, 4)), num=self.layers * 2)
+
+    def step(self, x, caches, positions, memory):
+        """x (R, d): the embedded words (positions added); caches: [keys, values] per block (R, H, max_length, k);
+        positions (R,) int32; memory: [keys, values] per block (R, H, M, k). Returns hidden (R, d), the new caches,
+        and the last block's cross-attention (R, M), mean of heads."""
+        rows = tf.shape(x)[0]
+        write = tf.one_hot(positions, self.max_length)[:, None, :, None]  # (R, 1, L, 1)
         visible = tf.sequence_mask(positions + 1, self.max_length, dtype=tf.float32)  # (R, L)
-        bias = (1.0 - visible)[:, None, :] * -1e9  # (R, 1, L)
-        new_keys, new_values = [], []
-        weights = None
+        bias = (1.0 - visible)[:, None, None, :] * -1e9  # (R, 1, 1, L)
+        scale = 1.0 / math.sqrt(self.head_size)
+        as_heads = lambda t: tf.reshape(t, [rows, self.heads, 1, self.head_size])  # (R, d) -> (R, H, 1, k)
+        merged = lambda t: tf.reshape(t, [rows, self.d])
+        new_caches, weights = [], None
         for i, block in enumerate(self.blocks):
             h = self._norm(x, block["ln1_g"], block["ln1_b"])
             q, k, v = tf.split(tf.matmul(h, block["qkv"]) + block["qkv_b"], 3, axis=-1)
-            keys = keys_cache[:, i] * (1.0 - write) + k[:, None, :] * write  # (R, L, d)
-            values = values_cache[:, i] * (1.0 - write) + v[:, None, :] * write
-            new_keys.append(keys)
-            new_values.append(values)
-            scores = tf.einsum("rhk,rlhk->rhl", self._heads(q) / math.sqrt(self.head_size), self._heads(keys))
-            context = tf.einsum("rhl,rlhk->rhk", tf.nn.softmax(scores + bias), self._heads(values))
-            x = x + tf.matmul(self._merge(context), block["o"]) + block["o_b"]
-            memory_keys, memory_values = self._memory(memory, i)
+            keys = caches[2 * i] * (1.0 - write) + as_heads(k) * write  # (R, H, L, k)
+            values = caches[2 * i + 1] * (1.0 - write) + as_heads(v) * write
+            new_caches += [keys, values]
+            scores = tf.matmul(as_heads(q) * scale, keys, transpose_b=True) + bias  # (R, H, 1, L)
+            context = tf.matmul(tf.nn.softmax(scores), values)
+            x = x + tf.matmul(merged(context), block["o"]) + block["o_b"]
             h = self._norm(x, block["ln2_g"], block["ln2_b"])
-            seen, weights = self._cross(h, block, memory_keys, memory_values, "rhk,rmhk->rhm", "rhm,rmhk->rhk")
-            x = x + seen
+            q = as_heads(tf.matmul(h, block["cq"]) + block["cq_b"]) * scale
+            weights = tf.nn.softmax(tf.matmul(q, memory[2 * i], transpose_b=True))  # (R, H, 1, M)
+            context = tf.matmul(weights, memory[2 * i + 1])
+            x = x + tf.matmul(merged(context), block["co"]) + block["co_b"]
             h = self._norm(x, block["ln3_g"], block["ln3_b"])
             x = x + self._feed_forward(h, block)
-        return (self._norm(x, self.final_g, self.final_b), tf.stack(new_keys, axis=1), tf.stack(new_values, axis=1),
-                tf.reduce_mean(weights, axis=1))
+        return self._norm(x, self.final_g, self.final_b), new_caches, tf.reduce_mean(weights[:, :, 0], axis=1)
 
 
 def build_model(config: Config, vocab_size: int, inputs) -> keras.Model:
@@ -216,12 +226,12 @@ def build_transformer_decoder(config: Config, vocab_size: int, feature_dim: int,
 
 class TransformerStepDecoder:
     """The transformer's layers one word at a time, for a batch of images (the StepDecoder protocol of
-    captioning.models.base). Context: each block's memory keys and values of the P map cells, and of the pooled
-    token (kept apart, so that context[0] holds the map positions, as the searches and ensembles expect). States:
-    the self-attention caches (rows, layers, max_length, d) of keys and of values, and each row's position."""
+    captioning.models.base). Context: the map's cells as ones (rows, P), from which the searches and ensembles read
+    the number of map positions, then each block's memory keys and values (rows, heads, P + 1, head size; the pooled
+    token last). States: each block's self-attention keys and values cached for max_length positions (rows, heads,
+    max_length, head size), then each row's position."""
 
     has_attention = True
-    context_count, state_count = 2, 3
 
     def __init__(self, model: keras.Model, vocab: Vocabulary):
         self.model = model
@@ -233,14 +243,15 @@ class TransformerStepDecoder:
         self.banned = banned_logits(vocab)
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
         stack = self.stack
-        self.cache_shape = (stack.layers, stack.max_length, stack.d)
+        blocks = 2 * stack.layers
+        self.context_count, self.state_count = 1 + blocks, blocks + 1
+        self.cache_shape = (stack.heads, stack.max_length, stack.head_size)
         spec = lambda *shape, dtype=tf.float32: tf.TensorSpec(shape, dtype)
         dim, channels = self.pooled.kernel.shape[0], self.memory_layers[1].kernel.shape[0]
-        kv = self.memory_kv.units
-        states = [spec(None, *self.cache_shape), spec(None, *self.cache_shape), spec(None, dtype=tf.int32)]
-        context = (spec(None, None, kv), spec(None, 1, kv))
+        states = [spec(None, *self.cache_shape)] * blocks + [spec(None, dtype=tf.int32)]
+        context = (spec(None, None), *[spec(None, stack.heads, None, stack.head_size)] * blocks)
         self.signature = {"states": states, "context": context}
-        self._start = graph_function(self._start_impl, input_signature=[spec(None, dim), spec(None, None, channels)])
+        self._start = graph_function(self.graph_start, input_signature=[spec(None, dim), spec(None, None, channels)])
         self._step = graph_function(self._step_impl, input_signature=[spec(None, dtype=tf.int32), states, context])
         self._top = graph_function(self._top_impl, input_signature=[spec(None, dtype=tf.int32), states, context,
                                                                    spec(dtype=tf.int32)])
@@ -248,27 +259,28 @@ class TransformerStepDecoder:
                                    spec(None, None, dtype=tf.int32)]
 
     def start(self, inputs) -> tuple[tuple[tf.Tensor, ...], list[tf.Tensor]]:
-        """Per-image context (the map cells' and the pooled token's keys and values) and empty caches."""
-        cells, pooled = self._start(tf.convert_to_tensor(inputs.features, tf.float32), maps_tensor(inputs.maps))
-        rows = len(inputs)
-        empty = tf.zeros((rows, *self.cache_shape))
-        return (cells, pooled), [empty, empty, tf.zeros((rows,), tf.int32)]
+        """Per-image context (the cells, each block's memory keys and values) and empty caches."""
+        context, states = self._start(tf.convert_to_tensor(inputs.features, tf.float32), maps_tensor(inputs.maps))
+        return tuple(context), list(states)
 
-    def _start_impl(self, features, maps):
+    def graph_start(self, features, maps):
+        """`start` as TensorFlow ops on the feature vectors and maps (rows, P, C), for a caller's graph function."""
         cells = maps
         for layer in self.memory_layers:
             cells = layer(cells)
         memory = tf.concat([cells, self.pooled(features)[:, None, :]], axis=1)
-        memory = self.memory_kv(self.norm(memory))
-        return memory[:, :-1], memory[:, -1:]
+        memory = self.stack.memory_heads(self.memory_kv(self.norm(memory)))
+        rows = tf.shape(features)[:1]
+        empty = tf.zeros(tf.concat([rows, self.cache_shape], axis=0))
+        context = (tf.ones(tf.shape(maps)[:2]), *memory)
+        return context, [empty] * (self.state_count - 1) + [tf.zeros(rows, tf.int32)]
 
     def _step_impl(self, tokens, states, context):
-        keys, values, positions = states
+        positions = states[-1]
         x = self.embedding(tokens) + self.positions.at(positions)
-        memory = tf.concat(context, axis=1)
-        hidden, keys, values, weights = self.stack.step(x, keys, values, positions, memory)
+        hidden, caches, weights = self.stack.step(x, states[:-1], positions, context[1:])
         logp = tf.nn.log_softmax(self.logits(hidden) + self.banned)
-        return logp, [keys, values, positions + 1], weights[:, :-1]
+        return logp, [*caches, positions + 1], weights[:, :-1]
 
     def _top_impl(self, tokens, states, context, k):
         logp, new_states, weights = self._step_impl(tokens, states, context)
