@@ -3,6 +3,7 @@
     data/        dataset reading and checking, images, text and vocabulary, the embedded synthetic set
     features/    encoder registry, offline weights, the cached map store, a dataset's prepared features
     models/      decoder registry and the StepDecoder protocol; the merge, attention and ensemble decoders
+    inference/   a bundle exported as OpenVINO IR and decoded without TensorFlow (the Captioner's default)
     decoding/    greedy and beam search, consensus re-ranking, the Captioner and its bundle
     metrics/     metric registry; BLEU, CIDEr-D, the COCO scorers
     evaluation/  a captioner scored on a split; decoding settings chosen on dev

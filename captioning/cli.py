@@ -1,6 +1,6 @@
 """The command line, `captioning` or `python -m captioning COMMAND`: train, finetune (self-critical stage of a trained
-captioner), ensemble, rerank (consensus re-ranking chosen on dev), evaluate, caption, and relog (a pickled MLflow
-version registered again as code)."""
+captioner), ensemble, rerank (consensus re-ranking chosen on dev), evaluate, caption, export (for inference without
+TensorFlow) and relog (a pickled MLflow version registered again as code)."""
 from __future__ import annotations
 
 import argparse
@@ -252,6 +252,13 @@ def cmd_caption(args) -> None:
                 print(f"    {score:7.3f}  {caption}")
 
 
+def cmd_export(args) -> None:
+    from captioning.decoding.captioner import Captioner
+    from captioning.inference.export import export_captioner
+
+    export_captioner(Captioner.load(Path(args.bundle), use_export=False), Path(args.bundle))
+
+
 def cmd_relog(args) -> None:
     from captioning.core.tracking import resolve_tracking_uri
     from captioning.serving.mlflow_model import relog_captioner
@@ -349,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=DECODING_HELP)
     caption.set_defaults(run=cmd_caption)
 
+    export = commands.add_parser("export", help="convert a bundle's decoders (and Xception) to OpenVINO IR in its "
+                                 "export/ folder, which caption, the app, serving and reports then decode with")
+    export.add_argument("bundle", metavar="BUNDLE", help="captioner bundle directory")
+    export.set_defaults(run=cmd_export)
+
     relog = commands.add_parser("relog", help="register a version logged with a pickled wrapper again, as code",
                                 description="Register the captioner of a version logged before models from code "
                                 "(a pickled python_model.pkl) again as a new version that loads without unpickling.")
@@ -374,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.data.dataset import DataError
     from captioning.data.images import ImageError
     from captioning.decoding.bundle import BundleError
+    from captioning.core.errors import TrainingError
     from captioning.features.weights import WeightsError
-    from captioning.training.selection import TrainingError
+    from captioning.inference import ExportError
 
     try:
         args.run(args)
-    except (ConfigError, DataError, ImageError, WeightsError, BundleError, TrainingError, LookupError) as exc:
+    except (ConfigError, DataError, ImageError, WeightsError, BundleError, TrainingError, ExportError,
+            LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

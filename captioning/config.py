@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from captioning.core.errors import ConfigError
-from captioning.features import encoder_names
+from captioning.features import encoder_names, encoder_spec
 from captioning.metrics import epoch_metrics
 from captioning.models import decoder_names, decoder_spec
 
@@ -28,6 +28,10 @@ class Config:
     colour_grid: int = 0  # g > 0: a g x g grid of the image's colours appended to the encoder's features
     feature_flip: bool = False  # also encode the horizontally mirrored image (cached too); see flip_mode
     flip_mode: str = "average"  # average: train and caption on the mean of both; augment: train on either, by chance
+    # What runs the encoder's network: tensorflow (Keras), or openvino (the same network converted once; xception
+    # only), in inference_precision f32, or bf16 (openvino only, where the CPU has native bfloat16; else f32).
+    encoder_runtime: str = "tensorflow"
+    inference_precision: str = "f32"
     # Text.
     vocab_min_count: int = 5
     max_length: int = 40  # longest caption in words, start and end tokens included; longer ones are cut
@@ -94,8 +98,11 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0,  # added on 2026-11-30: defaults
               "rerank_neighbours": 0, "rerank_weight": 0.5,
               "transformer_layers": 2, "transformer_heads": 4, "transformer_ff": 1024,  # added on 2026-12-07
-              "warmup_steps": 0, "label_smoothing": 0.0}
+              "warmup_steps": 0, "label_smoothing": 0.0,
+              "encoder_runtime": "tensorflow", "inference_precision": "f32"}
 FLIP_MODES = ("average", "augment")
+RUNTIMES = ("tensorflow", "openvino")  # encoder_runtime
+PRECISIONS = ("f32", "bf16")  # inference_precision
 SCST_BASELINES = ("mean", "greedy")
 
 
@@ -185,6 +192,20 @@ def _check(config: Config) -> Config:
                           f"got {config.selection_metric!r}")
     if config.encoder not in encoder_names():
         raise ConfigError(f"unknown encoder {config.encoder!r}; choose one of {', '.join(encoder_names())}")
+    if config.encoder_runtime not in RUNTIMES:
+        raise ConfigError(f"config key 'encoder_runtime' must be one of {', '.join(RUNTIMES)}, "
+                          f"got {config.encoder_runtime!r}")
+    runtimes = encoder_spec(config.encoder).runtimes
+    if config.encoder_runtime not in runtimes:
+        raise ConfigError(f"the {config.encoder} encoder runs on {' or '.join(runtimes)} only, not "
+                          f"{config.encoder_runtime}; set encoder_runtime={runtimes[0]}")
+    if config.inference_precision not in PRECISIONS:
+        raise ConfigError(f"config key 'inference_precision' must be one of {', '.join(PRECISIONS)}, "
+                          f"got {config.inference_precision!r}")
+    if config.inference_precision != "f32" and config.encoder_runtime != "openvino":
+        raise ConfigError(f"inference_precision {config.inference_precision} needs encoder_runtime=openvino "
+                          "(TensorFlow runs the encoder in f32); set inference_precision=f32 or "
+                          "encoder_runtime=openvino")
     return config
 
 

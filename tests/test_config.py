@@ -53,11 +53,12 @@ def test_missing_experiment_file(tmp_path):
 
 def test_keys_added_later_leave_identities_unchanged_at_their_default():
     """A study's default name and a training's checkpoint are keyed by Config.identity(): a study begun before
-    selection_beam, no_repeat_ngram, scst_bleu_weight, the re-ranking keys, the transformer's keys, warm-up and label
-    smoothing existed still resumes; set to other values, they start another."""
+    selection_beam, no_repeat_ngram, scst_bleu_weight, the re-ranking keys, the transformer's keys, warm-up, label
+    smoothing and the encoder's runtime existed still resumes; set to other values, they start another."""
     config = Config()
     later = ("selection_beam", "no_repeat_ngram", "scst_bleu_weight", "rerank_neighbours", "rerank_weight",
-             "transformer_layers", "transformer_heads", "transformer_ff", "warmup_steps", "label_smoothing")
+             "transformer_layers", "transformer_heads", "transformer_ff", "warmup_steps", "label_smoothing",
+             "encoder_runtime", "inference_precision")
     before = {k: v for k, v in config.to_dict().items() if k not in later}
     assert config.identity() == before
     assert config.replace(selection_beam=3).identity() == {**before, "selection_beam": 3}
@@ -66,3 +67,4 @@ def test_keys_added_later_leave_identities_unchanged_at_their_default():
     assert config.replace(rerank_neighbours=10).identity() == {**before, "rerank_neighbours": 10}
     assert config.replace(transformer_layers=3).identity() == {**before, "transformer_layers": 3}
     assert config.replace(label_smoothing=0.1).identity() == {**before, "label_smoothing": 0.1}
+    assert config.replace(encoder_runtime="openvino").identity() == {**before, "encoder_runtime": "openvino"}

@@ -280,7 +280,7 @@ def test_mirrored_colour_grid_is_mirrored_back(encoder_name):
     assert not np.allclose(flipped, plain, atol=1e-2)  # the mirrored image's own cells are elsewhere
 
 
-@pytest.mark.parametrize("encoder_name", ["pixels", "xception"])
+@pytest.mark.parametrize("encoder_name", ["pixels", "xception", "xception-entry"])
 def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shapes_dir, encoder_name):
     """The cache (file pipeline, extract_features) and Encoder.encode (captioning) give the same features."""
     root = tmp_path / "few"
@@ -297,6 +297,28 @@ def test_colour_features_at_captioning_time_equal_extracted_ones(tmp_path, shape
         assert extracted.shape == direct.shape == (4, encoder.dim)
         np.testing.assert_allclose(extracted, direct, rtol=1e-4, atol=1e-4)
         assert np.abs(extracted[:, encoder.base_dim:]).max() > 1.0  # the colour part is there, not all zeros
+
+
+def test_the_entry_encoders_map_holds_each_cells_colour_where_the_shape_is():
+    """xception-entry's map: the entry flow's channels, then per cell the colour part a colour grid of the map's side
+    gives (scaled) and the cell's place; a mirrored image's are mirrored back with the rest."""
+    from captioning.features.encoders import COLOUR_BINS, COLOUR_SCALE, MAP_COLOUR_SCALE, MAP_PLACE_SCALE
+
+    config = Config(encoder="xception-entry", image_size=192, feature_grid=3)
+    image = _scene({(0, 0): RED, (1, 1): BLUE}, size=192)
+    _, maps = make_encoder(config).encode_inputs([image])
+    assert maps.shape == (1, 6, 6, 728 + COLOUR_BINS ** 3 + 1 + 2)  # 1/32 of the input's side
+    grid = make_encoder(config.replace(colour_grid=6))
+    cells = _colour_part(grid, [image])[0][0] * (MAP_COLOUR_SCALE / COLOUR_SCALE)
+    colour = maps[0, :, :, 728:-2]
+    np.testing.assert_allclose(colour, cells, rtol=1e-2, atol=1e-2)  # (float16 maps)
+    share = colour[..., -1]
+    assert share[:3, :3].min() > 0.5 and share[3:, 3:].min() > 0.5 and share[:3, 3:].max() < 0.1
+    rows, columns = maps[0, :, :, -2] / MAP_PLACE_SCALE, maps[0, :, :, -1] / MAP_PLACE_SCALE
+    np.testing.assert_allclose(rows[:, 0], np.linspace(-5 / 6, 5 / 6, 6), atol=1e-3)  # top to bottom
+    np.testing.assert_allclose(columns[0], np.linspace(-5 / 6, 5 / 6, 6), atol=1e-3)  # left to right
+    _, mirrored = make_encoder(config, mirrored=True).encode_inputs([image])
+    np.testing.assert_allclose(mirrored[0, :, :, 728:], maps[0, :, :, 728:], rtol=1e-2, atol=1e-2)
 
 
 def test_one_extraction_serves_every_grid_and_the_maps_are_float16_memory_maps(tmp_path, shapes_dir, monkeypatch):

@@ -107,6 +107,8 @@ def test_the_encoders_registered_map_shapes_are_their_maps(tiny_config):
     for size in (71, 128, 299):  # Xception's own arithmetic, without its weights
         network = keras.applications.Xception(weights=None, include_top=False, input_shape=(size, size, 3))
         assert encoder_spec("xception").map_shape(size) == tuple(network.output_shape[1:]), size
+        # the entry flow's channels at the same side, each cell's colours and place
+        assert encoder_spec("xception-entry").map_shape(size) == (*network.output_shape[1:3], 728 + 217 + 2), size
     for size in (4, 32):
         encoder = make_encoder(tiny_config.replace(image_size=size))
         maps = encoder.encode_maps(encoder.preprocess(np.zeros((size + 3, size, 3), np.float32))[None])

@@ -71,6 +71,10 @@ def test_the_champion_moves_only_by_the_margin_on_fresh_scores_and_by_hand(store
     assert client.get_model_version_by_alias("captioner", "champion").version == 1
     tags = client.get_model_version("captioner", "2").tags
     assert float(tags["dev_bleu4"]) > float(tags["champion_dev_bleu4"]) and tags["decoding"] == "beam-2"
+    # Registered with its inference export (the trial's model has none): served and captioned without TensorFlow.
+    from captioning.serving.mlflow_model import download_bundle
+
+    assert tags["inference_export"] == "openvino" and (download_bundle("models:/captioner/2") / "export").is_dir()
 
     third = _promote(store, "trained again", 0.0)
     assert third["alias"] == "champion" and "beats the champion's" in third["why"]

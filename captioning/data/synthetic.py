@@ -4,10 +4,15 @@ Each image holds two or three shapes (circle, square, triangle, star) in six col
 distinct cells of a 3 x 3 layout on a light or dark textured background. Each image gets five differently worded
 captions that are all true: which shapes, their colours and sizes, where they are relative to one another, and the
 background. There are far more scenes than images, so test scenes are new combinations: a model has to look.
+
+`generate_scene` also returns what the captions are about (each object's colour, shape, size and cell, and the
+background), so that a caption can be judged against the scene itself (captioning.evaluation.scenes). The images and
+captions are VERSION's: a change that moves a pixel or a word must bump VERSION (tests/test_scenes.py holds digests).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,6 +50,28 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
         draw.polygon(_star(cx, cy, r * 1.1), fill=colour)
 
 
+@dataclasses.dataclass(frozen=True)
+class SceneObject:
+    colour: str
+    shape: str
+    size: str  # small or large
+    row: int  # the cell of the 3 x 3 layout: row 0 at the top, column 0 on the left
+    col: int
+
+    @property
+    def name(self) -> tuple[str, str]:
+        """What names it in a caption: (colour, shape)."""
+        return self.colour, self.shape
+
+
+@dataclasses.dataclass
+class Scene:
+    image: Image.Image
+    captions: list[str]
+    objects: tuple[SceneObject, ...]  # in drawing order: the references relate objects[0] to objects[1]
+    background: str  # light or dark
+
+
 def _background(rng: np.random.Generator, dark: bool) -> Image.Image:
     base = rng.uniform(20, 70, 3) if dark else rng.uniform(175, 235, 3)
     tilt = rng.uniform(-25, 25, 3)
@@ -71,6 +98,13 @@ def _phrase(obj: dict, rng, with_size: bool = True) -> str:
 
 
 def make_scene(index: int, seed: int) -> tuple[Image.Image, list[str]]:
+    """Scene `index` of the dataset of `seed`: its image and five captions."""
+    scene = generate_scene(index, seed)
+    return scene.image, scene.captions
+
+
+def generate_scene(index: int, seed: int) -> Scene:
+    """Scene `index` of the dataset of `seed`, with what is in it."""
     rng = np.random.default_rng([seed, index])
     dark = bool(rng.integers(2))
     image = _background(rng, dark)
@@ -89,7 +123,17 @@ def make_scene(index: int, seed: int) -> tuple[Image.Image, list[str]]:
         _draw(draw, obj["shape"], cx, cy, SIZES[obj["size"]] * rng.uniform(0.9, 1.1), colour)
         objects.append(obj)
     image = image.filter(ImageFilter.GaussianBlur(0.6))
-    return image, _captions(objects, "dark" if dark else "light", rng)
+    background = "dark" if dark else "light"
+    captions = _captions(objects, background, rng)
+    return Scene(image, captions, tuple(SceneObject(**obj) for obj in objects), background)
+
+
+def scene_index(name: str) -> int:
+    """The index of a scene's image file name as write_dataset names it (scene_01750.jpg -> 1750)."""
+    stem = Path(name).stem
+    if not (stem.startswith("scene_") and stem[6:].isdigit()):
+        raise ValueError(f"{name!r} is not a scene of the synthetic dataset (scene_NNNNN.jpg)")
+    return int(stem[6:])
 
 
 def _captions(objects: list[dict], background: str, rng) -> list[str]:

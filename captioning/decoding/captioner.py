@@ -12,15 +12,24 @@ loaded as a bundle directory:
       neighbours.npz  the training images' features and captions, for consensus re-ranking (decoding/consensus.py),
                       if the captioner re-ranks
 
-The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image.
+      export/         the captioner as OpenVINO IR, for decoding without TensorFlow (captioning.inference), if
+                      exported: python -m captioning export DIR
+
+The encoder's weights are not copied: they are resolved offline by name when the captioner first encodes an image
+(an export carries Xception's network as IR).
+
+A bundle with an up-to-date export decodes with it by default: `load` then imports neither TensorFlow nor Keras, and
+reads the Keras decoders only if something needs them (saving, fine-tuning, ensembling). `load(..., use_export=False)`
+decodes through Keras.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import keras
 import numpy as np
 
 from captioning.config import Config
@@ -30,10 +39,21 @@ from captioning.decoding.bundle import FILES, BundleError, load_decoder
 from captioning.decoding.consensus import FILE as NEIGHBOURS_FILE
 from captioning.decoding.consensus import Neighbours, query_features
 from captioning.decoding.search import beam_search, greedy_search
-from captioning.features.encoders import Encoder, feature_key, make_encoder
-from captioning.features.store import ImageInputs, MemberInputs
+from captioning.features.inputs import ImageInputs, MemberInputs
+from captioning.inference import FOLDER as EXPORT_FOLDER
+from captioning.inference import ExportError
 from captioning.models import decoder_spec, import_families, make_step_decoder, spec_of_model
 from captioning.models.ensemble import EnsembleStepDecoder, check_compatible
+
+if TYPE_CHECKING:  # (these modules import TensorFlow or Keras, which decoding an export does without)
+    import keras
+
+    from captioning.features.encoders import Encoder
+    from captioning.inference.runtime import Export
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)  # (stdout is the captions')
 
 
 class Captioner:
@@ -43,17 +63,29 @@ class Captioner:
         `member_configs`: the configs they were trained with, which name the features each reads (default:
         `config`'s); `neighbours`: the index that config.rerank_neighbours re-ranks with (features of the first
         feature group)."""
-        self.config, self.vocab, self.model, self.members = config, vocab, model, list(members)
+        self.config, self.vocab, self._models = config, vocab, [model, *members]
         self.neighbours = neighbours
-        self.member_configs = list(member_configs) if member_configs is not None else [config] * len(self.members)
-        if len(self.member_configs) != len(self.members):
-            raise ValueError(f"{len(self.members)} members but {len(self.member_configs)} member configs")
+        self.member_configs = list(member_configs) if member_configs is not None else [config] * len(members)
+        if len(self.member_configs) != len(members):
+            raise ValueError(f"{len(members)} members but {len(self.member_configs)} member configs")
+        self.exported: Export | None = None  # the export this captioner decodes with, if any (see load)
+        self._bundle: Path | None = None  # where the Keras decoders are read from when first needed (an export's)
         self.decoder = make_step_decoder(model, vocab)
-        if self.members:
+        if members:
             parts = self._parts()
-            self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in self.members],
+            self.decoder = EnsembleStepDecoder([self.decoder] + [make_step_decoder(m, vocab) for m in members],
                                                parts if max(parts) > 0 else None)
-        self._encoders: dict[str, Encoder] = {}
+        self._encoders: dict = {}
+
+    @classmethod
+    def _from_export(cls, bundle: Path, exported: "Export", config: Config, vocab: Vocabulary,
+                     member_configs: list[Config], neighbours: Neighbours | None) -> "Captioner":
+        """A captioner decoding with `exported`; its Keras decoders are read from `bundle` only when needed."""
+        captioner = cls.__new__(cls)
+        captioner.config, captioner.vocab, captioner.neighbours = config, vocab, neighbours
+        captioner.member_configs, captioner._models, captioner._encoders = member_configs, None, {}
+        captioner.exported, captioner._bundle, captioner.decoder = exported, bundle, exported.decoder
+        return captioner
 
     @classmethod
     def ensemble(cls, captioners: Sequence["Captioner"]) -> "Captioner":
@@ -67,9 +99,20 @@ class Captioner:
                    first.neighbours)  # found by the first member's features, which are the ensemble's first group
 
     @property
-    def models(self) -> list[keras.Model]:
-        """The decoder, and an ensemble's further members."""
-        return [self.model, *self.members]
+    def models(self) -> list["keras.Model"]:
+        """The decoder, and an ensemble's further members (for a captioner decoding an export, read from its
+        bundle now)."""
+        if self._models is None:
+            self._models = _load_models(self._bundle)
+        return list(self._models)
+
+    @property
+    def model(self) -> "keras.Model":
+        return self.models[0]
+
+    @property
+    def members(self) -> list["keras.Model"]:
+        return self.models[1:]
 
     @property
     def decoder_configs(self) -> list[Config]:
@@ -81,6 +124,10 @@ class Captioner:
         """One config per feature setting the decoders read, the model's first: what encode_images computes, in
         order (several only for an ensemble whose members read different features; see ensemble.MemberInputs).
         Each reads the maps if an attention decoder reads those features."""
+        if self.exported is not None:
+            return list(self.exported.groups)
+        from captioning.features.encoders import feature_key
+
         if len({feature_key(c) for c in self.decoder_configs}) == 1:
             return [self.config]
         keys = list(dict.fromkeys(feature_key(c) for c in self.decoder_configs))
@@ -90,17 +137,23 @@ class Captioner:
 
     def _parts(self) -> list[int]:
         """For each of `models`, its feature group's index."""
+        from captioning.features.encoders import feature_key
+
         keys = [feature_key(c) for c in self.feature_groups]
         return [keys.index(feature_key(c)) for c in self.decoder_configs]
 
-    def _encoder_for(self, config: Config, mirrored: bool = False) -> Encoder:
-        """An encoder built once per captioner (its CNN is built on first use)."""
+    def _encoder_for(self, config: Config, mirrored: bool = False) -> "Encoder":
+        """An encoder built once per captioner (its CNN is built on first use); the export's, if it decodes one."""
+        if self.exported is not None:
+            return self.exported.encoder_for(config, mirrored)
+        from captioning.features.encoders import make_encoder
+
         encoder = make_encoder(config, mirrored=mirrored)
         return self._encoders.setdefault(encoder.key, encoder)
 
     @property
-    def encoder(self) -> Encoder:
-        return self._encoder_for(self.config)
+    def encoder(self) -> "Encoder":
+        return self._encoder_for(self.config if self.exported is None else self.feature_groups[0])
 
     def save(self, directory: Path) -> Path:
         if self.config.rerank_neighbours and self.neighbours is None:
@@ -113,6 +166,7 @@ class Captioner:
         for pattern in ("decoder-*.keras", "config-*.json", NEIGHBOURS_FILE):  # an earlier bundle's would be read
             for stale in directory.glob(pattern):
                 stale.unlink()
+        shutil.rmtree(directory / EXPORT_FOLDER, ignore_errors=True)  # of other decoders: export the new ones
         if self.neighbours is not None:
             self.neighbours.save(directory)
         for number, (member, config) in enumerate(zip(self.members, self.member_configs), start=1):
@@ -121,19 +175,16 @@ class Captioner:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> "Captioner":
+    def load(cls, directory: Path, use_export: bool = True, log=_say) -> "Captioner":
+        """The captioner of a bundle directory, decoding with its export if it has an up-to-date one (unless
+        `use_export` is False), else through Keras; `log` says which, once per bundle and process."""
         directory = Path(directory)
         missing = [name for name in FILES if not (directory / name).is_file()]
         if missing:
             raise BundleError(f"{directory} is not a captioner bundle (missing {', '.join(missing)}); "
                               "train one with: python -m captioning train --out DIR")
-        import_families()  # (a family's own Keras layers are registered when its module is imported)
-        numbered = {int(p.stem[len("decoder-"):]): p for p in directory.glob("decoder-*.keras")
-                    if p.stem[len("decoder-"):].isdigit()}
-        members = [numbered[n] for n in sorted(numbered)]
-        models = [load_decoder(path) for path in [directory / "decoder.keras", *members]]
         config = Config.load(directory / "config.json")
-        own = [directory / f"config-{n}.json" for n in sorted(numbered)]
+        own = [directory / f"config-{n}.json" for n in _member_numbers(directory)]
         member_configs = [Config.load(path) if path.is_file() else config for path in own]
         try:
             neighbours = Neighbours.load(directory)
@@ -142,8 +193,15 @@ class Captioner:
         if config.rerank_neighbours and neighbours is None:
             raise BundleError(f"{directory} re-ranks its beam (rerank_neighbours={config.rerank_neighbours}) but "
                               f"has no {NEIGHBOURS_FILE}; rebuild it with python -m captioning rerank")
-        return cls(config, Vocabulary.load(directory / "vocab.json"), models[0], models[1:], member_configs,
-                   neighbours)
+        vocab = Vocabulary.load(directory / "vocab.json")
+        exported, note = _read_export(directory) if use_export else (None, None)
+        if exported is not None:
+            _say_once(note, directory, log)
+            return cls._from_export(directory, exported, config, vocab, member_configs, neighbours)
+        models = _load_models(directory)
+        if note is not None:  # (after the decoders loaded: a bundle that does not load is one error line)
+            _say_once(note, directory, log)
+        return cls(config, vocab, models[0], models[1:], member_configs, neighbours)
 
     @property
     def has_attention(self) -> bool:
@@ -240,3 +298,45 @@ def _reading_maps(config: Config, models: Sequence[keras.Model]) -> Config:
     if chosen.name == config.decoder and all(getattr(config, k) == v for k, v in chosen.required.items()):
         return config
     return config.replace(decoder=chosen.name, **chosen.required)
+
+
+def _member_numbers(directory: Path) -> list[int]:
+    """The numbers of an ensemble's further decoders in a bundle (decoder-1.keras, ...), in order."""
+    return sorted(int(p.stem[len("decoder-"):]) for p in directory.glob("decoder-*.keras")
+                  if p.stem[len("decoder-"):].isdigit())
+
+
+def _load_models(directory: Path) -> list["keras.Model"]:
+    """A bundle's Keras decoders, the first one's first."""
+    import_families()  # (a family's own Keras layers are registered when its module is imported)
+    paths = [directory / "decoder.keras", *(directory / f"decoder-{n}.keras" for n in _member_numbers(directory))]
+    return [load_decoder(path) for path in paths]
+
+
+_said: set[tuple[str, str]] = set()  # what was said in this process, and of which bundle
+
+
+def _say_once(note: tuple[str, str], directory: Path, log) -> None:
+    """Say which way a bundle decodes once per bundle (that it has no export, once per process: a search loads many
+    trials' bundles, which it never exports)."""
+    what, line = note
+    key = (what, "" if what == "none" else str(directory))
+    if key not in _said:
+        _said.add(key)
+        log(line)
+
+
+def _read_export(directory: Path) -> tuple["Export | None", tuple[str, str]]:
+    """The bundle's export if it has an up-to-date one, and what to say about the way it decodes."""
+    from captioning.inference.runtime import read_export
+
+    try:
+        exported = read_export(directory)
+    except ExportError as exc:
+        return None, ("stale", f"captioner: {exc}, so it decodes through Keras; export it again with: python -m "
+                               f"captioning export {directory}")
+    if exported is None:
+        return None, ("none", f"captioner: {directory} has no inference export, so it decodes through Keras "
+                              f"(TensorFlow); python -m captioning export {directory} makes one, which decodes without "
+                              "TensorFlow")
+    return exported, ("export", f"captioner: decoding with the OpenVINO export in {exported.directory} (no TensorFlow)")

@@ -3,17 +3,21 @@
 Both work with any StepDecoder (captioning.models.base: every registered family, and ensembles): `inputs` is whatever
 the decoder's `start` reads (feature vectors, or ImageInputs with the maps), sliced into batches. With
 `with_attention`, a decoder with attention gives its weights too: per caption, one (positions,) row per word, where
-the decoder looked when it chose that word. States are lists of per-row tensors, gathered, scattered and reordered
-here without knowing what they hold.
+the decoder looked when it chose that word. States are lists of per-row tensors (TensorFlow's for the Keras
+decoders, NumPy arrays for an exported one: captioning.inference), gathered, scattered and reordered here without
+knowing what they hold (captioning.core.rows), so that training and inference share this loop.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-from captioning.models.base import StepDecoder
+from captioning.core import rows as ops
+
+if TYPE_CHECKING:  # (its module imports TensorFlow, which decoding an export does without)
+    from captioning.models.base import StepDecoder
 
 
 def _batch_size(decoder, rows: int) -> int:
@@ -82,8 +86,8 @@ def _greedy_batch(decoder: StepDecoder, inputs, max_length: int, with_attention:
     return captions, [stacked[i, :len(ids)] for i, ids in enumerate(captions)]
 
 
-def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor], context: tuple[tf.Tensor, ...],
-               live: np.ndarray, k: int, end_only: bool = False, with_attention: bool = False):
+def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list, context: tuple, live: np.ndarray, k: int,
+               end_only: bool = False, with_attention: bool = False):
     """The top-k next words of the live rows only (unfinished hypotheses), so that the few long captions at the end
     of a batch do not cost a step for every row. Other rows get -inf candidates and keep their states (and zero
     attention). With `end_only`, the one candidate is the end token."""
@@ -96,11 +100,11 @@ def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor]
     if index.size == 0:
         return values, ids, states, alpha
     everyone = index.size == len(tokens)
-    sub_states = states if everyone else [tf.gather(s, index) for s in states]
-    sub_context = context if everyone else tuple(tf.gather(c, index) for c in context)
+    sub_states = states if everyone else [ops.gather(s, index) for s in states]
+    sub_context = context if everyone else tuple(ops.gather(c, index) for c in context)
     if end_only:
         logp, new_states = decoder.step(tokens[index], sub_states, sub_context)
-        values[index, 0] = logp.numpy()[:, decoder.end_id]
+        values[index, 0] = ops.to_numpy(logp)[:, decoder.end_id]
         ids[index] = decoder.end_id
     elif with_attention:
         values[index], ids[index], new_states, alpha[index] = decoder.step_top(
@@ -108,7 +112,7 @@ def _step_live(decoder: StepDecoder, tokens: np.ndarray, states: list[tf.Tensor]
     else:
         values[index], ids[index], new_states = decoder.step_top(tokens[index], sub_states, sub_context, k)
     if not everyone:
-        new_states = [tf.tensor_scatter_nd_update(s, index[:, None], new) for s, new in zip(states, new_states)]
+        new_states = [ops.scatter(s, index, new) for s, new in zip(states, new_states)]
     return values, ids, new_states, alpha
 
 
@@ -171,8 +175,8 @@ def beam_search(decoder: StepDecoder, inputs, max_length: int, width: int, lengt
 def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat_ngram=0):
     n = len(inputs)
     context, states = decoder.start(inputs)
-    context = tuple(tf.repeat(c, k, axis=0) for c in context)
-    states = [tf.repeat(s, k, axis=0) for s in states]
+    context = tuple(ops.repeat(c, k) for c in context)
+    states = [ops.repeat(s, k) for s in states]
     seen = np.zeros((n, k, 0, int(context[0].shape[1]) if with_attention else 0), np.float32)
     tokens = np.full(n * k, decoder.start_id, np.int32)
     scores = np.full((n, k), -np.inf, np.float64)
@@ -215,7 +219,7 @@ def _beam_batch(decoder, inputs, max_length, k, alpha, with_attention, no_repeat
                 step_alpha = np.zeros((n * k, seen.shape[3]), np.float32)
             seen = np.concatenate([seen[rows, beam], step_alpha.reshape(n, k, -1)[rows, beam][:, :, None]], axis=2)
         gather = (rows * k + beam).reshape(-1)
-        states = [tf.gather(s, gather) for s in states]
+        states = [ops.gather(s, gather) for s in states]
         tokens = word.reshape(-1)
         if finished.all():
             break

@@ -31,12 +31,14 @@ class EncoderSpec:
     map_shape: Callable[[int], tuple[int, int, int]]  # input size -> (height, width, channels) of its map
     min_size: int = 1  # the smallest image_size it takes
     description: str = ""
+    runtimes: tuple[str, ...] = ("tensorflow",)  # the encoder_runtime values it runs on (see config.RUNTIMES)
 
 
-def _xception_side(size: int) -> int:
-    """Xception's map side: two valid 3 x 3 convolutions (the first of stride 2), then four stride-2 poolings."""
+def _xception_side(size: int, poolings: int = 4) -> int:
+    """Xception's map side: two valid 3 x 3 convolutions (the first of stride 2), then four stride-2 poolings (three
+    up to the end of its entry flow)."""
     side = (size - 3) // 2 + 1 - 2
-    for _ in range(4):
+    for _ in range(poolings):
         side = (side + 1) // 2
     return side
 
@@ -45,8 +47,18 @@ PIXEL_MAP = 8  # the pixel encoder's map: the image area-averaged to at most 8 x
 
 register_encoder(EncoderSpec(
     name="xception", build=lazy("captioning.features.encoders", "XceptionEncoder"), min_size=71,
-    map_shape=lambda size: (_xception_side(size), _xception_side(size), 2048),
+    map_shape=lambda size: (_xception_side(size), _xception_side(size), 2048), runtimes=("tensorflow", "openvino"),
     description="ImageNet Xception without its top (weights from an installed package, offline)"))
+# Where each shape is: a linear probe on the entry flow's map pooled to the embedded scenes' 3 x 3 layout names the
+# shape in every occupied cell of the 250 dev scenes (96 and 128 px); on the whole network's map, 35-41 % of them
+# (docs/results/2026-12-07-scenes.md). The middle and exit flows, two thirds of the cost, trade place for ImageNet's
+# classes.
+register_encoder(EncoderSpec(
+    name="xception-entry", build=lazy("captioning.features.encoders", "XceptionEntryEncoder"), min_size=71,
+    map_shape=lambda size: (_xception_side(size), _xception_side(size), 728 + 217 + 2),  # 217: encoders.py's
+    # COLOUR_BINS ** 3 + 1
+    description="ImageNet Xception's entry flow (blocks 1-4: 728 channels, where simple shapes are still told apart "
+                "place by place) at the whole network's map side, each cell's colours (217 channels) and place (2)"))
 register_encoder(EncoderSpec(
     name="pixels", build=lazy("captioning.features.encoders", "PixelEncoder"),
     map_shape=lambda size: (min(PIXEL_MAP, size), min(PIXEL_MAP, size), 3),

@@ -29,6 +29,7 @@ from captioning.core.graph import aligned_zeros
 from captioning.core.locks import FileLock
 from captioning.data.images import ImageInfo, load_rgb
 from captioning.features.encoders import Encoder
+from captioning.features.inputs import ImageInputs, MemberInputs  # noqa: F401 (their home before inputs.py)
 
 
 @dataclasses.dataclass
@@ -186,29 +187,6 @@ class MapView:
         return self[np.arange(len(self))]
 
 
-class ImageInputs:
-    """What the attention decoder reads per image: the feature vectors and the maps, row-aligned. Sliced and
-    indexed like an array (an index array reads those maps)."""
-
-    def __init__(self, features: np.ndarray, maps: "MapView | np.ndarray"):
-        self.features, self.maps = features, maps
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.features.shape, *((self.maps.positions, self.maps.channels) if isinstance(self.maps, MapView)
-                                        else self.maps.shape[1:]))
-
-    def __getitem__(self, index) -> "ImageInputs":
-        return ImageInputs(self.features[index], self.maps[index])
-
-    def load(self) -> "ImageInputs":
-        """The same rows with their maps read into memory (float32)."""
-        return self if isinstance(self.maps, np.ndarray) else ImageInputs(self.features, self.maps.read())
-
-
 def extract_features(names: list[str], paths: dict[str, Path], info: dict[str, ImageInfo], encoder: Encoder,
                      batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, ExtractionStats]:
     """Feature vectors of `names` in that order (derived from the maps), extracting only what the cache lacks."""
@@ -245,7 +223,7 @@ def extract(names: list[str], paths: dict[str, Path], info: dict[str, ImageInfo]
                     shas = [info[n].sha256 for n in batch_names]
                     new = [i for i, sha in enumerate(shas) if sha not in store.rows]
                     if new:
-                        store.append([shas[i] for i in new], encoder.encode_maps(tf.gather(batch, new)).numpy())
+                        store.append([shas[i] for i in new], np.asarray(encoder.encode_maps(tf.gather(batch, new))))
                     if colour_dir is not None:
                         for sha, vector in zip(shas, encoder.encode_colour(batch).numpy()):
                             atomic_write(_cache_path(colour_dir, sha), lambda tmp, v=vector: np.save(tmp, v))
@@ -272,21 +250,3 @@ def derive_features(encoder: Encoder, maps: MapView, colour: np.ndarray | None, 
     if colour is not None:
         out[:, grid_dim:] = colour
     return out
-
-
-class MemberInputs:
-    """An ensemble's inputs when its members read different features: one part per feature setting (in the order of
-    Captioner.feature_groups), each a single model's inputs, sliced and loaded together."""
-
-    def __init__(self, parts: list):
-        self.parts = list(parts)
-
-    def __len__(self) -> int:
-        return len(self.parts[0])
-
-    def __getitem__(self, index) -> "MemberInputs":
-        return MemberInputs([part[index] for part in self.parts])
-
-    def load(self) -> "MemberInputs":
-        """Every part read into memory (maps read from the cache are read when loaded; see decode._batches)."""
-        return MemberInputs([part.load() if hasattr(part, "load") else part for part in self.parts])

@@ -7,7 +7,6 @@ import math
 import warnings
 
 import numpy as np
-from nltk.translate.bleu_score import corpus_bleu
 
 BLEU_WEIGHTS = {
     "bleu1": (1.0, 0.0, 0.0, 0.0),
@@ -24,6 +23,9 @@ def bleu_scorer(references: list[list[list[str]]], raw_references=None):
 
 def corpus_bleu_scores(references: list[list[list[str]]], hypotheses: list[list[str]]) -> dict[str, float]:
     """references[i] holds the cleaned reference captions (word lists) of image i; hypotheses[i] its caption."""
+    # NLTK's import takes seconds; imported here, decoding with consensus re-ranking (ngram_counts only) skips it.
+    from nltk.translate.bleu_score import corpus_bleu
+
     check_lengths(references, hypotheses)
     with warnings.catch_warnings():  # NLTK warns when a hypothesis has no n-gram overlap; the score is then 0
         warnings.simplefilter("ignore")

@@ -185,6 +185,12 @@ class AttentionStepDecoder:
         annotations = self.annotations(maps)
         return annotations, self.keys(annotations), self.init_h(features), self.init_c(features)
 
+    def graph_start(self, features, maps):
+        """`start` as TensorFlow ops on the feature vectors and maps (rows, P, C), for a caller's graph function
+        (captioning.inference converts it)."""
+        annotations, keys, h, c = self._start_impl(features, maps)
+        return (annotations, keys), [h, c]
+
     def _step_impl(self, tokens, states, context):
         annotations, keys = context
         embedded = self.embedding(tokens)

@@ -34,6 +34,10 @@ class StepDecoder(Protocol):
       leave the graph.
     - `graph_step(tokens, states, context)` -> (log-probabilities, new states) as TensorFlow ops, for a caller's own
       graph function (SCST samples through it).
+    - optionally `graph_start(features, maps)` -> (context, states) as TensorFlow ops on the feature vectors and the
+      maps (rows, positions, channels; None for a decoder that reads no maps): what `start` computes, for a caller's
+      own graph function. A family that offers it can be exported for inference without TensorFlow
+      (captioning.inference), which converts graph_start and `step` with the weights.
     - `training_inputs(inputs, owner, tokens)`: the Keras model's inputs for captions `tokens` of images `inputs`
       (caption i is of image owner[i]).
     - attributes: `has_attention` (its steps give attention weights), `start_id`, `end_id`, `banned` (added to every

@@ -5,13 +5,15 @@ Members may mix the merge and the attention decoder: an attention member reads t
 feature vectors of the same ImageInputs. Members may also read different features (e.g. one trained on flip-averaged
 features, one on plain ones): the inputs are then MemberInputs, one part per feature setting, and each member reads
 its own part. The ensemble's attention weights (for the app's maps) are the mean of its attention members' weights.
+Members may be Keras step decoders (TensorFlow tensors) or exported ones (NumPy arrays, captioning.inference): the
+mean and the top-k are taken by captioning.core.rows, on whichever the members give.
 """
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from captioning.features.store import MemberInputs
+from captioning.core import rows as ops
+from captioning.features.inputs import MemberInputs
 from captioning.models import spec_of_model
 
 
@@ -59,7 +61,7 @@ class EnsembleStepDecoder:
 
     def _mean_step(self, tokens, states, context):
         """Log of the members' mean next-word probabilities, their new states, and the mean attention (or None)."""
-        tokens = tf.convert_to_tensor(tokens, tf.int32)
+        tokens = np.asarray(tokens, np.int32)
         logps, new_states, alphas = [], [], []
         for member, own_states, own_context in self._split(states, context):
             logp, member_states, alpha = member.step(tokens, own_states, own_context, with_attention=True)
@@ -67,14 +69,15 @@ class EnsembleStepDecoder:
             new_states += list(member_states)
             if member.has_attention:
                 alphas.append(alpha)
-        logp = tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(len(logps)).astype(np.float32)
-        return logp, new_states, tf.reduce_mean(tf.stack(alphas), axis=0) if alphas else None
+        return ops.log_mean_exp(logps), new_states, ops.mean(alphas) if alphas else None
 
     def step(self, tokens, states, context, with_attention: bool = False):
         logp, new_states, alpha = self._mean_step(tokens, states, context)
         return (logp, new_states, alpha) if with_attention else (logp, new_states)
 
     def graph_step(self, tokens, states, context):
+        import tensorflow as tf  # (graph steps are TensorFlow's: the Keras members' only)
+
         logps, new_states = [], []
         for member, own_states, own_context in self._split(states, context):
             logp, member_states = member.graph_step(tokens, own_states, own_context)
@@ -87,9 +90,9 @@ class EnsembleStepDecoder:
 
     def step_top(self, tokens, states, context, k: int, with_attention: bool = False):
         logp, new_states, alpha = self._mean_step(tokens, states, context)
-        values, ids = tf.math.top_k(logp, k)
-        out = (values.numpy(), ids.numpy(), new_states)
-        return (*out, alpha.numpy()) if with_attention else out
+        values, ids = ops.top_k(logp, k)
+        out = (values, ids, new_states)
+        return (*out, ops.to_numpy(alpha)) if with_attention else out
 
 
 def check_compatible(captioners: list) -> None:

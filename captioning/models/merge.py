@@ -73,6 +73,12 @@ class MergeStepDecoder:
         zeros = tf.zeros((len(features), self.units))
         return (self._image(tf.convert_to_tensor(features, tf.float32)),), [zeros] * self.state_count
 
+    def graph_start(self, features, maps=None):
+        """`start` as TensorFlow ops on the feature vectors (the maps are not read), for a caller's graph function
+        (captioning.inference converts it)."""
+        zeros = tf.zeros(tf.stack([tf.shape(features)[0], self.units]))
+        return (self.image_dense(features, training=False),), [zeros] * self.state_count
+
     def graph_step(self, tokens, states, context):
         image_vectors, = context
         x = self.embedding(tokens)

@@ -4,8 +4,10 @@ A logged captioner is "models from code": its code is captioning/serving/pyfunc_
 package as code_paths) and its one artifact, `captioner`, the bundle (config, vocabulary, decoder); nothing is
 pickled. Versions logged before that hold a pickled wrapper (python_model.pkl): `load_model` refuses them and says how
 to re-log them, and `relog_captioner` does it. The project's own readers (the app, `python -m captioning ... --model
-models:/...`, reports) read only the bundle, so they take old and new versions alike. The encoder weights are
-resolved offline by name on the serving machine, so every logged model stays a few MB.
+models:/...`, reports) read only the bundle, so they take old and new versions alike. A trial's logged model is the
+bundle alone (a few MB: the encoder weights are resolved offline by name where it is used); a registered version is
+logged again with the bundle's inference export (`log_with_export`: the decoders and Xception as OpenVINO IR, about
+80 MB with Xception), so that it is served, captioned with and drawn from without TensorFlow.
 """
 from __future__ import annotations
 
@@ -50,6 +52,31 @@ def log_captioner(bundle_dir: Path, name: str = "model"):
                                    artifacts={"captioner": str(bundle_dir)},
                                    code_paths=[str(PACKAGE)], signature=signature,
                                    pip_requirements=pip_requirements())
+
+
+def log_with_export(model_uri: str, run_id: str, log=print) -> str:
+    """The captioner at `model_uri` logged again, in run `run_id`, with its inference export (captioning.inference);
+    the new model's URI, or `model_uri` itself where the captioner cannot be exported (said in one line)."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from captioning.decoding.captioner import Captioner
+    from captioning.inference import ExportError
+    from captioning.inference.export import export_captioner
+
+    with tempfile.TemporaryDirectory(prefix="captioner-export-") as tmp:
+        bundle = Path(tmp) / "captioner"
+        shutil.copytree(download_bundle(model_uri), bundle)
+        try:
+            export_captioner(Captioner.load(bundle, use_export=False), bundle, log=lambda line: None)
+        except ExportError as exc:
+            log(f"registry: {exc}; registering {model_uri} without an inference export")
+            return model_uri
+        active = mlflow.active_run()
+        same = active is not None and active.info.run_id == run_id
+        with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id, nested=active is not None):
+            return log_captioner(bundle, name="exported").model_uri
 
 
 def _logged_as_code(model_uri: str) -> bool:

@@ -15,13 +15,10 @@ import numpy as np
 
 from captioning.config import Config
 from captioning.core.cache import atomic_write
+from captioning.core.errors import TrainingError  # noqa: F401 (raised here; defined there for the CLI)
 from captioning.data.text import Vocabulary
 from captioning.decoding.search import beam_search, greedy_search
 from captioning.metrics import epoch_scorer, metric_spec
-
-
-class TrainingError(RuntimeError):
-    """Training that cannot go on (e.g. the loss became NaN)."""
 
 
 def evaluate_dev(decoder, vocab: Vocabulary, features, config: Config,

@@ -1,0 +1,151 @@
+"""The built-in encoders' image side in NumPy, for inference without TensorFlow (captioning.inference): the resize
+and scaling of `preprocess`, the pixel encoder's map, the grid pooling of `derive` and the colour part, computing what
+captioning.features.encoders computes with TensorFlow (to float32 rounding: tests/test_export.py compares them).
+Xception's network itself runs as OpenVINO IR (captioning.features.openvino_runtime).
+
+Both resizes are linear maps along each axis, applied as two matrix products: TensorFlow's antialiased bilinear
+resize (scale_and_translate with a triangle kernel, widened by the scale when shrinking, its weights normalised to
+sum to 1) and its area resize (each output cell the mean of the input it covers, partial pixels weighted by the part
+covered).
+
+The colour part's constants are those of encoders.py, which imports TensorFlow; the export checks that they agree
+(captioning.inference.export) and writes COLOUR_VERSION and PREPROCESSING into the export, which the runtime checks.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+PREPROCESSING = "jpeg-accurate-dct"  # encoders.PREPROCESSING
+COLOUR_BINS = 6  # encoders.COLOUR_BINS, FOREGROUND, COLOUR_SCALE and COLOUR_VERSION
+FOREGROUND = (0.15, 0.3)
+COLOUR_SCALE = 40.0
+COLOUR_VERSION = f"fg{FOREGROUND[0]:g}-{FOREGROUND[1]:g}-rgb{COLOUR_BINS}-x{COLOUR_SCALE:g}"
+PIXEL_MAP = 8  # captioning.features.PIXEL_MAP
+# name -> (divisor, offset): preprocess is resized / divisor + offset, and unit_rgb (x - offset) * divisor / 255
+SCALING = {"xception": (127.5, -1.0), "pixels": (255.0, 0.0)}
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of TensorFlow's bilinear resize with antialias along one axis."""
+    scale = size_out / size_in
+    kernel_scale = max(1.0 / scale, 1.0)
+    centres = (np.arange(size_out) + 0.5) / scale  # each output sample's position in input pixels
+    inputs = np.arange(size_in) + 0.5
+    weights = np.maximum(0.0, 1.0 - np.abs(inputs[None, :] - centres[:, None]) / kernel_scale)
+    totals = weights.sum(axis=1, keepdims=True)
+    return (weights / np.where(totals > 0, totals, 1.0)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of TensorFlow's area resize along one axis: the share of each input pixel in the
+    output cell's span, over the span's length."""
+    scale = size_in / size_out
+    starts, ends = np.arange(size_out) * scale, (np.arange(size_out) + 1) * scale
+    pixels = np.arange(size_in)
+    covered = np.clip(np.minimum(pixels[None, :] + 1, ends[:, None]) - np.maximum(pixels[None, :], starts[:, None]),
+                      0.0, None)
+    return (covered / scale).astype(np.float32)
+
+
+def _resize(images: np.ndarray, size: int, weights) -> np.ndarray:
+    """(B, H, W, C) -> (B, size, size, C) by `weights`(size_in, size_out) along the rows, then the columns."""
+    rows = weights(images.shape[1], size)
+    columns = weights(images.shape[2], size)
+    out = np.einsum("oh,bhwc->bowc", rows, images.astype(np.float32, copy=False), optimize=True)
+    return np.einsum("pw,bowc->bopc", columns, out, optimize=True)
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """One (H, W, 3) image -> (size, size, 3) float32, as tf.image.resize(bilinear, antialias=True)."""
+    return _resize(image[None], size, bilinear_weights)[0]
+
+
+def resize_area(images: np.ndarray, size: int) -> np.ndarray:
+    """(B, H, W, C) -> (B, size, size, C) float32, as tf.image.resize(method="area")."""
+    return _resize(images, size, area_weights)
+
+
+def grid_pool(maps: np.ndarray, grid: int) -> np.ndarray:
+    """(B, h, w, c) -> (B, grid * grid * c): averages over a grid x grid partition of the map (encoders._grid_pool)."""
+    maps = maps.astype(np.float32, copy=False)
+    if grid == 1:
+        return maps.mean(axis=(1, 2), dtype=np.float32)
+    return resize_area(maps, grid).reshape(len(maps), -1)
+
+
+def soft_histogram(pixels: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB in [0, 1] -> (..., COLOUR_BINS ** 3) bin weights that sum to 1 (encoders._soft_histogram)."""
+    levels = np.linspace(0.0, 1.0, COLOUR_BINS, dtype=np.float32)
+    weights = np.maximum(0.0, 1.0 - np.abs(pixels[..., None] - levels) * (COLOUR_BINS - 1))  # (..., 3, bins)
+    red, green, blue = weights[..., 0, :], weights[..., 1, :], weights[..., 2, :]
+    joint = red[..., :, None, None] * green[..., None, :, None] * blue[..., None, None, :]
+    return joint.reshape(*pixels.shape[:-1], COLOUR_BINS ** 3).astype(np.float32)
+
+
+def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, S, S, 3) RGB in [0, 1] -> the foreground's colour cells and the background's colour
+    (encoders.colour_features)."""
+    images = np.clip(images, 0.0, 1.0)
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    background = np.sort(border, axis=1)[:, border.shape[1] // 2]  # (B, 3)
+    distance = np.max(np.abs(images - background[:, None, None, :]), axis=-1)
+    foreground = np.clip((distance - FOREGROUND[0]) / (FOREGROUND[1] - FOREGROUND[0]), 0.0, 1.0)
+    batch = len(images)
+    share = grid_pool(foreground[..., None], grid).reshape(batch, grid * grid, 1)
+    histogram = grid_pool(soft_histogram(images) * foreground[..., None], grid)
+    histogram = histogram.reshape(batch, grid * grid, COLOUR_BINS ** 3) / (share + 0.02)
+    cells = np.concatenate([histogram, share], axis=-1).reshape(batch, -1)
+    return COLOUR_SCALE * cells, COLOUR_SCALE * soft_histogram(background)
+
+
+class ArrayEncoder:
+    """A built-in encoder's `encode_inputs` in NumPy: (feature vectors, float16 maps) of RGB uint8 images, as
+    captioning.features.encoders.Encoder computes them. `network`: a callable from a float32 batch (B, S, S, 3) to
+    maps (B, h, w, c) (Xception's compiled IR), or None for the pixel encoder, whose map is the image shrunk."""
+
+    def __init__(self, name: str, image_size: int, grid: int, colour_grid: int, mirrored: bool, key: str,
+                 network=None):
+        if name not in SCALING:
+            raise ValueError(f"no NumPy encoding of the {name!r} encoder (only {', '.join(SCALING)})")
+        self.name, self.image_size, self.grid, self.colour_grid = name, image_size, grid, colour_grid
+        self.mirrored, self.key, self.network = mirrored, key, network
+        self.divisor, self.offset = SCALING[name]
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        image = image[:, ::-1] if self.mirrored else image
+        return resize_bilinear(image, self.image_size) / np.float32(self.divisor) + np.float32(self.offset)
+
+    def encode_maps(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed images -> (B, h, w, c) float32 maps, columns mirrored back."""
+        if self.network is not None:
+            maps = self.network(batch)
+        else:
+            maps = resize_area(batch, min(PIXEL_MAP, self.image_size))
+        return maps[:, :, ::-1] if self.mirrored else maps
+
+    def encode_colour(self, batch: np.ndarray) -> np.ndarray:
+        unit = (batch - np.float32(self.offset)) * np.float32(self.divisor / 255)
+        cells, background = colour_features(unit, self.colour_grid)
+        if self.mirrored and self.colour_grid > 1:
+            cells = cells.reshape(len(cells), self.colour_grid, self.colour_grid, -1)[:, :, ::-1].reshape(
+                len(cells), -1)
+        return np.concatenate([cells, background], axis=1).astype(np.float32)
+
+    def encode_inputs(self, images: list[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 arrays of any size -> (feature vectors, float16 maps), the maps rounded as the cache keeps them."""
+        vectors, maps = [], []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([self.preprocess(image) for image in images[start:start + batch_size]])
+            batch_maps = np.asarray(self.encode_maps(batch)).astype(np.float16)
+            features = grid_pool(batch_maps.astype(np.float32), self.grid)
+            if self.colour_grid:
+                features = np.concatenate([features, self.encode_colour(batch)], axis=1)
+            vectors.append(features)
+            maps.append(batch_maps)
+        if not vectors:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 1, 1, 1), np.float16)
+        return np.concatenate(vectors), np.concatenate(maps)

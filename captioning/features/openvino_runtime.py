@@ -1,0 +1,175 @@
+"""The OpenVINO runtime of an encoder (`encoder_runtime: openvino`): its Keras network converted once with
+`openvino.convert_model`, kept as IR under the cache root, and compiled for the CPU in the precision asked for.
+
+    <cache>/openvino/<ir key>/model.xml, model.bin   the IR, float32 weights (never compressed to float16)
+    <cache>/openvino/<ir key>.lock                     held while a process converts
+
+The IR key names the network, its weights' checksum, the input size and the versions of Keras (it builds the graph
+that is converted) and of OpenVINO, so an upgrade of either converts again. The IR is written into a temporary
+folder that is renamed into place when complete, under the lock: a reader sees the whole IR or none, and two
+processes that start together convert once. A run that finds the IR reads it without TensorFlow or Keras.
+
+`inference_precision: bf16` runs in bfloat16 only where the CPU computes it natively (AVX512_BF16 or AMX, as
+/proc/cpuinfo or OpenVINO's CPU capabilities say); elsewhere it says so once and runs float32. OpenVINO's own default
+on a bf16 CPU is bf16, so the precision is always asked for explicitly (INFERENCE_PRECISION_HINT).
+
+OpenVINO's Python package reports its import and every conversion to Google Analytics unless the user has opted out
+(`opt_in_out --opt_out`, a file in the home folder), each event from a forked process that it waits up to 3 s for:
+15 forks of a process running TensorFlow, and 4 of a tiny model's 5 s of conversion here. It skips that in CI jobs,
+which it knows by CI=true, so import_openvino() and the conversion set that while OpenVINO reads it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from captioning.core.cache import cache_root
+from captioning.core.locks import FileLock
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of native bfloat16 arithmetic
+IR_FILE = "model.xml"  # (its weights: model.bin beside it)
+_said: set[str] = set()  # the precisions whose fallback was announced in this process
+
+
+@contextlib.contextmanager
+def _telemetry_declined():
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
+
+
+def import_openvino():
+    """The openvino module, imported without its telemetry (see above)."""
+    with _telemetry_declined():
+        import openvino
+
+    return openvino
+
+
+def cpu_flags() -> set[str]:
+    """The first CPU's flags in /proc/cpuinfo (none where there is no such file, as on macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU can do (FP32, INT8, BF16, ...)."""
+    return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def native_bf16(flags: set[str] | None = None, capabilities: list[str] | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (given flags and capabilities: whether such a CPU does)."""
+    flags = cpu_flags() if flags is None else flags
+    if any(flag in flags for flag in BF16_FLAGS):
+        return True
+    return "BF16" in (openvino_capabilities() if capabilities is None else capabilities)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16_here() -> bool:
+    return native_bf16()
+
+
+def inference_precision(requested: str, log: Callable[[str], None] = print) -> str:
+    """The precision the encoder runs in: `requested`, but float32 where bf16 is not native here (said once)."""
+    if requested != "bf16" or _native_bf16_here():
+        return requested
+    if requested not in _said:
+        _said.add(requested)
+        log("inference_precision bf16: this CPU has no native bfloat16 (no AVX512_BF16 or AMX), so the OpenVINO "
+            "encoder runs in f32 (and its features are cached as f32)")
+    return "f32"
+
+
+def ir_key(name: str, weights_id: str, image_size: int) -> str:
+    """Identifies a converted network: same key, same IR."""
+    versions = f"keras-{importlib.metadata.version('keras')}|openvino-{importlib.metadata.version('openvino')}"
+    text = f"{name}|{weights_id}|{image_size}|{versions}"
+    return f"{name}-{image_size}px-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def converted_ir(key: str, build: Callable[[], Any], log: Callable[[str], None] = print) -> Path:
+    """The IR of `key` under the cache root; converted from the Keras model that build() returns if not there."""
+    directory = cache_root() / "openvino" / key
+    if (directory / IR_FILE).is_file():  # a complete IR: only a finished conversion renames its folder here
+        return directory / IR_FILE
+    with FileLock(directory.with_name(key + ".lock"),
+                  say=f"waiting for another process converting the encoder to OpenVINO ({key})", log=log):
+        if not (directory / IR_FILE).is_file():
+            log(f"converting the encoder to OpenVINO IR once ({key}; cached in {directory.parent})")
+            _convert(build(), directory)
+    return directory / IR_FILE
+
+
+def _convert(model: Any, directory: Path) -> None:
+    """Convert the Keras model and rename its IR into `directory` (the caller holds the lock)."""
+    ov = import_openvino()
+    with warnings.catch_warnings(), _telemetry_declined():
+        # Keras 3 warns that the converter's tracing call passes its one input as a tuple; the graph is the same.
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        network = ov.convert_model(model)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        # compress_to_fp16 (the default) would round the weights to float16: f32 maps would then differ from Keras'.
+        ov.save_model(network, staging / IR_FILE, compress_to_fp16=False)
+        if directory.exists():  # damaged: an IR that did not read (see compiled_ir)
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class CompiledIR:
+    """An IR compiled for the CPU in one precision: called with a float32 batch (B, S, S, 3), it returns the
+    outputs (B, h, w, c) as float32."""
+
+    def __init__(self, xml: Path, precision: str):
+        core = import_openvino().Core()
+        self.compiled = core.compile_model(core.read_model(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(images, dtype=np.float32)})
+        return self.request.get_output_tensor(0).data.astype(np.float32, copy=True)  # (the buffer is reused)
+
+
+def compiled_ir(key: str, build: Callable[[], Any], precision: str, log: Callable[[str], None] = print) -> CompiledIR:
+    """The IR of `key` (converted once, see converted_ir) compiled for the CPU in `precision` (f32 or bf16)."""
+    xml = converted_ir(key, build, log)
+    try:
+        return CompiledIR(xml, precision)
+    except RuntimeError as exc:  # a damaged IR (a disk error, a file truncated by hand): convert it again
+        log(f"the cached OpenVINO IR {xml.parent} does not read ({str(exc).splitlines()[0]}); converting it again")
+        with FileLock(xml.parent.with_name(key + ".lock"), log=log):
+            _convert(build(), xml.parent)
+        return CompiledIR(xml, precision)
+
+
+def convert_quietly(model: Any, **kwargs) -> Any:
+    """openvino.convert_model(model) without OpenVINO's telemetry (see above), for other graphs to convert
+    (captioning.inference exports the decoders' steps)."""
+    ov = import_openvino()
+    with _telemetry_declined():
+        return ov.convert_model(model, **kwargs)

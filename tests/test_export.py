@@ -1,0 +1,203 @@
+"""The inference export (captioning.inference): small captioners of every decoder family and an ensemble of them,
+exported, then loaded and decoded in a process where TensorFlow and Keras cannot be imported, caption what the Keras
+path captions (greedy and beam-3), with the same attention maps; the NumPy image side computes the TensorFlow
+encoders' features; a stale export, or none, decodes through Keras and says how to export."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from captioning.config import Config
+from captioning.data.synthetic import make_scene
+from captioning.data.text import Vocabulary, pad_batch
+from captioning.decoding import captioner as captioner_module
+from captioning.decoding.captioner import Captioner
+from captioning.decoding.consensus import Neighbours
+from captioning.features.encoders import make_encoder
+from captioning.features.numpy_encoding import ArrayEncoder
+from captioning.features.prepare import load_and_report, prepare
+from captioning.inference.export import export_captioner
+from captioning.models import build_model, make_step_decoder
+from captioning.models.base import masked_cross_entropy
+
+BASE = Config(encoder="pixels", image_size=32, feature_grid=2, colour_grid=1, vocab_min_count=1, max_length=16,
+              embedding_size=16, units=16, attention_units=16, dropout=0.0, learning_rate=0.02, beam_width=3,
+              transformer_layers=1, transformer_heads=2, transformer_ff=32)
+FAMILIES = {"merge": BASE.replace(feature_flip=True),  # mirrored features averaged: another feature group
+            "attention": BASE.replace(decoder="attention"),
+            "transformer": BASE.replace(decoder="transformer", rerank_neighbours=5)}  # consensus re-ranking
+# Run in a fresh process: TensorFlow and Keras cannot be imported there, and none of their modules may be loaded.
+DECODE = """
+import importlib.abc, json, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras"):
+            raise ImportError(f"{name} is blocked in this test")
+
+sys.meta_path.insert(0, Blocked())
+from captioning.decoding.captioner import Captioner
+
+images, (tracking, served), out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), {}
+for bundle in sys.argv[3:]:
+    captioner = Captioner.load(bundle)
+    assert captioner.exported is not None
+    greedy = [options[0][0] for options in captioner.caption_alternatives(images, 1)]
+    beams = captioner.caption_alternatives(images, 3)
+    caption, maps = captioner.caption_with_attention(images[0], 3)
+    out[bundle] = {"greedy": greedy, "beam": [[c for c, _ in o] for o in beams],
+                   "scores": [[s for _, s in o] for o in beams], "maps": None if maps is None else maps.tolist()}
+import mlflow, pandas  # the served model (pyfunc_model.py): a logged bundle with its export
+mlflow.set_tracking_uri(tracking)
+rows = pandas.DataFrame({"image": [open(image, "rb").read() for image in images]})
+out["served"] = list(mlflow.pyfunc.load_model(served).predict(rows, params={"beam_width": 3})["caption"])
+loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("tensorflow", "keras"))
+assert not loaded, loaded
+print(json.dumps(out))
+"""
+
+
+def _train(config: Config, prepared, steps: int = 30) -> Captioner:
+    """A captioner trained for a few batches of teacher forcing (seconds: one traced step of fixed shapes), through
+    the step decoder's training_inputs as training.teacher does."""
+    keras.utils.set_random_seed(0)
+    dataset = prepared.dataset
+    names = dataset.split("train")
+    vocab = Vocabulary.build((c for n in sorted(dataset.captions) for c in dataset.captions[n]), 1)
+    inputs = prepared.inputs("train", config.decoder)
+    model = build_model(config, len(vocab), inputs)
+    decoder = make_step_decoder(model, vocab)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def train_step(batch, targets):
+        with tf.GradientTape() as tape:
+            loss = masked_cross_entropy(targets, model(batch, training=True))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        images = np.sort(rng.choice(len(names), 24, replace=False))
+        captions = [dataset.captions[names[i]][rng.integers(len(dataset.captions[names[i]]))] for i in images]
+        tokens = pad_batch([vocab.encode(words, config.max_length) for words in captions], config.max_length)
+        train_step(decoder.training_inputs(inputs[images], np.arange(len(images)), tokens[:, :-1]), tokens[:, 1:])
+    neighbours = None
+    if config.rerank_neighbours:
+        neighbours = Neighbours(prepared.features["train"], [[" ".join(c) for c in dataset.captions[n]] for n in names])
+    return Captioner(config, vocab, model, neighbours=neighbours)
+
+
+@pytest.fixture(scope="module")
+def exported(shapes_dir, tmp_path_factory):
+    """Bundles of the three families and of their ensemble, each exported; and a few test images."""
+    dataset = load_and_report(shapes_dir, log=lambda line: None)
+    root = tmp_path_factory.mktemp("exported")
+    captioners = {name: _train(config, prepare(config, dataset, progress=False))
+                  for name, config in FAMILIES.items()}
+    captioners["ensemble"] = Captioner.ensemble(list(captioners.values()))
+    bundles = {}
+    for name, captioner in captioners.items():
+        bundles[name] = captioner.save(root / name)
+        export_captioner(Captioner.load(bundles[name], use_export=False), bundles[name], log=lambda line: None)
+    images = [str(shapes_dir / "Images" / name) for name in dataset.split("test")[:6]]
+    return bundles, images
+
+
+def _keras_path(bundle: Path, images: list[str]) -> dict:
+    captioner = Captioner.load(bundle, use_export=False)
+    assert captioner.exported is None
+    beams = captioner.caption_alternatives(images, 3)
+    caption, maps = captioner.caption_with_attention(images[0], 3)
+    return {"greedy": [options[0][0] for options in captioner.caption_alternatives(images, 1)],
+            "beam": [[c for c, _ in o] for o in beams], "scores": [[s for _, s in o] for o in beams], "maps": maps}
+
+
+def test_the_export_decodes_and_serves_without_tensorflow_what_keras_decodes(exported, tmp_path, monkeypatch):
+    bundles, images = exported
+    import mlflow
+
+    from captioning.serving.mlflow_model import log_captioner
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # (artifacts beside the database)
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run():
+        served = log_captioner(bundles["transformer"]).model_uri
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", DECODE, json.dumps(images), json.dumps([tracking, served]),
+                           *map(str, bundles.values())], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "decoding with the OpenVINO export" in done.stderr
+    decoded = json.loads(done.stdout)
+    for name, bundle in bundles.items():
+        keras_path, export = _keras_path(bundle, images), decoded[str(bundle)]
+        assert export["greedy"] == keras_path["greedy"], name
+        assert export["beam"] == keras_path["beam"], name
+        np.testing.assert_allclose(export["scores"], keras_path["scores"], rtol=1e-4, err_msg=name)
+        if name == "merge":
+            assert export["maps"] is None and keras_path["maps"] is None
+        else:
+            np.testing.assert_allclose(export["maps"], keras_path["maps"], atol=1e-4, err_msg=name)
+    assert len({caption for captions in decoded[str(bundles["ensemble"])]["beam"] for caption in captions}) > 3
+    assert decoded["served"] == [beams[0] for beams in decoded[str(bundles["transformer"])]["beam"]]
+
+
+def test_a_stale_export_or_none_decodes_through_keras_and_says_how_to_export(exported, tmp_path, monkeypatch):
+    bundles, images = exported
+    monkeypatch.setattr(captioner_module, "_said", set())  # (what this process has said already is not said again)
+    said = []
+    copy = tmp_path / "copy"
+    Captioner.load(bundles["merge"], use_export=False).save(copy)  # new decoder files: the export is dropped
+    assert Captioner.load(copy, log=said.append).exported is None
+    assert said == [f"captioner: {copy} has no inference export, so it decodes through Keras (TensorFlow); python -m "
+                    f"captioning export {copy} makes one, which decodes without TensorFlow"]
+    export_captioner(Captioner.load(copy, use_export=False), copy, log=said.append)
+    assert Captioner.load(copy, log=said.append).exported is not None
+    vocab = copy / "vocab.json"
+    vocab.write_text(vocab.read_text() + "\n")  # another vocabulary file than the export's
+    assert Captioner.load(copy, log=said.append).exported is None
+    assert "was made from other decoder or vocabulary files" in said[-1] and "captioning export" in said[-1]
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_the_numpy_image_side_computes_the_tensorflow_encoders_features(mirrored):
+    """Resizing, the pixel map, grid pooling and the colour part without TensorFlow, on scenes and noise of
+    several sizes and aspect ratios."""
+    rng = np.random.default_rng(1)
+    images = [np.asarray(make_scene(i, seed=2)[0].convert("RGB"))[: 90 + 13 * i, : 128 - 11 * i] for i in range(3)]
+    images += [rng.integers(0, 256, size, dtype=np.uint8) for size in ((17, 40, 3), (300, 200, 3))]
+    for config in (BASE, BASE.replace(feature_grid=1, colour_grid=3), BASE.replace(image_size=12, feature_grid=3)):
+        encoder = make_encoder(config, mirrored=mirrored)
+        ours = ArrayEncoder(config.encoder, config.image_size, config.feature_grid, config.colour_grid, mirrored,
+                            encoder.key)
+        features, maps = encoder.encode_inputs(images)
+        our_features, our_maps = ours.encode_inputs(images)
+        np.testing.assert_allclose(our_maps.astype(np.float32), maps.astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(our_features, features, atol=1e-4)
+
+
+def test_an_xception_captioner_exports_its_network_and_encodes_as_tensorflow(tmp_path):
+    """Xception at its smallest input (71 px: a 3 x 3 map): the export carries its IR, and the exported encoder's
+    maps and features are TensorFlow's to float32 rounding (values reach about 10)."""
+    config = Config(image_size=71, feature_grid=1, vocab_min_count=1, max_length=8, embedding_size=8, units=8)
+    vocab = Vocabulary(["red", "blue", "circle", "square"])
+    keras.utils.set_random_seed(0)
+    model = build_model(config, len(vocab), np.zeros((1, 2048), np.float32))
+    bundle = Captioner(config, vocab, model).save(tmp_path / "xception")
+    export_captioner(Captioner.load(bundle, use_export=False), bundle, log=lambda line: None)
+    assert len(list((bundle / "export").glob("encoder-xception-71px-*.bin"))) == 1
+    images = [np.asarray(make_scene(i, seed=4)[0].convert("RGB"))[: 100 + 20 * i] for i in range(2)]
+    keras_path, export = Captioner.load(bundle, use_export=False), Captioner.load(bundle, log=lambda line: None)
+    features, maps = keras_path.encoder.encode_inputs(images)
+    our_features, our_maps = export.encoder.encode_inputs(images)
+    np.testing.assert_allclose(our_maps.astype(np.float32), maps.astype(np.float32), atol=1e-2)  # float16 steps
+    np.testing.assert_allclose(our_features, features, atol=1e-3)
+    assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
