@@ -16,7 +16,7 @@ Lower folders never import higher ones, and nothing here imports tuning/, report
 """
 import os
 
-from captioning.core import legacy
+from captioning.core import legacy, quiet_import
 
 # Before TensorFlow loads: keep its C++ start-up lines (absl's I0000/W0000/E0000: CPU features, oneDNN, CUDA
 # factories) and gRPC's (Keras Tuner imports it) out of the user's terminal. Level 2 still lets E0000 lines through,
@@ -26,4 +26,5 @@ LIBRARY_LOGS_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "NONE"}
 LIBRARY_LOGS_SHOWN = {"TF_CPP_MIN_LOG_LEVEL": "0", "GRPC_VERBOSITY": "INFO"}
 for _name, _value in LIBRARY_LOGS_QUIET.items():
     os.environ.setdefault(_name, _value)
+quiet_import.install()  # oneDNN's notice, which the level above does not reach (captioning/core/quiet_import.py)
 legacy.install()  # the module names a version logged before this layout imports (captioning/core/legacy.py)

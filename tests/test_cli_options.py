@@ -57,3 +57,14 @@ def test_commands_hide_tensorflows_log_lines_unless_verbose(tmp_path):
     assert loud.returncode == 0, loud.stderr
     assert len(loud.stdout.splitlines()) == 1
     assert LIBRARY_LINE.search(loud.stderr), loud.stderr
+
+
+def test_the_quiet_import_drops_only_absls_info_lines_and_its_warning():
+    from captioning.core.quiet_import import filtered
+
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1796671733.025337    5783 port.cc:153] oneDNN custom operations are on.\n"
+            "E0000 00:00:1796671733.025337    5783 some.cc:1] an error TensorFlow meant to show\n"
+            "/x.py:3: UserWarning: a warning of Python's\n  warnings.warn(msg)\n")
+    assert filtered(text) == ("E0000 00:00:1796671733.025337    5783 some.cc:1] an error TensorFlow meant to show\n"
+                              "/x.py:3: UserWarning: a warning of Python's\n  warnings.warn(msg)\n")
