@@ -2,10 +2,12 @@
 
     python benchmarks/scenes.py --model models:/captioner@champion
     python benchmarks/scenes.py --model outputs/captioner-20261207-101500 --split dev --out /tmp/probe.json
+    python benchmarks/scenes.py --model outputs/captioner-20261207-101500 --split dev --beam 5 --length-penalty 1
 
-Captions the 250 test scenes from their image files (the captioning path: load, encode, decode with the beam width of
-the model's config) and judges each caption against the scene as the generator made it (captioning.data.synthetic:
-every object's colour, shape, size and cell), with the rules of captioning.evaluation.scenes:
+Captions the 250 test scenes from their image files (the captioning path: load, encode, decode with the beam width and
+length penalty of the model's config, or of --beam and --length-penalty) and judges each caption against the scene as
+the generator made it (captioning.data.synthetic: every object's colour, shape, size and cell), with the rules of
+captioning.evaluation.scenes:
 
 - object precision and recall: the colour-shape pairs the captions name against the scenes' objects, with
   multiplicity (two red circles are two); objects exact: the captions that name exactly the scene's objects.
@@ -79,6 +81,7 @@ def score_captioner(captioner, dataset, seed: int, samples: int = 8, split: str 
     references = [dataset.captions[n] for n in names]
     rows = list(zip(names, captions, scenes, judgements))
     return {"split": split, "images": len(names), "beam_width": captioner.config.beam_width,
+            "length_penalty": captioner.config.length_penalty,
             "encoder": {k: captioner.config.to_dict()[k] for k in
                         ("encoder", "image_size", "feature_grid", "colour_grid")},
             "decoder": captioner.config.decoder,
@@ -97,7 +100,8 @@ def _percent(value: float | None) -> str:
 def report(result: dict) -> list[str]:
     r, split = result, result["split"]
     return [
-        f"{r['images']} {r['split']} scenes, {r['decoder']} decoder, beam-{r['beam_width']}: fully right "
+        f"{r['images']} {r['split']} scenes, {r['decoder']} decoder, beam-{r['beam_width']} (length penalty "
+        f"{r['length_penalty']:g}): fully right "
         f"{_percent(r['fully_right'])} (2 shapes {_percent(r['fully_right_by_object_count'].get('2'))}, 3 shapes "
         f"{_percent(r['fully_right_by_object_count'].get('3'))}); every word right {_percent(r['every_word_right'])}",
         f"objects: exact {_percent(r['objects_exact'])}, precision {r['object_precision']:.3f}, recall "
@@ -125,6 +129,8 @@ def main(argv=None) -> None:
                         "embedded dataset's)")
     parser.add_argument("--split", choices=("test", "dev"), default="test", help="the scenes to caption (dev: "
                         "for choosing; default: test)")
+    parser.add_argument("--beam", type=int, help="beam width (1: greedy; default: the model's own)")
+    parser.add_argument("--length-penalty", type=float, help="the beam's length penalty (default: the model's own)")
     parser.add_argument("--samples", type=int, default=8, help="sample captions to print and keep")
     parser.add_argument("--out", default="scenes.json", help="file name under benchmarks/results/ (or a path)")
     args = parser.parse_args(argv)
@@ -137,6 +143,9 @@ def main(argv=None) -> None:
     if args.tracking_uri or args.model.startswith(("models:/", "runs:/")):
         resolve_tracking_uri(args.tracking_uri)
     captioner = load_captioner(args.model)
+    for key, value in (("beam_width", args.beam), ("length_penalty", args.length_penalty)):
+        if value is not None:
+            captioner.config = captioner.config.replace(**{key: value})
     dataset = load_dataset(Path(args.data) if args.data else embedded_dataset(), seed=captioner.config.seed)
     try:
         result = {"model": args.model, **score_captioner(captioner, dataset, args.seed, args.samples,

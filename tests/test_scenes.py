@@ -164,5 +164,11 @@ def test_the_benchmark_scores_a_captioner_and_refuses_another_seeds_dataset(shap
     assert 0 <= result["fully_right"] <= 1 and result["objects_named"] > 0 and "test_bleu4" in result
     assert result["references"]["listing"]["fully_right"] == 1.0
     assert "fully right" in capsys.readouterr().out
+    # the decoding given on the command line, not the model's
+    benchmark.main(["--model", str(BUNDLE), "--data", str(shapes_dir), "--seed", "1", "--beam", "1",
+                    "--length-penalty", "2", "--out", str(out)])
+    greedy = json.loads(out.read_text())
+    assert (greedy["beam_width"], greedy["length_penalty"]) == (1, 2.0)
+    assert "beam-1 (length penalty 2): fully right" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="with seed 0; give the seed the dataset was written with"):
         benchmark.main(["--model", str(BUNDLE), "--data", str(shapes_dir), "--out", str(out)])
