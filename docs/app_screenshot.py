@@ -76,7 +76,9 @@ def take(image: Path, out: Path, tracking_uri: str, width: int = 1200, height: i
         upload = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input[type='file']"), 120, "the upload field",
                        log)[0]
         upload.send_keys(str(image.resolve()))
-        body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        def body() -> str:
+            return driver.find_element(By.TAG_NAME, "body").text
+
         _wait(lambda: "Where the model looked" in body() or "has no attention maps" in body(), 300, "the caption",
               log)
         caption = driver.execute_script("return (document.querySelector('h3') || {}).innerText || ''")
