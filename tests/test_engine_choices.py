@@ -138,6 +138,7 @@ def test_bad_engine_choices_are_one_error_each(tmp_path, search, message):
     ({"ensemble": 0}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got 0"),
     ({"ensemble": 2.5}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got 2.5"),
     ({"ensemble": True}, "search.ensemble must be a whole number >= 1 (1: no ensemble), got True"),
+    ({"export": "no"}, "search.export must be true or false, got 'no'"),
     ({"pruner_patience": 3}, "unknown search setting(s) pruner_patience in")])
 def test_bad_search_settings_are_one_error_each(tmp_path, search, message):
     with pytest.raises(ConfigError) as error:

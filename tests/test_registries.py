@@ -90,7 +90,7 @@ def test_a_search_over_the_toy_decoder_driven_by_the_toy_metric(toys, shapes_dir
     config = tiny_config.replace(decoder="toy", selection_metric="distinct", embedding_size=16, units=32, epochs=1)
     experiment = tmp_path / "toy.yaml"  # (ensembles of the toy decoder: the test above)
     experiment.write_text(yaml.safe_dump({"config": config.to_dict(), "search": {
-        "trials": 2, "samples": 2, "pruner": "none", "space": {"units": {"choices": [16, 32]}}}}))
+        "trials": 2, "samples": 0, "pruner": "none", "export": False, "space": {"units": {"choices": [16, 32]}}}}))
     assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(experiment),
                             "--metric", "dev_distinct"]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, m
          decoder: attention, attention_units: 16}
 search:
   trials: 2
-  samples: 2
+  samples: 0  # no sample captions logged with each trial (tests/test_search.py checks them)
   pruner_startup_trials: 2
   space:
     units: {choices: [32, 64]}

@@ -86,6 +86,7 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
         assert key in run.data.metrics
     # The test split is scored for the registered version alone: its run and its tags, no other trial.
     champion = client.get_model_version_by_alias("captioner", "champion")
+    assert champion.tags["inference_export"] == "openvino"  # search.export, by default: served without TensorFlow
     assert [r.info.run_id for r in runs if "test_bleu4" in r.data.metrics] == [champion.run_id]
     test_bleu4 = client.get_run(champion.run_id).data.metrics["test_bleu4"]
     assert float(champion.tags["test_bleu4"]) == pytest.approx(test_bleu4, abs=1e-6)
@@ -202,7 +203,8 @@ def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_b
 
     monkeypatch.setattr(TrialRunner, "run", run_until_the_budget_ends)
     experiment = workspace[1]
-    experiment.write_text(experiment.read_text().replace("  pruner: median\n", "  sampler: tpe\n  pruner: hyperband\n"))
+    experiment.write_text(experiment.read_text().replace("  pruner: median\n",
+                                                         "  sampler: tpe\n  pruner: hyperband\n  export: false\n"))
     assert _search(workspace, shapes_dir, "--study", "short", "--timeout", "2", "--budget", "2",
                    "--metric", "dev_cider") == 0
     out = capsys.readouterr().out
@@ -211,6 +213,7 @@ def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_b
     assert "registered: captioner version 1 as @champion" in out and "other workers" not in out
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("captioner", "champion")
+    assert version.tags["inference_export"] == "none"  # search.export: false registers the trial's bundle as it is
     run = client.get_run(version.run_id)
     assert run.data.metrics["dev_cider"] >= 0 and {"dev_rouge_l", "dev_epoch_cider"} <= set(run.data.metrics)
     assert run.data.tags["cut_by_budget_after_epoch"] == "1" and run.data.metrics["best_epoch"] == 1
@@ -219,27 +222,21 @@ def test_a_single_worker_stopped_by_the_timeout_and_budget_still_registers_its_b
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["cut_by_budget_after_epoch"] == 1
 
 
-def test_keras_tuner_engine_end_to_end(workspace, shapes_dir, capsys):
-    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0
-    out = capsys.readouterr().out
-    assert "as @champion" in out
-    runs = _trial_runs("kt")
-    assert len(runs) == 2 and all(r.data.tags["engine"] == "keras-tuner" for r in runs)
-    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kt") == 0  # resumes: no new trial
-    assert len(_trial_runs("kt")) == 2
-
-
-def test_keras_tuner_hyperband_trains_each_trial_for_its_rung(workspace, shapes_dir, capsys):
+def test_keras_tuner_hyperband_trains_each_trial_for_its_rung_and_resumes(workspace, shapes_dir, capsys):
+    # (Keras Tuner's Bayesian oracle, its default, runs end to end in tests/test_reports.py.)
     experiment = workspace[1]
     experiment.write_text(experiment.read_text().replace(
-        "search:\n", "search:\n  tuner: hyperband\n  pruner_max_epochs: 3\n  pruner_reduction: 3\n"))
+        "search:\n", "search:\n  tuner: hyperband\n  pruner_max_epochs: 3\n  pruner_reduction: 3\n  export: false\n"))
     assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kth") == 0
     assert "as @champion" in capsys.readouterr().out
     runs = _trial_runs("kth")  # the first rung of the 3-epoch bracket: one epoch each, and --trials caps them at 2
-    assert len(runs) == 2 and [r.data.params["epochs"] for r in runs] == ["1", "1"]
+    assert len(runs) == 2 and all(r.data.tags["engine"] == "keras-tuner" for r in runs)
+    assert [r.data.params["epochs"] for r in runs] == ["1", "1"]
     parent = MlflowClient().get_run(runs[0].data.tags["mlflow.parentRunId"]).data.params  # what the study ran with
     assert parent["sampler"] == "keras-tuner hyperband"
     assert parent["pruner"].startswith("hyperband brackets(max_epochs=3")
+    assert _search(workspace, shapes_dir, "--engine", "keras-tuner", "--study", "kth") == 0  # resumes: no new trial
+    assert len(_trial_runs("kth")) == 2
 
 
 def test_a_second_worker_on_a_sqlite_study_is_refused_with_the_alternative(workspace, shapes_dir, capsys):
@@ -261,7 +258,8 @@ def test_a_search_ensembles_two_families_and_registers_the_decoding_it_chose_on_
     # together when the study ends; then the beam width and re-ranking of the better model are chosen on dev (the
     # small grid: 6 settings) and registered with it.
     text = TINY % "{low: 0.005, high: 0.02, log: true}"
-    text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n  decoding_choice: small\n")
+    text = text.replace("search:\n", "search:\n  ensemble: 2\n  pruner: none\n  decoding_choice: small\n"
+                                     "  export: false\n")
     workspace[1].write_text(text + "    feature_flip: {choices: [false, true]}\n"
                                    "    decoder: {choices: [merge, attention]}\n")
     assert _search(workspace, shapes_dir, "--study", "together") == 0

@@ -17,15 +17,15 @@ import mlflow
 from captioning.decoding.captioner import Captioner
 from captioning.serving.infra import free_port
 from captioning.serving.mlflow_model import download_bundle
+from tuning import search as search_cli
 
-PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = """
 config: {encoder: pixels, image_size: 32, feature_grid: 4, vocab_min_count: 1, max_length: 24,
          embedding_size: 32, learning_rate: 0.003, dropout: 0.1, epochs: 2, decoder: transformer,
          transformer_layers: 1, transformer_heads: 2, transformer_ff: 64, rerank_neighbours: 3}
 search:
   trials: 1
-  samples: 2
+  samples: 0  # no sample captions logged with each trial (tests/test_search.py checks them)
   space:
     dropout: {low: 0.0, high: 0.3}
 """
@@ -38,9 +38,9 @@ def test_rest_serving_of_the_champion(tmp_path, shapes_dir, bomb_png, monkeypatc
     # activated virtual environment).
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run([sys.executable, str(PROJECT / "tuning" / "search.py"), "--data", str(shapes_dir),
-                    "--experiment", str(tmp_path / "serve.yaml"), "--storage", f"sqlite:///{tmp_path / 'o.db'}"],
-                   env=env, check=True, capture_output=True, cwd=tmp_path, timeout=300)
+    monkeypatch.chdir(tmp_path)  # the search's artifacts go beside its database, where the server runs
+    assert search_cli.main(["--data", str(shapes_dir), "--experiment", str(tmp_path / "serve.yaml"),
+                            "--tracking-uri", uri, "--storage", f"sqlite:///{tmp_path / 'o.db'}"]) == 0
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", "models:/captioner@champion",

@@ -47,6 +47,9 @@ class SearchSettings:
     # full: 30 settings, small: 6, off: the model's own decoding). Off unless asked for, as the ensemble is: the
     # experiment says what a study spends after its trials (experiments/*.yaml ask for it).
     decoding_choice: str = "off"
+    # The version registered carries the model's inference export (OpenVINO IR: it is served and captions without
+    # TensorFlow); false: the best model's bundle as it is, decoded through TensorFlow where it is used.
+    export: bool = True
     heartbeat_seconds: int = 10  # on a database server: how often a running trial says it is alive
     grace_seconds: int = 60  # ... and how long after its last heartbeat it counts as lost (its worker died)
 
@@ -103,6 +106,8 @@ def read_settings(experiment: Path, **options) -> SearchSettings:
         settings.timeout = settings.budget  # no trial starts after the budget either
     if settings.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {settings.trials}")
+    if not isinstance(settings.export, bool):
+        raise ConfigError(f"search.export must be true or false, got {settings.export!r}")
     if isinstance(settings.ensemble, bool) or not isinstance(settings.ensemble, int) or settings.ensemble < 1:
         raise ConfigError(f"search.ensemble must be a whole number >= 1 (1: no ensemble), got {settings.ensemble!r}")
     _check_engine_choices(settings)

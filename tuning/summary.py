@@ -41,7 +41,7 @@ def summarize(client, parent, study, settings, dataset, uri, seconds, record, st
     if not register:
         return
     outcome = promote_best(best, settings.registered_model, settings.metric, settings.promote_margin, dataset, study,
-                           storage, prepare=prepare, log=print)
+                           storage, prepare=prepare, log=print, export=settings.export)
     version, alias = outcome["version"], outcome["alias"]
     client.set_tag(parent, "best_run_id", best.info.run_id)
     client.log_metric(parent, f"best_{settings.metric}", m[settings.metric])
