@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from captioning.decoding.captioner import Captioner
 from captioning.features.prepare import FeatureCache, load_and_report
-from captioning.serving.mlflow_model import download_bundle
+from captioning.serving.mlflow_model import download_bundle, pip_requirements
 from reports.collect import registry_marks
 from tuning import search as search_cli
 from tuning import summary
@@ -87,6 +87,10 @@ def test_optuna_search_logs_registers_resumes_and_serves(workspace, shapes_dir, 
     # The test split is scored for the registered version alone: its run and its tags, no other trial.
     champion = client.get_model_version_by_alias("captioner", "champion")
     assert champion.tags["inference_export"] == "openvino"  # search.export, by default: served without TensorFlow
+    # ... and its environment names what serving the export needs: no TensorFlow, Keras or NLTK
+    needs = Path(mlflow.pyfunc.get_model_dependencies("models:/captioner@champion")).read_text().split()
+    assert sorted(needs) == sorted(pip_requirements(inference_only=True)) and "openvino==" in " ".join(needs)
+    assert not [n for n in needs if n.startswith(("tensorflow", "keras", "nltk"))]
     assert [r.info.run_id for r in runs if "test_bleu4" in r.data.metrics] == [champion.run_id]
     test_bleu4 = client.get_run(champion.run_id).data.metrics["test_bleu4"]
     assert float(champion.tags["test_bleu4"]) == pytest.approx(test_bleu4, abs=1e-6)

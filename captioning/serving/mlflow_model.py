@@ -28,22 +28,35 @@ class PickledModelError(ValueError):
     """A logged captioner from before models from code, whose wrapper would have to be unpickled to load it."""
 
 
-def pip_requirements() -> list[str]:
+# What a version logged with its inference export imports where it is served (captioning.inference: no TensorFlow,
+# Keras, NLTK or the COCO scorers), by distribution name as requirements/library.txt pins them.
+INFERENCE_DISTRIBUTIONS = ("mlflow", "openvino", "numpy", "pillow", "pyyaml", "tqdm", "pandas")
+
+
+def pip_requirements(inference_only: bool = False) -> list[str]:
     """The library's pinned requirements (requirements/library.txt: MLflow included, no search, app or test
     packages), for the logged model's environment; from the installed distribution's metadata when the package is
-    not run from its source folder."""
+    not run from its source folder. `inference_only`: those of INFERENCE_DISTRIBUTIONS alone, for a model that
+    decodes with its export."""
     source = PACKAGE.parent / "requirements" / "library.txt"
     if source.is_file():
         lines = source.read_text().splitlines()
-        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    from importlib.metadata import requires
+        pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    else:
+        from importlib.metadata import requires
 
-    return [req for req in requires("captioning-workbench") or [] if "extra ==" not in req]
+        pins = [req for req in requires("captioning-workbench") or [] if "extra ==" not in req]
+    if not inference_only:
+        return pins
+    kept = [pin for pin in pins if re.split(r"[\[=<>!~; ]", pin, maxsplit=1)[0].lower() in INFERENCE_DISTRIBUTIONS]
+    if len(kept) != len(INFERENCE_DISTRIBUTIONS):
+        raise RuntimeError(f"requirements/library.txt pins {kept}, not all of {INFERENCE_DISTRIBUTIONS}")
+    return kept
 
 
-def log_captioner(bundle_dir: Path, name: str = "model"):
+def log_captioner(bundle_dir: Path, name: str = "model", inference_only: bool = False):
     """Log a saved captioner bundle as a pyfunc model (models from code) in the active run; returns MLflow's
-    ModelInfo."""
+    ModelInfo. `inference_only`: the bundle decodes with its export, so its environment needs no TensorFlow."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(pd.DataFrame({"image": ["/9j/4AAQSkZJRg=="]}), pd.DataFrame({"caption": ["a dog"]}),
@@ -51,7 +64,7 @@ def log_captioner(bundle_dir: Path, name: str = "model"):
     return mlflow.pyfunc.log_model(name=name, python_model=str(MODEL_CODE),
                                    artifacts={"captioner": str(bundle_dir)},
                                    code_paths=[str(PACKAGE)], signature=signature,
-                                   pip_requirements=pip_requirements())
+                                   pip_requirements=pip_requirements(inference_only))
 
 
 def log_with_export(model_uri: str, run_id: str, log=print) -> str:
@@ -76,7 +89,7 @@ def log_with_export(model_uri: str, run_id: str, log=print) -> str:
         active = mlflow.active_run()
         same = active is not None and active.info.run_id == run_id
         with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id, nested=active is not None):
-            return log_captioner(bundle, name="exported").model_uri
+            return log_captioner(bundle, name="exported", inference_only=True).model_uri
 
 
 def _logged_as_code(model_uri: str) -> bool:
