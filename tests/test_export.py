@@ -1,7 +1,8 @@
 """The inference export (captioning.inference): small captioners of every decoder family and an ensemble of them,
 exported, then loaded and decoded in a process where TensorFlow and Keras cannot be imported, caption what the Keras
 path captions (greedy and beam-3), with the same attention maps; the NumPy image side computes the TensorFlow
-encoders' features; a stale export, or none, decodes through Keras and says how to export."""
+encoders' features (Xception's, and its entry flow's with each cell's colour and place, from their IR); a stale
+export, or none, decodes through Keras and says how to export."""
 from __future__ import annotations
 
 import json
@@ -14,14 +15,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from captioning.config import Config
+from captioning.data.images import load_rgb
 from captioning.data.synthetic import make_scene
 from captioning.data.text import Vocabulary, pad_batch
 from captioning.decoding import captioner as captioner_module
 from captioning.decoding.captioner import Captioner
 from captioning.decoding.consensus import Neighbours
+from captioning.features import encoder_spec
 from captioning.features.encoders import make_encoder
+from captioning.features.inputs import ImageInputs
 from captioning.features.numpy_encoding import ArrayEncoder
 from captioning.features.prepare import load_and_report, prepare
 from captioning.inference.export import export_captioner
@@ -35,7 +40,7 @@ FAMILIES = {"merge": BASE.replace(feature_flip=True),  # mirrored features avera
             "attention": BASE.replace(decoder="attention"),
             "transformer": BASE.replace(decoder="transformer", rerank_neighbours=5)}  # consensus re-ranking
 # Run in a fresh process: TensorFlow and Keras cannot be imported there, and none of their modules may be loaded.
-DECODE = """
+BLOCKED = """
 import importlib.abc, json, sys
 
 class Blocked(importlib.abc.MetaPathFinder):
@@ -46,21 +51,43 @@ class Blocked(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Blocked())
 from captioning.decoding.captioner import Captioner
 
-images, (tracking, served), out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), {}
-for bundle in sys.argv[3:]:
-    captioner = Captioner.load(bundle)
+def decoded(captioner, images):
     assert captioner.exported is not None
     greedy = [options[0][0] for options in captioner.caption_alternatives(images, 1)]
     beams = captioner.caption_alternatives(images, 3)
     caption, maps = captioner.caption_with_attention(images[0], 3)
-    out[bundle] = {"greedy": greedy, "beam": [[c for c, _ in o] for o in beams],
-                   "scores": [[s for _, s in o] for o in beams], "maps": None if maps is None else maps.tolist()}
+    return {"greedy": greedy, "beam": [[c for c, _ in o] for o in beams],
+            "scores": [[s for _, s in o] for o in beams], "maps": None if maps is None else maps.tolist()}
+
+def none_loaded():
+    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("tensorflow", "keras"))
+    assert not loaded, loaded
+"""
+DECODE = BLOCKED + """
+images, (tracking, served), out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), {}
+for bundle in sys.argv[3:]:
+    out[bundle] = decoded(Captioner.load(bundle), images)
 import mlflow, pandas  # the served model (pyfunc_model.py): a logged bundle with its export
 mlflow.set_tracking_uri(tracking)
 rows = pandas.DataFrame({"image": [open(image, "rb").read() for image in images]})
 out["served"] = list(mlflow.pyfunc.load_model(served).predict(rows, params={"beam_width": 3})["caption"])
-loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("tensorflow", "keras"))
-assert not loaded, loaded
+none_loaded()
+print(json.dumps(out))
+"""
+# ... and the export's encoder of a bundle's (one) feature group, plain and mirrored, into an .npz file.
+ENCODE_AND_DECODE = BLOCKED + """
+import numpy as np
+from captioning.data.images import load_rgb
+
+images, bundle, arrays = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+captioner = Captioner.load(bundle)
+pixels, encoded = [load_rgb(image) for image in images], {}
+for mirrored in (False, True):
+    features, maps = captioner.exported.encoder_for(captioner.feature_groups[0], mirrored).encode_inputs(pixels)
+    encoded.update({f"features-{mirrored}": features, f"maps-{mirrored}": maps})
+np.savez(arrays, **encoded)
+out = decoded(captioner, images)
+none_loaded()
 print(json.dumps(out))
 """
 
@@ -120,6 +147,20 @@ def _keras_path(bundle: Path, images: list[str]) -> dict:
             "beam": [[c for c, _ in o] for o in beams], "scores": [[s for _, s in o] for o in beams], "maps": maps}
 
 
+def _assert_decodes_alike(export: dict, keras_path: dict, name: str) -> None:
+    assert export["greedy"] == keras_path["greedy"], name
+    assert export["beam"] == keras_path["beam"], name
+    np.testing.assert_allclose(export["scores"], keras_path["scores"], rtol=1e-4, err_msg=name)
+    if keras_path["maps"] is None:
+        assert export["maps"] is None, name
+    else:
+        np.testing.assert_allclose(export["maps"], keras_path["maps"], atol=1e-4, err_msg=name)
+
+
+def _decoding_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
 def test_the_export_decodes_and_serves_without_tensorflow_what_keras_decodes(exported, tmp_path, monkeypatch):
     bundles, images = exported
     import mlflow
@@ -131,21 +172,16 @@ def test_the_export_decodes_and_serves_without_tensorflow_what_keras_decodes(exp
     mlflow.set_tracking_uri(tracking)
     with mlflow.start_run():
         served = log_captioner(bundles["transformer"]).model_uri
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", DECODE, json.dumps(images), json.dumps([tracking, served]),
-                           *map(str, bundles.values())], capture_output=True, text=True, env=env, timeout=300)
+                           *map(str, bundles.values())], capture_output=True, text=True, env=_decoding_env(),
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "decoding with the OpenVINO export" in done.stderr
     decoded = json.loads(done.stdout)
     for name, bundle in bundles.items():
-        keras_path, export = _keras_path(bundle, images), decoded[str(bundle)]
-        assert export["greedy"] == keras_path["greedy"], name
-        assert export["beam"] == keras_path["beam"], name
-        np.testing.assert_allclose(export["scores"], keras_path["scores"], rtol=1e-4, err_msg=name)
-        if name == "merge":
-            assert export["maps"] is None and keras_path["maps"] is None
-        else:
-            np.testing.assert_allclose(export["maps"], keras_path["maps"], atol=1e-4, err_msg=name)
+        keras_path = _keras_path(bundle, images)
+        assert (keras_path["maps"] is None) == (name == "merge")  # (a merge decoder has no attention)
+        _assert_decodes_alike(decoded[str(bundle)], keras_path, name)
     assert len({caption for captions in decoded[str(bundles["ensemble"])]["beam"] for caption in captions}) > 3
     assert decoded["served"] == [beams[0] for beams in decoded[str(bundles["transformer"])]["beam"]]
 
@@ -201,3 +237,39 @@ def test_an_xception_captioner_exports_its_network_and_encodes_as_tensorflow(tmp
     np.testing.assert_allclose(our_maps.astype(np.float32), maps.astype(np.float32), atol=1e-2)  # float16 steps
     np.testing.assert_allclose(our_features, features, atol=1e-3)
     assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
+
+
+def test_an_xception_entry_captioner_exports_its_entry_flow_and_decodes_without_tensorflow(tmp_path):
+    """make run's encoder, Xception's entry flow with each cell's colour and place, at its smallest input (71 px:
+    3 x 3 cells) under a tiny untrained transformer of 3 blocks (as make run's: more than 10 outputs, which OpenVINO
+    orders by name) that averages plain and mirrored features: the export carries the entry flow's IR, and a
+    process without TensorFlow computes the TensorFlow encoder's maps and features (plain and mirrored; maps reach
+    about 10) and decodes what the Keras path decodes."""
+    config = BASE.replace(encoder="xception-entry", image_size=71, feature_grid=1, feature_flip=True,
+                          decoder="transformer", transformer_layers=3, max_length=8)  # 3 blocks: 14 start outputs
+    vocab = Vocabulary(["a", "red", "blue", "green", "circle", "square", "triangle", "left", "of"])
+    height, width, channels = encoder_spec(config.encoder).map_shape(config.image_size)
+    inputs = ImageInputs(np.zeros((1, make_encoder(config).dim), np.float32),
+                         np.zeros((1, height * width, channels), np.float32))
+    keras.utils.set_random_seed(0)
+    bundle = Captioner(config, vocab, build_model(config, len(vocab), inputs)).save(tmp_path / "entry")
+    export_captioner(Captioner.load(bundle, use_export=False), bundle, log=lambda line: None)
+    assert len(list((bundle / "export").glob("encoder-xception-entry-71px-*.bin"))) == 1
+    images = []
+    for i in range(3):  # (several sizes and aspect ratios)
+        images.append(str(tmp_path / f"scene-{i}.png"))
+        Image.fromarray(np.asarray(make_scene(i, seed=4)[0].convert("RGB"))[: 100 + 20 * i, 9 * i:]).save(images[-1])
+    arrays = tmp_path / "export.npz"
+    done = subprocess.run([sys.executable, "-c", ENCODE_AND_DECODE, json.dumps(images), str(bundle), str(arrays)],
+                          capture_output=True, text=True, env=_decoding_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = np.load(arrays)
+    pixels = [load_rgb(image) for image in images]
+    for mirrored in (False, True):
+        features, maps = make_encoder(config, mirrored=mirrored).encode_inputs(pixels)
+        assert maps.shape == exported[f"maps-{mirrored}"].shape == (3, height, width, channels)
+        what = f"mirrored {mirrored}"
+        np.testing.assert_allclose(exported[f"maps-{mirrored}"].astype(np.float32), maps.astype(np.float32),
+                                   atol=1e-2, err_msg=what)  # float16 steps
+        np.testing.assert_allclose(exported[f"features-{mirrored}"], features, atol=1e-3, err_msg=what)
+    _assert_decodes_alike(json.loads(done.stdout), _keras_path(bundle, images), "xception-entry")

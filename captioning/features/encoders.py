@@ -273,11 +273,26 @@ class XceptionEncoder(Encoder):
         model.trainable = False
         return model
 
+    @property
+    def network_key(self) -> str:
+        """Names this encoder's network converted to OpenVINO IR (its name, weights and input size)."""
+        from captioning.features.openvino_runtime import ir_key
+
+        return ir_key(self.name, self.weights_id, self.image_size)
+
+    def network_ir(self, log=print):
+        """This encoder's network as OpenVINO IR, the Path of its model.xml (for the inference export): converted
+        once into the cache, and compiled here, so that a cached IR that does not read is converted again."""
+        from captioning.features.openvino_runtime import compiled_ir, converted_ir
+
+        compiled_ir(self.network_key, self._network, "f32", log)
+        return converted_ir(self.network_key, self._network, log)
+
     def _build(self):
         if self.runtime == "openvino":
-            from captioning.features.openvino_runtime import compiled_ir, ir_key
+            from captioning.features.openvino_runtime import compiled_ir
 
-            network = compiled_ir(ir_key(self.name, self.weights_id, self.image_size), self._network, self.precision)
+            network = compiled_ir(self.network_key, self._network, self.precision)
             self._call = lambda images: self._unmirror_array(network(np.asarray(images)))
             return
         model = self._network()

@@ -1,7 +1,7 @@
 """The built-in encoders' image side in NumPy, for inference without TensorFlow (captioning.inference): the resize
 and scaling of `preprocess`, the pixel encoder's map, the grid pooling of `derive` and the colour part, computing what
 captioning.features.encoders computes with TensorFlow (to float32 rounding: tests/test_export.py compares them).
-Xception's network itself runs as OpenVINO IR (captioning.features.openvino_runtime).
+Xception's network (or its entry flow) itself runs as OpenVINO IR (captioning.features.openvino_runtime).
 
 Both resizes are linear maps along each axis, applied as two matrix products: TensorFlow's antialiased bilinear
 resize (scale_and_translate with a triangle kernel, widened by the scale when shrinking, its weights normalised to
@@ -10,6 +10,8 @@ covered).
 
 The colour part's constants are those of encoders.py, which imports TensorFlow; the export checks that they agree
 (captioning.inference.export) and writes COLOUR_VERSION and PREPROCESSING into the export, which the runtime checks.
+The xception-entry encoder's network (Xception's entry flow, ENTRY_SCALE and the 2 x 2 pooling) is in its IR, and
+the channels that follow it in each cell of its map, the cell's colour and place, are computed here (`map_cells`).
 """
 from __future__ import annotations
 
@@ -23,8 +25,12 @@ FOREGROUND = (0.15, 0.3)
 COLOUR_SCALE = 40.0
 COLOUR_VERSION = f"fg{FOREGROUND[0]:g}-{FOREGROUND[1]:g}-rgb{COLOUR_BINS}-x{COLOUR_SCALE:g}"
 PIXEL_MAP = 8  # captioning.features.PIXEL_MAP
+MAP_COLOUR_SCALE = 10.0  # encoders.MAP_COLOUR_SCALE and MAP_PLACE_SCALE: the xception-entry map's cell channels
+MAP_PLACE_SCALE = 4.0
 # name -> (divisor, offset): preprocess is resized / divisor + offset, and unit_rgb (x - offset) * divisor / 255
-SCALING = {"xception": (127.5, -1.0), "pixels": (255.0, 0.0)}
+SCALING = {"xception": (127.5, -1.0), "xception-entry": (127.5, -1.0), "pixels": (255.0, 0.0)}
+NETWORKS = ("xception", "xception-entry")  # the encoders whose maps come from a network (its IR, in an export)
+WITH_CELLS = ("xception-entry",)  # ... whose maps then hold each cell's colour and place (map_cells)
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,15 +108,31 @@ def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarr
     return COLOUR_SCALE * cells, COLOUR_SCALE * soft_histogram(background)
 
 
+def map_cells(images: np.ndarray, side: int, mirrored: bool) -> np.ndarray:
+    """(B, S, S, 3) RGB in [0, 1], mirrored or not -> (B, side, side, COLOUR_BINS ** 3 + 3): each cell's colour part
+    (columns mirrored back) and its centre's row and column, as XceptionEntryEncoder.encode_maps appends them."""
+    cells, _ = colour_features(images, side)
+    colour = (cells * np.float32(MAP_COLOUR_SCALE / COLOUR_SCALE)).reshape(len(images), side, side, -1)
+    colour = colour[:, :, ::-1] if mirrored else colour
+    centres = (np.arange(side, dtype=np.float32) + np.float32(0.5)) / np.float32(side) * np.float32(2.0) - 1
+    rows, columns = np.meshgrid(centres, centres, indexing="ij")
+    place = np.float32(MAP_PLACE_SCALE) * np.stack([rows, columns], axis=-1)  # the same for a mirrored image
+    return np.concatenate([colour, np.broadcast_to(place, (len(images), side, side, 2))], axis=-1, dtype=np.float32)
+
+
 class ArrayEncoder:
     """A built-in encoder's `encode_inputs` in NumPy: (feature vectors, float16 maps) of RGB uint8 images, as
     captioning.features.encoders.Encoder computes them. `network`: a callable from a float32 batch (B, S, S, 3) to
-    maps (B, h, w, c) (Xception's compiled IR), or None for the pixel encoder, whose map is the image shrunk."""
+    maps (B, h, w, c) (Xception's or its entry flow's compiled IR), or None for the pixel encoder, whose map is the
+    image shrunk."""
 
     def __init__(self, name: str, image_size: int, grid: int, colour_grid: int, mirrored: bool, key: str,
                  network=None):
         if name not in SCALING:
             raise ValueError(f"no NumPy encoding of the {name!r} encoder (only {', '.join(SCALING)})")
+        if (name in NETWORKS) != (network is not None):
+            raise ValueError(f"the {name!r} encoder " + ("needs its network's compiled IR" if name in NETWORKS
+                                                         else "has no network"))
         self.name, self.image_size, self.grid, self.colour_grid = name, image_size, grid, colour_grid
         self.mirrored, self.key, self.network = mirrored, key, network
         self.divisor, self.offset = SCALING[name]
@@ -119,17 +141,22 @@ class ArrayEncoder:
         image = image[:, ::-1] if self.mirrored else image
         return resize_bilinear(image, self.image_size) / np.float32(self.divisor) + np.float32(self.offset)
 
+    def unit_rgb(self, batch: np.ndarray) -> np.ndarray:
+        return (batch - np.float32(self.offset)) * np.float32(self.divisor / 255)
+
     def encode_maps(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed images -> (B, h, w, c) float32 maps, columns mirrored back."""
         if self.network is not None:
             maps = self.network(batch)
         else:
             maps = resize_area(batch, min(PIXEL_MAP, self.image_size))
-        return maps[:, :, ::-1] if self.mirrored else maps
+        maps = maps[:, :, ::-1] if self.mirrored else maps
+        if self.name in WITH_CELLS:
+            maps = np.concatenate([maps, map_cells(self.unit_rgb(batch), maps.shape[1], self.mirrored)], axis=-1)
+        return maps
 
     def encode_colour(self, batch: np.ndarray) -> np.ndarray:
-        unit = (batch - np.float32(self.offset)) * np.float32(self.divisor / 255)
-        cells, background = colour_features(unit, self.colour_grid)
+        cells, background = colour_features(self.unit_rgb(batch), self.colour_grid)
         if self.mirrored and self.colour_grid > 1:
             cells = cells.reshape(len(cells), self.colour_grid, self.colour_grid, -1)[:, :, ::-1].reshape(
                 len(cells), -1)

@@ -9,7 +9,8 @@ beam search, consensus re-ranking and attention maps are the package's own (capt
       decoder-0-step.xml, .bin          its step, with the top k inside: tokens, states, context, k -> the k best
                                         log-probabilities and ids, the new states, the attention weights (if any)
                                         and the log-probabilities
-      encoder-<IR key>.xml, .bin        Xception's network, for captioners of Xception features
+      encoder-<IR key>.xml, .bin        the encoder's network, for captioners of Xception features: Xception
+                                        (xception) or its entry flow (xception-entry)
 
 Images are read, resized and pooled by captioning.features.numpy_encoding. A bundle whose decoders or vocabulary
 changed after its export (other hashes) is decoded through Keras until exported again.

@@ -1,5 +1,6 @@
 """Exporting a captioner bundle for inference without TensorFlow: every decoder's start and step (ensemble members
-each) and Xception's network as OpenVINO IR, in the bundle's `export/` folder (the layout: captioning.inference).
+each) and the encoder's network (Xception, or its entry flow) as OpenVINO IR, in the bundle's `export/` folder (the
+layout: captioning.inference).
 
 A decoder's start and step are traced as graph functions of fixed signature from the StepDecoder protocol
 (`graph_start`, and `step` with attention) and converted with openvino.convert_model; the step takes the top k inside
@@ -83,8 +84,10 @@ def _check_constants() -> None:
     """The NumPy encoding's copies of the encoders' constants must be theirs (encoders.py imports TensorFlow)."""
     from captioning.features import PIXEL_MAP, encoders
 
-    ours = (numpy_encoding.PREPROCESSING, numpy_encoding.COLOUR_VERSION, numpy_encoding.PIXEL_MAP)
-    theirs = (encoders.PREPROCESSING, encoders.COLOUR_VERSION, PIXEL_MAP)
+    ours = (numpy_encoding.PREPROCESSING, numpy_encoding.COLOUR_VERSION, numpy_encoding.PIXEL_MAP,
+            numpy_encoding.MAP_COLOUR_SCALE, numpy_encoding.MAP_PLACE_SCALE)
+    theirs = (encoders.PREPROCESSING, encoders.COLOUR_VERSION, PIXEL_MAP, encoders.MAP_COLOUR_SCALE,
+              encoders.MAP_PLACE_SCALE)
     if ours != theirs:
         raise ExportError(f"captioning/features/numpy_encoding.py computes {ours} but the encoders {theirs}: update "
                           "its constants (and its code) to the encoders' before exporting")
@@ -132,13 +135,25 @@ def _export_decoder(decoder, family, dim: int, map_shape: tuple[int, int], stagi
     step_inputs = [tokens, *states, *context, np.array(2, np.int32)]
     files = {}
     for part, function, inputs in (("start", start_function, start_inputs), ("step", step_function, step_inputs)):
-        converted = convert_quietly(function.get_concrete_function())
+        concrete = function.get_concrete_function()
+        converted = _in_output_order(ov, convert_quietly(concrete), concrete)
         _check(ov, converted, function, inputs, f"{name}'s {part}", ids=1 if part == "step" else None)
         ov.save_model(converted, staging / f"{name}-{part}.xml", compress_to_fp16=False)  # float32 weights
         files[part] = f"{name}-{part}.xml"
     return {**files, "reads_maps": reads_maps, "has_attention": bool(decoder.has_attention),
             "context_count": context_count, "state_count": len(states),
             "banned": np.flatnonzero(~np.isfinite(np.asarray(decoder.banned))).tolist()}
+
+
+def _in_output_order(ov, converted, concrete):
+    """The converted graph with its outputs in the function's order. OpenVINO orders them by their TensorFlow names
+    (Identity, Identity_1, Identity_10, ..., Identity_2), which scrambles a function of more than 10 outputs (a
+    transformer of 3 blocks: a start of 14)."""
+    results = {result.get_friendly_name(): result for result in converted.get_results()}
+    names = [tensor.name for tensor in concrete.outputs]
+    if sorted(results) != sorted(names):
+        return converted  # named otherwise: _check compares what it computes with the function
+    return ov.Model([results[name] for name in names], converted.get_parameters(), converted.get_friendly_name())
 
 
 def _check(ov, converted, function, inputs: list, what: str, ids: int | None = None) -> None:
@@ -165,26 +180,23 @@ def _check(ov, converted, function, inputs: list, what: str, ids: int | None = N
 
 
 def _group(config, make_encoder, staging: Path, log) -> dict:
-    """A feature group's manifest entry: what the NumPy encoding needs, and Xception's IR copied beside it."""
+    """A feature group's manifest entry: what the NumPy encoding needs, and its encoder's network's IR (if it has
+    one) copied beside it."""
     entry = {"config": config.to_dict(), "key": make_encoder(config).key,
              "mirrored_key": make_encoder(config, mirrored=True).key, "network": None}
-    if config.encoder == "xception":
-        entry["network"] = _xception_ir(config, make_encoder, staging, log)
+    if config.encoder in numpy_encoding.NETWORKS:
+        entry["network"] = _network_ir(config, make_encoder, staging, log)
     return entry
 
 
-def _xception_ir(config, make_encoder, staging: Path, log) -> str:
-    """Xception's IR (converted once into the cache by captioning.features.openvino_runtime), copied into the
-    export; its file name."""
-    from captioning.features.openvino_runtime import converted_ir, ir_key
-
-    encoder = make_encoder(config.replace(encoder_runtime="openvino", inference_precision="f32"))
-    encoder.encode_maps(np.zeros((1, config.image_size, config.image_size, 3), np.float32))  # converts it once
-    key = ir_key(encoder.name, encoder.weights_id, encoder.image_size)
-    xml = converted_ir(key, build=lambda: None, log=log)  # there now: not converted again
-    name = f"encoder-{key}.xml"
+def _network_ir(config, make_encoder, staging: Path, log) -> str:
+    """The IR of the encoder's network (Xception, or its entry flow; converted once into the cache by
+    captioning.features.openvino_runtime, under a key of the encoder's name and weights), copied into the export;
+    its file name."""
+    encoder = make_encoder(config)
+    xml = encoder.network_ir(log)
+    name = f"encoder-{encoder.network_key}.xml"
     if not (staging / name).is_file():
         shutil.copyfile(xml, staging / name)
         shutil.copyfile(xml.with_suffix(".bin"), (staging / name).with_suffix(".bin"))
     return name
-

@@ -5,8 +5,8 @@ imports neither TensorFlow nor Keras (tests/test_export.py decodes with both blo
 on NumPy arrays, so that the package's greedy and beam search (captioning.decoding.search) and its ensemble
 (captioning.models.ensemble) decode it unchanged. `read_export` gives the decoder (an ensemble when the bundle holds
 several) and, per feature group, the encoders that turn images into what the decoders read
-(captioning.features.numpy_encoding, with Xception's IR for its maps). Everything runs in float32; an encoder whose
-config asks for OpenVINO in bf16 runs in bf16 where the CPU has it, as when it was trained.
+(captioning.features.numpy_encoding, with the IR of Xception or of its entry flow for their maps). Everything runs in
+float32; an encoder whose config asks for OpenVINO in bf16 runs in bf16 where the CPU has it, as when it was trained.
 
 Compiling the IR for the CPU is most of a cold start's time after the imports (Xception's most of all), so the
 compiled graphs are kept in OpenVINO's model cache, <cache>/openvino/compiled, which it keys by the IR file and the
@@ -92,8 +92,8 @@ class ExportedStepDecoder:
 
 
 class _LazyNetwork:
-    """Xception's IR, compiled when first called (decoding cached features never needs it), one call at a time:
-    a float32 batch (B, S, S, 3) -> its maps (B, h, w, c), float32."""
+    """An encoder's network's IR (Xception's, or its entry flow's), compiled when first called (decoding cached
+    features never needs it), one call at a time: a float32 batch (B, S, S, 3) -> its maps (B, h, w, c), float32."""
 
     def __init__(self, core, xml: Path, precision: str):
         self.core, self.xml, self.precision = core, xml, precision
