@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -49,7 +50,7 @@ def take(image: Path, out: Path, tracking_uri: str, width: int = 1200, height: i
     if not (browser and driver_path):
         raise ScreenshotError("no chromium/chromedriver on PATH: apt-get install chromium chromium-driver")
     port = free_port()
-    log = out.with_suffix(".streamlit.log")
+    log = Path(tempfile.mkdtemp(prefix="app-screenshot-")) / "streamlit.log"  # named in any error
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     with open(log, "w") as sink:
         server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
