@@ -101,17 +101,19 @@ def malformed_request(kind: str, images: list[str], rng: random.Random) -> Reque
     raise ValueError(f"unknown malformed request {kind!r}; one of {MALFORMED}")
 
 
-def request_plan(count: int, images: list[str], seed: int = 0) -> list[Request]:
-    """`count` requests; every tenth malformed, the kinds in turn."""
+def request_plan(count: int, images: list[str], seed: int = 0, rows: int | None = None) -> list[Request]:
+    """`count` requests; every tenth malformed, the kinds in turn. The good ones hold `rows` images each (default:
+    1 to 4 at random)."""
     rng = random.Random(seed)
     return [malformed_request(MALFORMED[(i // 10) % len(MALFORMED)], images, rng) if i % 10 == 9
-            else good_request(images, rng) for i in range(count)]
+            else good_request(images, rng, rows) for i in range(count)]
 
 
-def warm_up_plan(images: list[str]) -> list[Request]:
-    """One request of every shape the run sends (1-4 images, each beam), and one of each malformed kind."""
+def warm_up_plan(images: list[str], rows: int | None = None) -> list[Request]:
+    """One request of every shape the run sends (1-4 images or `rows`, each beam), and one of each malformed kind."""
     rng = random.Random(-1)
-    return ([good_request(images, rng, count, beam) for count in range(1, 5) for beam in BEAMS]
+    counts = [rows] if rows else range(1, 5)
+    return ([good_request(images, rng, count, beam) for count in counts for beam in BEAMS]
             + [malformed_request(kind, images, rng) for kind in MALFORMED])
 
 
@@ -277,13 +279,14 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def load_test(model_uri: str, tracking_uri: str, requests: int, clients: int, images: list[str], seed: int = 0,
-              log=print) -> dict:
-    """Serve `model_uri`, warm it up, run the clients; every figure of the report."""
-    plan = request_plan(requests, images, seed)
+              log=print, rows: int | None = None) -> dict:
+    """Serve `model_uri`, warm it up, run the clients (good requests of `rows` images, or 1-4); every figure of the
+    report."""
+    plan = request_plan(requests, images, seed, rows)
     with ModelServer(model_uri, tracking_uri) as server:
         log(f"server on 127.0.0.1:{server.port} answered /ping after {server.ready_seconds:.1f} s")
         start = time.perf_counter()
-        warm = send_all(server.port, warm_up_plan(images), clients)  # as concurrent as the run
+        warm = send_all(server.port, warm_up_plan(images, rows), clients)  # as concurrent as the run
         problems = [o["problem"] for o in warm if o["problem"]]
         if problems:
             raise ServerError(f"the warm-up got wrong answers: {problems}; the server's output ends:\n"
@@ -361,10 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=1000, help="requests in all, a tenth of them malformed")
     parser.add_argument("--photos", type=Path, help="a folder of JPEG photos to send instead of generated scenes")
+    parser.add_argument("--rows", type=int, help="images in every good request (default: 1 to 4 at random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", help="a line to keep in the results file")
     parser.add_argument("--out", default="serve_load_shapes.json", help="file name under benchmarks/results/")
     args = parser.parse_args(argv)
+    if args.rows is not None and not 1 <= args.rows <= 250:
+        print(f"error: --rows {args.rows}: give 1 to 250 images a request", file=sys.stderr)
+        return 2
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be at least 1")
 
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     images = photo_images(args.photos) if args.photos else scene_images()
     try:
-        result = load_test(args.model, tracking_uri, args.requests, args.clients, images, args.seed)
+        result = load_test(args.model, tracking_uri, args.requests, args.clients, images, args.seed, rows=args.rows)
     except ServerError as exc:
         print(f"serve_load: {exc}", file=sys.stderr)
         return 1

@@ -64,3 +64,7 @@ def test_the_answer_check_refuses_wrong_answers():
     plan = serve_load.request_plan(40, images)
     assert [r.kind for r in plan if r.kind != "good"] == list(serve_load.MALFORMED)
     assert all(1 <= r.images <= 4 for r in plan if r.kind == "good")
+    sixteen = [r for r in serve_load.request_plan(20, [f"i{n}" for n in range(40)], rows=16) if r.kind == "good"]
+    assert len(sixteen) == 18 and {r.images for r in sixteen} == {16}
+    assert {r.images for r in serve_load.warm_up_plan(images * 8, rows=16) if r.kind == "good"} == {16}
+    assert serve_load.main(["--rows", "0"]) == 2

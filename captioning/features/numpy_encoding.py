@@ -89,7 +89,7 @@ def soft_histogram(pixels: np.ndarray) -> np.ndarray:
     weights = np.maximum(0.0, 1.0 - np.abs(pixels[..., None] - levels) * (COLOUR_BINS - 1))  # (..., 3, bins)
     red, green, blue = weights[..., 0, :], weights[..., 1, :], weights[..., 2, :]
     joint = red[..., :, None, None] * green[..., None, :, None] * blue[..., None, None, :]
-    return joint.reshape(*pixels.shape[:-1], COLOUR_BINS ** 3).astype(np.float32)
+    return joint.reshape(*pixels.shape[:-1], COLOUR_BINS ** 3).astype(np.float32, copy=False)
 
 
 def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +108,12 @@ def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarr
     return COLOUR_SCALE * cells, COLOUR_SCALE * soft_histogram(background)
 
 
-def map_cells(images: np.ndarray, side: int, mirrored: bool) -> np.ndarray:
+def map_cells(images: np.ndarray, side: int, mirrored: bool, cells: np.ndarray | None = None) -> np.ndarray:
     """(B, S, S, 3) RGB in [0, 1], mirrored or not -> (B, side, side, COLOUR_BINS ** 3 + 3): each cell's colour part
-    (columns mirrored back) and its centre's row and column, as XceptionEntryEncoder.encode_maps appends them."""
-    cells, _ = colour_features(images, side)
+    (columns mirrored back) and its centre's row and column, as XceptionEntryEncoder.encode_maps appends them.
+    `cells`: colour_features(images, side)'s cells, when already computed."""
+    if cells is None:
+        cells, _ = colour_features(images, side)
     colour = (cells * np.float32(MAP_COLOUR_SCALE / COLOUR_SCALE)).reshape(len(images), side, side, -1)
     colour = colour[:, :, ::-1] if mirrored else colour
     centres = (np.arange(side, dtype=np.float32) + np.float32(0.5)) / np.float32(side) * np.float32(2.0) - 1
@@ -144,19 +146,33 @@ class ArrayEncoder:
     def unit_rgb(self, batch: np.ndarray) -> np.ndarray:
         return (batch - np.float32(self.offset)) * np.float32(self.divisor / 255)
 
-    def encode_maps(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed images -> (B, h, w, c) float32 maps, columns mirrored back."""
+    def _colours(self, batch: np.ndarray):
+        """colour_features of the batch's images by grid side, each side computed once (the map's cells and the
+        colour grid are the same features where their sides are equal, as on the embedded scenes)."""
+        unit, done = self.unit_rgb(batch), {}
+
+        def colours(side: int) -> tuple[np.ndarray, np.ndarray]:
+            if side not in done:
+                done[side] = colour_features(unit, side)
+            return done[side]
+        return colours
+
+    def encode_maps(self, batch: np.ndarray, colours=None) -> np.ndarray:
+        """Preprocessed images -> (B, h, w, c) float32 maps, columns mirrored back. `colours`: the batch's
+        colour features by grid side (_colours), shared with encode_colour."""
         if self.network is not None:
             maps = self.network(batch)
         else:
             maps = resize_area(batch, min(PIXEL_MAP, self.image_size))
         maps = maps[:, :, ::-1] if self.mirrored else maps
         if self.name in WITH_CELLS:
-            maps = np.concatenate([maps, map_cells(self.unit_rgb(batch), maps.shape[1], self.mirrored)], axis=-1)
+            side = maps.shape[1]
+            cells = (colours or self._colours(batch))(side)[0]
+            maps = np.concatenate([maps, map_cells(self.unit_rgb(batch), side, self.mirrored, cells)], axis=-1)
         return maps
 
-    def encode_colour(self, batch: np.ndarray) -> np.ndarray:
-        cells, background = colour_features(self.unit_rgb(batch), self.colour_grid)
+    def encode_colour(self, batch: np.ndarray, colours=None) -> np.ndarray:
+        cells, background = (colours or self._colours(batch))(self.colour_grid)
         if self.mirrored and self.colour_grid > 1:
             cells = cells.reshape(len(cells), self.colour_grid, self.colour_grid, -1)[:, :, ::-1].reshape(
                 len(cells), -1)
@@ -167,10 +183,11 @@ class ArrayEncoder:
         vectors, maps = [], []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(image) for image in images[start:start + batch_size]])
-            batch_maps = np.asarray(self.encode_maps(batch)).astype(np.float16)
+            colours = self._colours(batch)
+            batch_maps = np.asarray(self.encode_maps(batch, colours)).astype(np.float16)
             features = grid_pool(batch_maps.astype(np.float32), self.grid)
             if self.colour_grid:
-                features = np.concatenate([features, self.encode_colour(batch)], axis=1)
+                features = np.concatenate([features, self.encode_colour(batch, colours)], axis=1)
             vectors.append(features)
             maps.append(batch_maps)
         if not vectors:
