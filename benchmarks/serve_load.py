@@ -3,13 +3,12 @@
     python benchmarks/serve_load.py --tracking-uri sqlite:////tmp/shot/mlflow.db
     python benchmarks/serve_load.py --model models:/captioner/3 --clients 2 --requests 40 --out serve_load_small.json
 
-Starts `mlflow models serve --env-manager local` on a free port of 127.0.0.1 (with
-MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false), waits for /ping, warms the model up with every request shape of the run
-(sent by as many clients as the run), then `--clients` threads send `--requests` requests in all, each of 1 to 4
-images (greedy or the model's own beam width). Every tenth request is malformed, in turn: a row that is not base64,
-a server path, a beam width of 1,000, a frame with no rows; each must be refused with HTTP 400
-(INVALID_PARAMETER_VALUE). Every answer is checked: a 200 must hold one non-empty caption per image sent. Anything
-else (another status, a wrong answer, no answer) counts as failed.
+Starts `mlflow models serve --env-manager local` on a free port of 127.0.0.1 (no pickles), waits for /ping, warms
+the model up with every request shape of the run (sent by as many clients as the run), then `--clients` threads send
+`--requests` requests in all, each of 1 to 4 images (or `--rows`; greedy or the model's own beam width). Every tenth
+is malformed, in turn: a row that is not base64, a server path, a beam width of 1,000, a frame with no rows; each
+must be refused with HTTP 400 (INVALID_PARAMETER_VALUE). A 200 must hold one non-empty caption per image sent;
+anything else (another status, a wrong answer, no answer) counts as failed.
 
 The images are the embedded dataset's 250 test scenes, drawn in memory (as captioning.data.synthetic writes them);
 `--photos DIR` sends the JPEGs of DIR instead (e.g. Flickr8k's, for a Flickr8k model: read at run time, never
@@ -102,8 +101,7 @@ def malformed_request(kind: str, images: list[str], rng: random.Random) -> Reque
 
 
 def request_plan(count: int, images: list[str], seed: int = 0, rows: int | None = None) -> list[Request]:
-    """`count` requests; every tenth malformed, the kinds in turn. The good ones hold `rows` images each (default:
-    1 to 4 at random)."""
+    """`count` requests, every tenth malformed (the kinds in turn), the good ones of `rows` images (default: 1-4)."""
     rng = random.Random(seed)
     return [malformed_request(MALFORMED[(i // 10) % len(MALFORMED)], images, rng) if i % 10 == 9
             else good_request(images, rng, rows) for i in range(count)]
@@ -369,11 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="a line to keep in the results file")
     parser.add_argument("--out", default="serve_load_shapes.json", help="file name under benchmarks/results/")
     args = parser.parse_args(argv)
-    if args.rows is not None and not 1 <= args.rows <= 250:
-        print(f"error: --rows {args.rows}: give 1 to 250 images a request", file=sys.stderr)
-        return 2
-    if args.clients < 1 or args.requests < 1:
-        parser.error("--clients and --requests must be at least 1")
+    if args.clients < 1 or args.requests < 1 or not 1 <= (1 if args.rows is None else args.rows) <= 250:
+        parser.error("--clients and --requests must be at least 1, --rows from 1 to 250")
 
     from captioning.core.tracking import default_tracking_uri
 

@@ -67,4 +67,6 @@ def test_the_answer_check_refuses_wrong_answers():
     sixteen = [r for r in serve_load.request_plan(20, [f"i{n}" for n in range(40)], rows=16) if r.kind == "good"]
     assert len(sixteen) == 18 and {r.images for r in sixteen} == {16}
     assert {r.images for r in serve_load.warm_up_plan(images * 8, rows=16) if r.kind == "good"} == {16}
-    assert serve_load.main(["--rows", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:
+        serve_load.main(["--rows", "0"])
+    assert refused.value.code == 2
