@@ -1,7 +1,7 @@
 """Does a captioner decode the same captions through its inference export (OpenVINO, no TensorFlow) as through Keras?
 
     python benchmarks/export_equality.py --model outputs/merge outputs/attention outputs/transformer
-    python benchmarks/export_equality.py --model DIR --data ../shared/flickr8k --beams 1,3 --out export_equality_f8k.json
+    python benchmarks/export_equality.py --model DIR --data ../shared/flickr8k --out export_equality_f8k.json
 
 Each bundle is copied to a temporary folder and exported there (captioning.inference.export, as `python -m captioning
 export` does; the bundle itself is not touched), then a split's images (default: test; the embedded dataset unless
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -84,6 +83,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: not a captioner bundle: {', '.join(missing)} (train one with python -m captioning "
                          "train --out DIR)")
 
+    from benchmarks.serve_load import machine
     from captioning.data.dataset import load_dataset
     from captioning.data.synthetic import embedded_dataset
 
@@ -96,11 +96,13 @@ def main(argv=None) -> None:
             print(f"{result['decoder']} ({result['encoder']} {result['image_size']} px, {result['precision']}), "
                   f"beam {row['beam_width']}: same captions {row['same_captions']:.1%} of {row['images']}; "
                   f"BLEU-4 Keras {row['keras_bleu4']:.4f}, export {row['export_bleu4']:.4f} "
-                  f"({row['bleu4_difference']:+.4f}); {row['keras_seconds']:.1f} s against {row['export_seconds']:.1f} s")
+                  f"({row['bleu4_difference']:+.4f}); {row['keras_seconds']:.1f} s against "
+                  f"{row['export_seconds']:.1f} s")
     out = Path(__file__).parent / "results" / args.out
-    out.write_text(json.dumps({"command": "python benchmarks/export_equality.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                               "date": datetime.date.today().isoformat(), "machine": platform.processor() or
-                               platform.machine(), "split": args.split, "models": results}, indent=2) + "\n")
+    command = "python benchmarks/export_equality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.write_text(json.dumps({"command": command,
+                               "date": datetime.date.today().isoformat(), "machine": machine(), "split": args.split,
+                               "models": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

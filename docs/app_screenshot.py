@@ -22,6 +22,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 FIRST_TEST_SCENE = "scene_01750.jpg"  # the embedded dataset's first test scene
+ANY_BOX = "[data-testid='stAlertContainer']"  # Streamlit's st.error, st.warning and st.info
+ERROR_BOXES = ANY_BOX + "[role='alert']"  # st.error and st.warning
 
 
 class ScreenshotError(RuntimeError):
@@ -74,14 +76,25 @@ def take(image: Path, out: Path, tracking_uri: str, width: int = 1200, height: i
         _wait(healthy, 120, "streamlit to answer", log)
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         driver.get(f"http://127.0.0.1:{port}")
-        upload = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input[type='file']"), 120, "the upload field",
-                       log)[0]
-        upload.send_keys(str(image.resolve()))
+
         def body() -> str:
             return driver.find_element(By.TAG_NAME, "body").text
 
-        _wait(lambda: "Where the model looked" in body() or "has no attention maps" in body(), 300, "the caption",
-              log)
+        def unless_refused(found):
+            """found(), unless the page shows an error or warning, or says that no model is registered (an info
+            box naming app.SEARCH_COMMAND): then its words, as a ScreenshotError."""
+            boxes = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ANY_BOX)]
+            errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ERROR_BOXES)]
+            said = " ".join(errors + [text for text in boxes if "tuning/search.py" in text])
+            if said:
+                raise ScreenshotError(f"the page says: {said}")
+            return found()
+
+        upload = _wait(lambda: unless_refused(lambda: driver.find_elements(By.CSS_SELECTOR, "input[type='file']")),
+                       120, "the upload field", log)[0]
+        upload.send_keys(str(image.resolve()))
+        _wait(lambda: unless_refused(lambda: "Where the model looked" in body() or "has no attention maps" in body()),
+              300, "the caption", log)
         caption = driver.execute_script("return (document.querySelector('h3') || {}).innerText || ''")
         if "Where the model looked" in body():
             painted = "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"

@@ -320,3 +320,26 @@ def test_without_its_config_it_listens_everywhere_and_the_page_says_so(chromium,
         assert "--server.address 127.0.0.1" in body
     finally:
         server.stop()
+
+
+def _screenshot_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_screenshot", PROJECT / "docs" / "app_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_screenshot_tool_says_why_it_cannot_take_one(chromium, tmp_path, capsys):
+    """docs/app_screenshot.py (the README's figure): a missing image, and a registry without a champion, are one line
+    each, not a wait; its success is the README's figure (taken as docs/app.md says)."""
+    tool = _screenshot_tool()
+    assert tool.main(["--image", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "a.png")]) == 2
+    assert capsys.readouterr().err == f"error: no image {tmp_path / 'missing.jpg'}\n"
+    image = PROJECT / "tests" / "fixtures" / "legacy" / "images" / "red_circle_blue_square.png"
+    assert tool.main(["--image", str(image), "--out", str(tmp_path / "a.png"),
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the page says: No model named captioner is registered in") and err.count("\n") == 1
+    assert not (tmp_path / "a.png").exists()

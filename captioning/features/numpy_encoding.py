@@ -108,18 +108,16 @@ def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarr
     return COLOUR_SCALE * cells, COLOUR_SCALE * soft_histogram(background)
 
 
-def map_cells(images: np.ndarray, side: int, mirrored: bool, cells: np.ndarray | None = None) -> np.ndarray:
-    """(B, S, S, 3) RGB in [0, 1], mirrored or not -> (B, side, side, COLOUR_BINS ** 3 + 3): each cell's colour part
-    (columns mirrored back) and its centre's row and column, as XceptionEntryEncoder.encode_maps appends them.
-    `cells`: colour_features(images, side)'s cells, when already computed."""
-    if cells is None:
-        cells, _ = colour_features(images, side)
-    colour = (cells * np.float32(MAP_COLOUR_SCALE / COLOUR_SCALE)).reshape(len(images), side, side, -1)
+def map_cells(cells: np.ndarray, side: int, mirrored: bool) -> np.ndarray:
+    """The cells of colour_features(images, side) of (B, S, S, 3) RGB images, mirrored or not -> (B, side, side,
+    COLOUR_BINS ** 3 + 3): each cell's colour part (columns mirrored back) and its centre's row and column, as
+    XceptionEntryEncoder.encode_maps appends them."""
+    colour = (cells * np.float32(MAP_COLOUR_SCALE / COLOUR_SCALE)).reshape(len(cells), side, side, -1)
     colour = colour[:, :, ::-1] if mirrored else colour
     centres = (np.arange(side, dtype=np.float32) + np.float32(0.5)) / np.float32(side) * np.float32(2.0) - 1
     rows, columns = np.meshgrid(centres, centres, indexing="ij")
     place = np.float32(MAP_PLACE_SCALE) * np.stack([rows, columns], axis=-1)  # the same for a mirrored image
-    return np.concatenate([colour, np.broadcast_to(place, (len(images), side, side, 2))], axis=-1, dtype=np.float32)
+    return np.concatenate([colour, np.broadcast_to(place, (len(cells), side, side, 2))], axis=-1, dtype=np.float32)
 
 
 class ArrayEncoder:
@@ -168,7 +166,7 @@ class ArrayEncoder:
         if self.name in WITH_CELLS:
             side = maps.shape[1]
             cells = (colours or self._colours(batch))(side)[0]
-            maps = np.concatenate([maps, map_cells(self.unit_rgb(batch), side, self.mirrored, cells)], axis=-1)
+            maps = np.concatenate([maps, map_cells(cells, side, self.mirrored)], axis=-1)
         return maps
 
     def encode_colour(self, batch: np.ndarray, colours=None) -> np.ndarray:
