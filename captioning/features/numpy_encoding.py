@@ -92,6 +92,38 @@ def soft_histogram(pixels: np.ndarray) -> np.ndarray:
     return joint.reshape(*pixels.shape[:-1], COLOUR_BINS ** 3).astype(np.float32, copy=False)
 
 
+@functools.lru_cache(maxsize=16)
+def _cell_weights(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each pixel of a size x size image (row-major), the grid cells it falls in and its weight in each (the area
+    resize's weights, so that summing a pixel quantity by these gives grid_pool of it): two (pixels, k) arrays, k the
+    most cells a pixel shares (1 where the grid divides the size), padded with weight 0."""
+    weights = np.einsum("ai,bj->ijab", area_weights(size, grid), area_weights(size, grid)).reshape(size * size, -1)
+    k = max(1, int((weights > 0).sum(axis=1).max()))
+    order = np.argsort(-weights, axis=1, kind="stable")[:, :k]
+    return order.astype(np.int64), np.take_along_axis(weights, order, axis=1).astype(np.float64)
+
+
+def cell_histograms(images: np.ndarray, foreground: np.ndarray, grid: int) -> np.ndarray:
+    """grid_pool(soft_histogram(images) * foreground, grid) without the (..., COLOUR_BINS ** 3) array per pixel: each
+    channel's triangle weights are non-zero at two neighbouring levels at most, so a pixel adds to at most 8 joint
+    bins, which one bincount sums per cell (in float64). (B, S, S, 3), (B, S, S) -> (B, grid * grid * bins ** 3)."""
+    batch, size, bins = len(images), images.shape[1], COLOUR_BINS
+    scaled = images.reshape(batch, size * size, 3) * np.float32(bins - 1)
+    low = np.clip(np.floor(scaled), 0, bins - 2)
+    upper = np.clip(scaled - low, 0.0, 1.0)  # the weight of level low + 1; low's is 1 - upper, as the triangle gives
+    levels = np.stack([1.0 - upper, upper], axis=-1)  # (B, P, 3, 2)
+    weight = (levels[:, :, 0, :, None, None] * levels[:, :, 1, None, :, None] * levels[:, :, 2, None, None, :])
+    weight = weight.reshape(batch, size * size, 8) * foreground.reshape(batch, size * size, 1)
+    corners = np.array([r * bins * bins + g * bins + b for r in (0, 1) for g in (0, 1) for b in (0, 1)])
+    index = (low.astype(np.int64) @ np.array([bins * bins, bins, 1]))[:, :, None] + corners  # (B, P, 8)
+    cells, cell_weight = _cell_weights(size, grid)  # (P, k)
+    flat = (np.arange(batch)[:, None, None, None] * (grid * grid) + cells[None, :, :, None]) * bins ** 3
+    flat = flat + index[:, :, None, :]  # (B, P, k, 8)
+    total = np.bincount(flat.ravel(), (weight[:, :, None, :] * cell_weight[None, :, :, None]).ravel(),
+                        minlength=batch * grid * grid * bins ** 3)
+    return total.reshape(batch, grid * grid * bins ** 3).astype(np.float32)
+
+
 def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """(B, S, S, 3) RGB in [0, 1] -> the foreground's colour cells and the background's colour
     (encoders.colour_features)."""
@@ -102,7 +134,7 @@ def colour_features(images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarr
     foreground = np.clip((distance - FOREGROUND[0]) / (FOREGROUND[1] - FOREGROUND[0]), 0.0, 1.0)
     batch = len(images)
     share = grid_pool(foreground[..., None], grid).reshape(batch, grid * grid, 1)
-    histogram = grid_pool(soft_histogram(images) * foreground[..., None], grid)
+    histogram = cell_histograms(images, foreground, grid)
     histogram = histogram.reshape(batch, grid * grid, COLOUR_BINS ** 3) / (share + 0.02)
     cells = np.concatenate([histogram, share], axis=-1).reshape(batch, -1)
     return COLOUR_SCALE * cells, COLOUR_SCALE * soft_histogram(background)
