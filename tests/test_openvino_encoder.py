@@ -2,6 +2,7 @@
 cached once per setting, and bf16 only where the CPU has it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -181,6 +182,32 @@ def test_extraction_with_openvino_caches_what_captioning_computes(cache, tmp_pat
     assert np.abs(maps.read().reshape(tensorflow.shape) - tensorflow).max() <= 1e-3 + np.abs(tensorflow).max() / 2048
     direct = encoder.encode([load_rgb(tmp_path / "Images" / n) for n in names])
     np.testing.assert_allclose(vectors, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_the_agreement_benchmark_compares_every_cell_of_a_dataset(cache, tmp_path, images):
+    """benchmarks/feature_agreement.py over a folder of scenes: f32 cells agree with TensorFlow's to float16 rounding,
+    bf16 (where native) less closely; a variant it does not know is one line."""
+    from benchmarks import feature_agreement
+
+    (tmp_path / "Images").mkdir()
+    names = [f"scene_{i}.png" for i in range(len(images))]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(tmp_path / "Images" / name)
+    (tmp_path / "captions.txt").write_text("image,caption\n" + "".join(f"{n},a scene\n" for n in names))
+    variants = "openvino-f32,openvino-bf16" if NATIVE_BF16 else "openvino-f32"
+    out = tmp_path / "agreement.json"
+    with pytest.warns(UserWarning, match="no official split files"):
+        feature_agreement.main(["--data", str(tmp_path), "--set", f"image_size={SIZE}", "--variants", variants,
+                                "--images", "4", "--out", str(out)])
+    result = json.loads(out.read_text())["variants"]
+    f32 = result["openvino-f32"]
+    assert f32["images"] == 4 and f32["cells"] == 4 * 9
+    assert f32["cell_cosine"]["min"] > 0.9999 and f32["max_abs_difference"] <= 1e-2  # float16 steps
+    if NATIVE_BF16:
+        assert 0.98 < result["openvino-bf16"]["cell_cosine"]["min"] < f32["cell_cosine"]["min"]
+    for bad in (["--variants", "tensorflow-f32"], ["--images", "-1"]):
+        with pytest.raises(SystemExit, match="--variants|--images"):
+            feature_agreement.main(["--data", str(tmp_path), *bad])
 
 
 def test_the_ir_is_converted_once_and_then_read_without_converting(cache):
