@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                          "one has neither, so it would run f32: leave it out")
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results.setdefault("machine", f"{platform.processor() or platform.machine()}, native bf16 {native_bf16()}")
-    results["command"] = " ".join(["python", "benchmarks/runtime_quality.py", *(argv or sys.argv[1:])])
+    command = " ".join(["python", "benchmarks/runtime_quality.py", *(argv or sys.argv[1:])])
+    commands = results.setdefault("commands", [results.pop("command")] if "command" in results else [])
+    commands.append(command)  # every run that added rows, in order
     rows, extraction = results.setdefault("rows", {}), results.setdefault("extraction", {})
     dataset = load_and_report(Path(args.data))
     beam = 3
