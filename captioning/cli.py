@@ -13,6 +13,7 @@ from pathlib import Path
 from captioning.config import ConfigError, finetune_config, load_config, parse_overrides
 from captioning.core.project import experiment_file
 from captioning.core.tracking import run_state
+from captioning.models import decoder_names
 
 
 def _config(args):
@@ -268,16 +269,16 @@ def cmd_relog(args) -> None:
     if new is None:
         print(f"{args.model} is already logged as code (no pickle); nothing to re-log")
         return
-    print(f"registered {new.name} version {new.version}: version {old.version}'s captioner, logged as code (no "
-          "pickle)")
+    print(f"registered {new.name} version {new.version}: version {old.version}'s captioner, logged as code (no pickle)")
     if old.aliases:
         print(f"version {old.version} keeps @{', @'.join(old.aliases)}; to move @champion: captioning-registry "
               f"promote {new.version} --reason \"version {old.version} re-logged without pickle\"")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m captioning", description=(
-        "Train, evaluate and use image captioners (Xception features; any registered decoder: merge, attention)."))
+    decoders = ", ".join(decoder_names())
+    parser = argparse.ArgumentParser(prog="python -m captioning", description="Train, evaluate and use image "
+                                     f"captioners (Xception features; any registered decoder: {decoders}).")
     parser.add_argument("-v", "--verbose", action="store_true", help="also show TensorFlow's and gRPC's own log lines "
                         "(hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
