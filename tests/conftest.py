@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import tempfile
 import zlib
@@ -18,6 +19,11 @@ os.environ["CAPTIONING_JAVA_METRICS"] = "off"
 
 from captioning.config import Config  # noqa: E402
 from captioning.data.synthetic import write_dataset  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's cache (weights, IR, features: a few hundred MB) goes with it."""
+    shutil.rmtree(os.environ["CAPTIONING_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
