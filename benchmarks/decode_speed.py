@@ -84,7 +84,7 @@ def compare_untrained(args) -> None:
         result[f"{names[1]}_speed_over_{names[0]}"] = {
             width: first[f"{width}_seconds"] / second[f"{width}_seconds"] for width in ("greedy", "beam3")}
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "decode_speed_families.json"
+    out = Path(args.out or Path(__file__).parent / "results" / "decode_speed_families.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=12, help="words per caption with --untrained")
     parser.add_argument("--seed-images", type=int, default=10, help="images to run the seed's loop on")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each decoding (the median is reported)")
+    parser.add_argument("--out", help="results file (default: benchmarks/results/decode_speed[_attention|_families].json)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
@@ -127,7 +128,8 @@ def main() -> None:
         result[f"{name}_seconds_runs"] = runs
         if width == 1:
             calls = sum(len(d[0][0].split()) + 1 for d in decoded)  # the seed: one predict per word + end
-    out = Path(__file__).parent / "results" / f"decode_speed{'_attention' if config.decoder == 'attention' else ''}.json"
+    out = Path(args.out or Path(__file__).parent / "results" /
+               f"decode_speed{'_attention' if config.decoder == 'attention' else ''}.json")
     if config.decoder == "attention" or captioner.members:  # the seed's loop is one merge model: nothing to compare
         print(json.dumps(result, indent=2))
         out.write_text(json.dumps(result, indent=2) + "\n")
