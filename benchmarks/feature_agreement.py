@@ -5,9 +5,10 @@
                                            [--images N] [--set image_size=299] [--out FILE]
 
 For each variant (RUNTIME-PRECISION) against tensorflow-f32, over the dataset's images (all, or the first --images by
-name): the cosine of each map cell's channel vector (mean, and the 1st, 0.1st percentile and minimum), the cosine and
-relative L2 error of each image's pooled vector (mean, minimum / maximum), and the largest absolute difference with
-the largest absolute value beside it. Both caches hold float16 maps, as training reads them. Writes
+name): the cosine of each map cell's channel vector (mean, the 1st and 0.1st percentile, the minimum, how many are
+below 0.9; cells that are zero in both maps are counted apart, as agreeing), the cosine and relative L2 error of
+each image's pooled vector (mean, minimum / maximum), and the largest absolute difference with the largest absolute
+value beside it. Both caches hold float16 maps, as training reads them. Writes
 benchmarks/results/feature_agreement.json (or --out).
 """
 from __future__ import annotations
@@ -35,20 +36,24 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare(reference, other) -> dict:
-    """Agreement of two MapViews of the same images, read a chunk at a time."""
-    cells, pooled_cos, pooled_err, worst, largest = [], [], [], 0.0, 0.0
+    """Agreement of two MapViews of the same images, read a chunk at a time. A cell that is zero in both maps (all its
+    channels cut by the last ReLU) agrees and is counted apart; one zero in only one of them has cosine 0."""
+    cells, pooled_cos, pooled_err, worst, largest, both_zero = [], [], [], 0.0, 0.0, 0
     for start in range(0, len(reference), CHUNK):
         rows = np.arange(start, min(start + CHUNK, len(reference)))
         a, b = reference[rows], other[rows]  # (n, P, C) float32
-        cells.append(_cosine(a, b).ravel())
+        zero = (np.abs(a).max(-1) == 0) & (np.abs(b).max(-1) == 0)
+        both_zero += int(zero.sum())
+        cells.append(_cosine(a, b)[~zero])
         pa, pb = a.mean(axis=1), b.mean(axis=1)
         pooled_cos.append(_cosine(pa, pb))
         pooled_err.append(np.linalg.norm(pb - pa, axis=-1) / np.maximum(np.linalg.norm(pa, axis=-1), 1e-12))
         worst, largest = max(worst, float(np.abs(a - b).max())), max(largest, float(np.abs(a).max()))
     cells, pooled_cos, pooled_err = map(np.concatenate, (cells, pooled_cos, pooled_err))
-    return {"images": len(reference), "cells": len(cells),
+    return {"images": len(reference), "cells": len(cells) + both_zero, "cells_zero_in_both": both_zero,
             "cell_cosine": {"mean": float(cells.mean()), "p1": float(np.percentile(cells, 1)),
-                            "p0.1": float(np.percentile(cells, 0.1)), "min": float(cells.min())},
+                            "p0.1": float(np.percentile(cells, 0.1)), "min": float(cells.min()),
+                            "below_0.9": int((cells < 0.9).sum())},
             "pooled_cosine": {"mean": float(pooled_cos.mean()), "min": float(pooled_cos.min())},
             "pooled_relative_error": {"mean": float(pooled_err.mean()), "max": float(pooled_err.max())},
             "max_abs_difference": worst, "max_abs_value": largest}
