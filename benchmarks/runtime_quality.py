@@ -4,12 +4,13 @@ from each encoder runtime and precision, with two seeds each, and scored on dev 
     nice python benchmarks/runtime_quality.py --data ../shared/flickr8k [--variants tensorflow-f32,openvino-bf16,...]
                                               [--seeds 0,1] [--set epochs=8] [--results FILE]
 
-A variant is RUNTIME-PRECISION (tensorflow-f32, openvino-f32, openvino-bf16). Each one's features are extracted
-into the feature cache on first use (its own cache key) and timed; then the config (the built-in default, the merge
+A variant is RUNTIME-PRECISION (tensorflow-f32, openvino-f32, openvino-bf16). Each one's features are extracted into
+the feature cache on first use (its own cache key) and timed; then the config (the built-in default, the merge
 decoder, unless --config names an experiment file; --set overrides) is trained once per seed, selected on dev and
-scored on dev and test, greedy and beam (BLEU-1..4 and the COCO metrics), and saved under --outputs. Rows are written after every training,
-and a run that is stopped starts again after its last complete row. The summary gives, per variant, the mean of the
-seeds and their spread (max - min), and each OpenVINO variant's difference from TensorFlow's mean.
+scored on dev and test, greedy and beam (BLEU-1..4 and the COCO metrics), and saved under --outputs. Rows are written
+after every training, and a run that is stopped starts again after its last complete row. The summary gives, per
+variant, the mean of the seeds and their spread (max - min), and each OpenVINO variant's difference from TensorFlow's
+mean.
 """
 from __future__ import annotations
 
@@ -97,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     results.setdefault("machine", f"{platform.processor() or platform.machine()}, native bf16 {native_bf16()}")
     command = " ".join(["python", "benchmarks/runtime_quality.py", *(argv or sys.argv[1:])])
     commands = results.setdefault("commands", [results.pop("command")] if "command" in results else [])
-    commands.append(command)  # every run that added rows, in order
     rows, extraction = results.setdefault("rows", {}), results.setdefault("extraction", {})
     dataset = load_and_report(Path(args.data))
     beam = 3
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         todo = [seed for seed in seeds if f"{variant}/seed{seed}" not in rows]
         if not todo:
             continue
+        if command not in commands:
+            commands.append(command)  # every run that added rows, in order
         base = args.set + [f"encoder_runtime={runtime}", f"inference_precision={precision}"]
         config = load_config(args.config, base)
         beam = config.beam_width
