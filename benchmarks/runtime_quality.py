@@ -4,8 +4,9 @@ from each encoder runtime and precision, with two seeds each, and scored on dev 
     nice python benchmarks/runtime_quality.py --data ../shared/flickr8k [--variants tensorflow-f32,openvino-bf16,...]
                                               [--seeds 0,1] [--set epochs=8] [--results FILE]
 
-A variant is RUNTIME-PRECISION (tensorflow-f32, openvino-f32, openvino-bf16). Each one's features are extracted into
-the feature cache on first use (its own cache key) and timed; then the config (the built-in default, the merge
+A variant is RUNTIME-PRECISION (tensorflow-f32, openvino-f32, openvino-bf16, openvino-int8; int8 quantizes the
+network first if this machine has no int8 network, calibrated on the dataset's training images). Each one's features
+are extracted into the feature cache on first use (its own cache key) and timed; then the config (the built-in default, the merge
 decoder, unless --config names an experiment file; --set overrides) is trained once per seed, selected on dev and
 scored on dev and test, greedy and beam (BLEU-1..4 and the COCO metrics), and saved under --outputs. Rows are written
 after every training, and a run that is stopped starts again after its last complete row. The summary gives, per
@@ -31,7 +32,7 @@ from captioning.training.run import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "runtime_quality.json"
-VARIANTS = ("tensorflow-f32", "openvino-bf16", "openvino-f32")
+VARIANTS = ("tensorflow-f32", "openvino-bf16", "openvino-f32", "openvino-int8")
 METRICS = ("bleu4", "cider")
 
 

@@ -29,7 +29,8 @@ class Config:
     feature_flip: bool = False  # also encode the horizontally mirrored image (cached too); see flip_mode
     flip_mode: str = "average"  # average: train and caption on the mean of both; augment: train on either, by chance
     # What runs the encoder's network: tensorflow (Keras), or openvino (the same network converted once; xception
-    # only), in inference_precision f32, or bf16 (openvino only, where the CPU has native bfloat16; else f32).
+    # only), in inference_precision f32, bf16 (openvino only, where the CPU has native bfloat16; else f32), or int8
+    # (openvino only: quantized once by NNCF, calibrated on the training images of the first dataset extracted so).
     encoder_runtime: str = "tensorflow"
     inference_precision: str = "f32"
     # Text.
@@ -102,7 +103,7 @@ LATER_KEYS = {"selection_beam": 1, "no_repeat_ngram": 0, "scst_bleu_weight": 0.0
               "encoder_runtime": "tensorflow", "inference_precision": "f32"}
 FLIP_MODES = ("average", "augment")
 RUNTIMES = ("tensorflow", "openvino")  # encoder_runtime
-PRECISIONS = ("f32", "bf16")  # inference_precision
+PRECISIONS = ("f32", "bf16", "int8")  # inference_precision
 SCST_BASELINES = ("mean", "greedy")
 
 

@@ -239,6 +239,33 @@ def test_an_xception_captioner_exports_its_network_and_encodes_as_tensorflow(tmp
     assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
 
 
+def test_an_int8_captioner_exports_its_quantized_network_and_encodes_as_its_keras_path(tmp_path):
+    """inference_precision int8: the network quantized on a few scenes (as preparing a dataset's features does), the
+    export carries the int8 IR, whose maps are the Keras path's (which runs the same IR) and whose captions match."""
+    from captioning.features.openvino_runtime import Calibration
+
+    config = Config(image_size=71, feature_grid=1, vocab_min_count=1, max_length=8, embedding_size=8, units=8,
+                    encoder_runtime="openvino", inference_precision="int8")
+    scenes = [np.asarray(make_scene(i, seed=5)[0].convert("RGB")) for i in range(4)]
+    encoder = make_encoder(config)
+    plain = make_encoder(config.replace(inference_precision="f32"))
+    encoder.calibration = Calibration("4 scenes", lambda: (np.asarray(plain.preprocess(s))[None] for s in scenes))
+    assert "-openvino-int8-" in encoder.key  # quantized now (or read, if another test of this session did)
+    vocab = Vocabulary(["red", "blue", "circle", "square"])
+    keras.utils.set_random_seed(0)
+    bundle = Captioner(config, vocab, build_model(config, len(vocab), np.zeros((1, 2048), np.float32))).save(
+        tmp_path / "int8")
+    export_captioner(Captioner.load(bundle, use_export=False), bundle, log=lambda line: None)
+    assert [p.name for p in (bundle / "export").glob("encoder-*.xml")] == [f"encoder-{encoder.network_key}-int8.xml"]
+    images = [np.asarray(make_scene(i, seed=4)[0].convert("RGB"))[: 100 + 20 * i] for i in range(2)]
+    keras_path, export = Captioner.load(bundle, use_export=False), Captioner.load(bundle, log=lambda line: None)
+    features, maps = keras_path.encoder.encode_inputs(images)
+    our_features, our_maps = export.encoder.encode_inputs(images)
+    np.testing.assert_allclose(our_maps.astype(np.float32), maps.astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(our_features, features, atol=1e-3)
+    assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
+
+
 def test_an_xception_entry_captioner_exports_its_entry_flow_and_decodes_without_tensorflow(tmp_path):
     """make run's encoder, Xception's entry flow with each cell's colour and place, at its smallest input (71 px:
     3 x 3 cells) under a tiny untrained transformer of 3 blocks (as make run's: more than 10 outputs, which OpenVINO

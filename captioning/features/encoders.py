@@ -13,10 +13,10 @@ attention decoder's input come from one extraction. `map_key` names what a map m
 hold the installed versions of the libraries that decode, resize and encode the images (`Encoder.libraries`), since
 an upgrade of any of them can change what the same file turns into.
 
-`encoder_runtime` says what runs the network: TensorFlow (Keras), or OpenVINO (`openvino`: the same Keras network
-and weights converted once, see captioning.features.openvino_runtime) in `inference_precision` f32 or bf16. Both keys
-hold the runtime and the precision the maps are computed in, but for TensorFlow, whose keys stay as they were before
-the runtime could be chosen, so that existing caches are read, not extracted again.
+`encoder_runtime` says what runs the network: TensorFlow (Keras), or OpenVINO (`openvino`: the same Keras network and
+weights converted once, see captioning.features.openvino_runtime) in `inference_precision` f32, bf16 or int8 (its
+checksum in the keys). Both keys hold the runtime and the precision the maps are computed in, but for TensorFlow,
+whose keys stay as they were before the runtime could be chosen, so that existing caches are read, not extracted again.
 
 `colour_grid` g > 0 appends to either encoder's features a g x g grid of the colours of the image's foreground (the
 pixels unlike its border) and the colour of its background, computed from the same preprocessed image. ImageNet
@@ -34,6 +34,8 @@ import tensorflow as tf
 from captioning.config import Config, ConfigError
 from captioning.core.graph import graph_function
 from captioning.features import PIXEL_MAP, encoder_spec
+from captioning.features.openvino_runtime import (compiled_ir, converted_ir, import_openvino, inference_precision,
+                                                  ir_key, quantized_ir)
 from captioning.features.weights import XCEPTION_SHA256, xception_weights
 
 # Bumped whenever our decoding or resizing changes what the same image file turns into, so old caches are not reused
@@ -89,9 +91,9 @@ class Encoder:
         self.colour_grid = config.colour_grid
         self.runtime = config.encoder_runtime
         self.precision = config.inference_precision
+        # int8: an openvino_runtime.Calibration (used if this machine has no int8 network yet); the (IR, checksum)
+        self.calibration, self._quantized = None, None
         if self.runtime == "openvino":
-            from captioning.features.openvino_runtime import import_openvino, inference_precision
-
             import_openvino()  # before library_versions imports it: without its telemetry (see openvino_runtime)
             self.precision = inference_precision(config.inference_precision)  # f32 where bf16 is not native
             self.libraries = (*self.libraries, "openvino")
@@ -101,7 +103,8 @@ class Encoder:
         """What the runtime adds to the keys' hashed text and to their names: nothing for TensorFlow."""
         if self.runtime == "tensorflow":
             return "", ""
-        return f"|{self.runtime}-{self.precision}", f"-{self.runtime}-{self.precision}"
+        checksum = f"-{self.quantized_network()[1]}" if self.precision == "int8" else ""  # (networks' encoders)
+        return f"|{self.runtime}-{self.precision}{checksum}", f"-{self.runtime}-{self.precision}"
 
     @property
     def key(self) -> str:
@@ -276,23 +279,25 @@ class XceptionEncoder(Encoder):
     @property
     def network_key(self) -> str:
         """Names this encoder's network converted to OpenVINO IR (its name, weights and input size)."""
-        from captioning.features.openvino_runtime import ir_key
-
         return ir_key(self.name, self.weights_id, self.image_size)
 
-    def network_ir(self, log=print):
-        """This encoder's network as OpenVINO IR, the Path of its model.xml (for the inference export): converted
-        once into the cache, and compiled here, so that a cached IR that does not read is converted again."""
-        from captioning.features.openvino_runtime import compiled_ir, converted_ir
+    def quantized_network(self, log=print):
+        """(the int8 network's IR, its checksum): quantized once, on `calibration`'s images (see prepare)."""
+        if self._quantized is None:
+            self._quantized = quantized_ir(self.network_key, self._network, self.calibration, log)
+        return self._quantized
 
+    def network_ir(self, log=print):
+        """This encoder's network as OpenVINO IR, the Path of its model.xml (for the inference export; in int8 the
+        quantized IR): converted once into the cache, and compiled here (a cached IR that does not read converts)."""
+        if self.runtime == "openvino" and self.precision == "int8":
+            return self.quantized_network(log)[0]
         compiled_ir(self.network_key, self._network, "f32", log)
         return converted_ir(self.network_key, self._network, log)
 
     def _build(self):
         if self.runtime == "openvino":
-            from captioning.features.openvino_runtime import compiled_ir
-
-            network = compiled_ir(self.network_key, self._network, self.precision)
+            network = compiled_ir(self.network_key, self._network, self.precision, calibration=self.calibration)
             self._call = lambda images: self._unmirror_array(network(np.asarray(images)))
             return
         model = self._network()

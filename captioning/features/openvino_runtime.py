@@ -9,6 +9,16 @@ that is converted) and of OpenVINO, so an upgrade of either converts again. The 
 folder that is renamed into place when complete, under the lock: a reader sees the whole IR or none, and two
 processes that start together convert once. A run that finds the IR reads it without TensorFlow or Keras.
 
+`inference_precision: int8` runs the network quantized by NNCF (post-training, its MIXED preset: symmetric weights,
+asymmetric activations), calibrated once on CALIBRATION_IMAGES images of the first dataset whose features are
+extracted in int8 (its training split, spread over it), kept beside the IR:
+
+    <cache>/openvino/<ir key>-int8/model.xml, model.bin, quantization.json   (what calibrated it, its checksum)
+
+The int8 network's checksum enters the feature cache keys, so features of two calibrations never mix. What is not
+quantized runs in f32. Without the folder and without calibration images (a captioner used on another machine through
+Keras), it says how to get it; a registered captioner's export carries its int8 network.
+
 `inference_precision: bf16` runs in bfloat16 only where the CPU computes it natively (AVX512_BF16 or AMX, as
 /proc/cpuinfo or OpenVINO's CPU capabilities say); elsewhere it says so once and runs float32. OpenVINO's own default
 on a bf16 CPU is bf16, so the precision is always asked for explicitly (INFERENCE_PRECISION_HINT).
@@ -21,23 +31,28 @@ which it knows by CI=true, so import_openvino() and the conversion set that whil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from captioning.core.cache import cache_root
+from captioning.core.errors import ConfigError
 from captioning.core.locks import FileLock
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of native bfloat16 arithmetic
 IR_FILE = "model.xml"  # (its weights: model.bin beside it)
+QUANTIZATION_FILE = "quantization.json"  # beside an int8 IR: its checksum and what calibrated it
+CALIBRATION_IMAGES = 300  # NNCF's default subset size
 _said: set[str] = set()  # the precisions whose fallback was announced in this process
 
 
@@ -90,8 +105,23 @@ def _native_bf16_here() -> bool:
     return native_bf16()
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What an int8 quantization calibrates on: `source` says what the images are (kept in quantization.json), and
+    `images()` yields them preprocessed, one (1, S, S, 3) float32 array each."""
+
+    source: str
+    images: Callable[[], Iterable[np.ndarray]]
+
+
+def precision_hint(precision: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a precision: an int8 network's unquantized operations run in f32."""
+    return "f32" if precision == "int8" else precision
+
+
 def inference_precision(requested: str, log: Callable[[str], None] = print) -> str:
-    """The precision the encoder runs in: `requested`, but float32 where bf16 is not native here (said once)."""
+    """The precision the encoder runs in: `requested`, but float32 where bf16 is not native here (said once);
+    int8 runs everywhere (fastest with AVX512_VNNI or AVX-VNNI)."""
     if requested != "bf16" or _native_bf16_here():
         return requested
     if requested not in _said:
@@ -146,7 +176,8 @@ class CompiledIR:
 
     def __init__(self, xml: Path, precision: str):
         core = import_openvino().Core()
-        self.compiled = core.compile_model(core.read_model(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        self.compiled = core.compile_model(core.read_model(xml), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": precision_hint(precision)})
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.request = self.compiled.create_infer_request()
 
@@ -155,8 +186,17 @@ class CompiledIR:
         return self.request.get_output_tensor(0).data.astype(np.float32, copy=True)  # (the buffer is reused)
 
 
-def compiled_ir(key: str, build: Callable[[], Any], precision: str, log: Callable[[str], None] = print) -> CompiledIR:
-    """The IR of `key` (converted once, see converted_ir) compiled for the CPU in `precision` (f32 or bf16)."""
+def compiled_ir(key: str, build: Callable[[], Any], precision: str, log: Callable[[str], None] = print,
+                calibration: Calibration | None = None) -> CompiledIR:
+    """The IR of `key` (converted once, see converted_ir) compiled for the CPU in `precision` (f32, bf16, or int8:
+    quantized once, see quantized_ir)."""
+    if precision == "int8":
+        xml, _ = quantized_ir(key, build, calibration, log)
+        try:
+            return CompiledIR(xml, precision)
+        except RuntimeError as exc:
+            raise ConfigError(f"the cached int8 encoder {xml.parent} does not read ({str(exc).splitlines()[0]}); "
+                              "delete that folder to quantize it again (its features' cache keys change)") from None
     xml = converted_ir(key, build, log)
     try:
         return CompiledIR(xml, precision)
@@ -165,6 +205,53 @@ def compiled_ir(key: str, build: Callable[[], Any], precision: str, log: Callabl
         with FileLock(xml.parent.with_name(key + ".lock"), log=log):
             _convert(build(), xml.parent)
         return CompiledIR(xml, precision)
+
+
+def quantized_ir(key: str, build: Callable[[], Any], calibration: Calibration | None,
+                 log: Callable[[str], None] = print) -> tuple[Path, str]:
+    """The int8 IR of `key`'s network and its checksum: quantized once from the f32 IR (converted from build() if
+    need be) with calibration's images."""
+    directory = cache_root() / "openvino" / f"{key}-int8"
+    if not (directory / IR_FILE).is_file():
+        if calibration is None:
+            raise ConfigError(
+                f"inference_precision int8: this machine has no int8 encoder yet ({directory}); it is quantized "
+                "once, calibrated on a dataset's training images, when features are first extracted in int8 (python "
+                "-m captioning train --data DIR --set inference_precision=int8 ...). A registered captioner's export "
+                "carries its own: caption with it (python -m captioning caption --model models:/NAME@ALIAS)")
+        with FileLock(directory.with_name(directory.name + ".lock"),
+                      say=f"waiting for another process quantizing the encoder to int8 ({key})", log=log):
+            if not (directory / IR_FILE).is_file():
+                _quantize(converted_ir(key, build, log), calibration, directory, log)
+    return directory / IR_FILE, json.loads((directory / QUANTIZATION_FILE).read_text())["checksum"]
+
+
+def _quantize(xml: Path, calibration: Calibration, directory: Path, log) -> None:
+    """NNCF's post-training quantization of the IR `xml` into `directory` (the caller holds the lock)."""
+    ov = import_openvino()
+    with _telemetry_declined():
+        import nncf
+
+    images = [np.ascontiguousarray(image, dtype=np.float32) for image in calibration.images()]
+    if not images:
+        raise ConfigError("inference_precision int8: no images to calibrate the quantization with")
+    log(f"quantizing the encoder to int8 once (NNCF, calibrated on {len(images)} images of {calibration.source}; "
+        f"cached in {directory})")
+    with warnings.catch_warnings(), _telemetry_declined():
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(ov.Core().read_model(xml), nncf.Dataset(images), subset_size=len(images),
+                                  preset=nncf.QuantizationPreset.MIXED)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        ov.save_model(quantized, staging / IR_FILE, compress_to_fp16=False)
+        checksum = hashlib.sha256((staging / IR_FILE).with_suffix(".bin").read_bytes()).hexdigest()[:12]
+        (staging / QUANTIZATION_FILE).write_text(json.dumps(
+            {"checksum": checksum, "images": len(images), "calibration": calibration.source,
+             "preset": "mixed", "network": xml.parent.name,
+             "nncf": importlib.metadata.version("nncf")}, indent=1) + "\n")
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def convert_quietly(model: Any, **kwargs) -> Any:

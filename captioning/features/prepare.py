@@ -12,7 +12,7 @@ import numpy as np
 from captioning.config import Config
 from captioning.data.dataset import SPLITS, Dataset, load_dataset
 from captioning.features.encoders import feature_key, make_encoder
-from captioning.features.store import ExtractionStats, ImageInputs, MapView, extract
+from captioning.features.store import ExtractionStats, ImageInputs, MapView, extract, image_pipeline
 from captioning.models import decoder_spec
 
 
@@ -49,11 +49,11 @@ def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared
     """Features of every image, from the cache or extracted; with feature_flip, of the mirrored images too, averaged
     with the plain ones (flip_mode: average) or kept beside them for training (augment)."""
     names = sorted(dataset.images)  # every usable image, in a split or not, so that the cache is complete
-    matrix, maps, stats = extract(names, dataset.images, dataset.info, make_encoder(config), progress=progress)
+    matrix, maps, stats = extract(names, dataset.images, dataset.info, _encoder(config, dataset), progress=progress)
     mirrored = mirrored_maps = None
     if config.feature_flip:
         mirrored, mirrored_maps, more = extract(names, dataset.images, dataset.info,
-                                                make_encoder(config, mirrored=True), progress=progress)
+                                                _encoder(config, dataset, mirrored=True), progress=progress)
         stats = ExtractionStats(images=stats.images, cache_hits=stats.cache_hits + more.cache_hits,
                                 extracted=stats.extracted + more.extracted, seconds=stats.seconds + more.seconds)
         if config.flip_mode == "average":
@@ -65,6 +65,32 @@ def prepare(config: Config, dataset: Dataset, progress: bool = True) -> Prepared
     view = lambda v: {split: MapView([(array, indices[rows[split]]) for array, indices in v.parts]) for split in SPLITS}
     return Prepared(dataset, by_split(matrix), stats, None if mirrored is None else by_split(mirrored),
                     view(maps), None if mirrored_maps is None else view(mirrored_maps))
+
+
+def _encoder(config: Config, dataset: Dataset, mirrored: bool = False):
+    """The config's encoder; in int8, able to quantize its network on the dataset's training images if this machine
+    has no int8 network yet."""
+    encoder = make_encoder(config, mirrored)
+    if config.inference_precision == "int8":
+        encoder.calibration = calibration(dataset, make_encoder(config))
+    return encoder
+
+
+def calibration(dataset: Dataset, encoder):
+    """CALIBRATION_IMAGES of the dataset's training images (or all, if fewer), spread evenly over them in name
+    order, preprocessed by the (plain) encoder as extraction does."""
+    from captioning.features.openvino_runtime import CALIBRATION_IMAGES, Calibration
+
+    names = sorted(dataset.splits["train"])
+    step = max(1, len(names) // CALIBRATION_IMAGES)
+    chosen = names[::step][:CALIBRATION_IMAGES]
+
+    def images():
+        batches = image_pipeline([dataset.images[n] for n in chosen], [dataset.info[n].needs_pil for n in chosen],
+                                 encoder, batch_size=1)
+        return (batch.numpy() for batch in batches)
+
+    return Calibration(f"{len(chosen)} of {dataset.root}'s {len(names)} training images", images)
 
 
 class FeatureCache:

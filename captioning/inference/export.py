@@ -195,7 +195,7 @@ def _network_ir(config, make_encoder, staging: Path, log) -> str:
     its file name."""
     encoder = make_encoder(config)
     xml = encoder.network_ir(log)
-    name = f"encoder-{encoder.network_key}.xml"
+    name = f"encoder-{xml.parent.name}.xml"  # the network's key (and -int8 for its quantized IR)
     if not (staging / name).is_file():
         shutil.copyfile(xml, staging / name)
         shutil.copyfile(xml.with_suffix(".bin"), (staging / name).with_suffix(".bin"))

@@ -32,7 +32,10 @@ from captioning.models.ensemble import EnsembleStepDecoder
 def compile_ir(core, xml: Path, precision: str = "f32"):
     """The IR file compiled for the CPU in `precision` (asked for always: OpenVINO's default on a bf16 CPU is bf16),
     through OpenVINO's model cache."""
-    settings = {"INFERENCE_PRECISION_HINT": precision, "CACHE_DIR": str(cache_root() / "openvino" / "compiled")}
+    from captioning.features.openvino_runtime import precision_hint
+
+    settings = {"INFERENCE_PRECISION_HINT": precision_hint(precision),
+                "CACHE_DIR": str(cache_root() / "openvino" / "compiled")}
     return core.compile_model(str(xml), "CPU", settings)
 
 
