@@ -1,5 +1,6 @@
-"""Feature extraction with each encoder runtime, in one run on the same Flickr8k photos: TensorFlow, OpenVINO f32, and
-OpenVINO bf16 where the CPU has native bfloat16.
+"""Feature extraction with each encoder runtime, in one run on the same Flickr8k photos: TensorFlow, OpenVINO f32,
+OpenVINO bf16 where the CPU has native bfloat16, and OpenVINO int8 (this machine's int8 network; quantized first on
+the dataset's training images if there is none).
 
     nice python benchmarks/extraction_speed.py --data ../shared/flickr8k [--images 128] [--batch 32] [--rounds 2]
                                                [--set image_size=299]
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from captioning.config import load_config
+from captioning.config import ConfigError, load_config
 from captioning.core.cache import cache_root
 from captioning.data.images import inspect_image
 from captioning.features.encoders import make_encoder
 from captioning.features.openvino_runtime import cpu_flags, import_openvino, native_bf16
+from captioning.features.prepare import calibration, load_and_report
 from captioning.features.store import extract, image_pipeline
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # what the figures depend on
@@ -106,7 +108,13 @@ def main() -> None:
     settings = {"tensorflow": base, "openvino-f32": base.replace(encoder_runtime="openvino")}
     if native_bf16():
         settings["openvino-bf16"] = base.replace(encoder_runtime="openvino", inference_precision="bf16")
+    settings["openvino-int8"] = base.replace(encoder_runtime="openvino", inference_precision="int8")
     encoders = {name: make_encoder(config) for name, config in settings.items()}
+    try:
+        encoders["openvino-int8"].quantized_network()
+    except ConfigError:  # none on this machine yet
+        encoders["openvino-int8"].calibration = calibration(load_and_report(Path(args.data)), encoders["tensorflow"])
+    keys = {name: encoder.map_key for name, encoder in encoders.items()}  # (read before the caches are swapped)
     loads = [os.getloadavg()]
     preprocessed = image_pipeline([paths[n] for n in sorted(paths)], [info[n].needs_pil for n in sorted(paths)],
                                   encoders["tensorflow"], args.batch)
@@ -121,7 +129,7 @@ def main() -> None:
                    f"--images {args.images} --batch {args.batch} --rounds {args.rounds}"
                    + "".join(f" --set {s}" for s in args.set),
         "image_size": base.image_size, "images": len(paths), "batch": args.batch, "rounds": args.rounds,
-        "keys": {name: encoder.map_key for name, encoder in encoders.items()},
+        "keys": keys,
         "bare_images_per_second": bare, "pipeline_images_per_second": pipeline,
         "speedup": {name: pipeline[name] / pipeline["tensorflow"] for name in encoders if name != "tensorflow"},
         "bare_speedup": {name: bare[name] / bare["tensorflow"] for name in encoders if name != "tensorflow"},

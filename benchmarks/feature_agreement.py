@@ -1,7 +1,7 @@
 """How far are one encoder runtime's cached maps from TensorFlow's, over a whole dataset? Reads both feature caches
 (extracting what is missing) and compares every image's map cell by cell, and its pooled vector.
 
-    python benchmarks/feature_agreement.py --data ../shared/flickr8k [--variants openvino-bf16,openvino-f32]
+    python benchmarks/feature_agreement.py --data ../shared/flickr8k [--variants openvino-bf16,openvino-f32,...]
                                            [--images N] [--set image_size=299] [--out FILE]
 
 For each variant (RUNTIME-PRECISION) against tensorflow-f32, over the dataset's images (all, or the first --images by
@@ -24,10 +24,11 @@ import numpy as np
 from captioning.config import load_config
 from captioning.features.encoders import make_encoder
 from captioning.features.openvino_runtime import native_bf16
-from captioning.features.prepare import load_and_report
+from captioning.features.prepare import calibration, load_and_report
 from captioning.features.store import extract
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("openvino-f32", "openvino-bf16", "openvino-int8")
 CHUNK = 256
 
 
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "feature_agreement.json")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("openvino-f32", "openvino-bf16")]
+    bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
-        raise SystemExit(f"--variants: {', '.join(bad) or 'none given'}; choose among openvino-f32, openvino-bf16")
+        raise SystemExit(f"--variants: {', '.join(bad) or 'none given'}; choose among {', '.join(VARIANTS)}")
     if "openvino-bf16" in variants and not native_bf16():
         raise SystemExit("--variants: openvino-bf16 needs a CPU with native bfloat16 (AVX512_BF16 or AMX); this one "
                          "would run f32: leave it out")
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     def maps(variant: str):
         runtime, precision = variant.split("-")
         config = load_config(None, args.set + [f"encoder_runtime={runtime}", f"inference_precision={precision}"])
-        return extract(names, dataset.images, dataset.info, make_encoder(config))[1]
+        encoder = make_encoder(config)
+        if precision == "int8":  # (quantized on the dataset's training images if this machine has no int8 network)
+            encoder.calibration = calibration(dataset, encoder)
+        return extract(names, dataset.images, dataset.info, encoder)[1]
 
     reference = maps("tensorflow-f32")
     result = {"date": datetime.date.today().isoformat(), "native_bf16": native_bf16(),

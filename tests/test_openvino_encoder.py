@@ -186,7 +186,7 @@ def test_extraction_with_openvino_caches_what_captioning_computes(cache, tmp_pat
 
 def test_the_agreement_benchmark_compares_every_cell_of_a_dataset(cache, tmp_path, images):
     """benchmarks/feature_agreement.py over a folder of scenes: f32 cells agree with TensorFlow's to float16 rounding,
-    bf16 (where native) less closely; a variant it does not know is one line."""
+    bf16 (where native) and int8 less closely; a variant it does not know is one line."""
     from benchmarks import feature_agreement
 
     (tmp_path / "Images").mkdir()
@@ -194,7 +194,7 @@ def test_the_agreement_benchmark_compares_every_cell_of_a_dataset(cache, tmp_pat
     for name, image in zip(names, images):
         Image.fromarray(image).save(tmp_path / "Images" / name)
     (tmp_path / "captions.txt").write_text("image,caption\n" + "".join(f"{n},a scene\n" for n in names))
-    variants = "openvino-f32,openvino-bf16" if NATIVE_BF16 else "openvino-f32"
+    variants = "openvino-f32,openvino-int8" + (",openvino-bf16" if NATIVE_BF16 else "")
     out = tmp_path / "agreement.json"
     with pytest.warns(UserWarning, match="no official split files"):
         feature_agreement.main(["--data", str(tmp_path), "--set", f"image_size={SIZE}", "--variants", variants,
@@ -205,6 +205,8 @@ def test_the_agreement_benchmark_compares_every_cell_of_a_dataset(cache, tmp_pat
     assert f32["cell_cosine"]["min"] > 0.9999 and f32["max_abs_difference"] <= 1e-2  # float16 steps
     if NATIVE_BF16:
         assert 0.98 < result["openvino-bf16"]["cell_cosine"]["min"] < f32["cell_cosine"]["min"]
+    int8 = result["openvino-int8"]  # (quantized here, or read: the module's cache may hold it already)
+    assert 0.9 < int8["pooled_cosine"]["mean"] < 1 and int8["cell_cosine"]["mean"] < f32["cell_cosine"]["mean"]
     for bad in (["--variants", "tensorflow-f32"], ["--images", "-1"]):
         with pytest.raises(SystemExit, match="--variants|--images"):
             feature_agreement.main(["--data", str(tmp_path), *bad])
