@@ -300,11 +300,11 @@ def test_int8_is_quantized_once_and_its_checksum_keys_its_features(cache, images
 
 
 def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(tmp_path, monkeypatch, capsys):
-    """prepare() quantizes the network on the dataset's training images, spread over them (here all 12 of a tiny
-    dataset's), says so once, and extracts with it; a second prepare reads both."""
+    """Preparing features (a search's FeatureCache) quantizes the network on the dataset's training images, 5 spread
+    over them here, says so once, and extracts with it; a second prepare reads both."""
     from captioning.data.synthetic import write_dataset
     from captioning.features import openvino_runtime
-    from captioning.features.prepare import load_and_report, prepare
+    from captioning.features.prepare import FeatureCache, load_and_report, prepare
 
     xception_weights()  # resolved into the session's cache first, then shared
     weights = Path(os.environ["CAPTIONING_CACHE"]) / "weights"
@@ -314,7 +314,7 @@ def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(tmp_path,
     monkeypatch.setattr(openvino_runtime, "CALIBRATION_IMAGES", 5)
     dataset = load_and_report(write_dataset(tmp_path / "data", 20, seed=2), log=lambda line: None)
     capsys.readouterr()
-    first = prepare(INT8, dataset, progress=False)
+    first = FeatureCache(dataset, progress=False)(INT8)  # (as a search's trials and the registry ask)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("quantizing the encoder")]
     train = len(dataset.splits["train"])
     assert len(said) == 1 and f"calibrated on 5 images of 5 of {dataset.root}'s {train} training images" in said[0]

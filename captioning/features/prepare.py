@@ -103,6 +103,8 @@ class FeatureCache:
 
     def get(self, config: Config) -> tuple[Prepared, int]:
         """The features, and how many images came from the disk cache (all of them once prepared here)."""
+        if config.inference_precision == "int8":  # its key names the int8 network: quantized on this dataset if none
+            _encoder(config, self.dataset).quantized_network()
         key = feature_key(config)
         if key in self._prepared:
             return self._prepared[key], len(self.dataset.images)
