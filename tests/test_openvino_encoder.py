@@ -270,13 +270,25 @@ def _calibration(images: list[np.ndarray], calls: list | None = None):
     return Calibration(f"{len(images)} generated scenes", preprocessed)
 
 
-def test_int8_without_its_network_or_images_to_calibrate_says_how_to_get_one(cache):
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """A cache root of the test's own (no IR, no int8 network yet), with the session's verified weights."""
+    xception_weights()  # resolved into the session's cache first, then shared
+    weights = Path(os.environ["CAPTIONING_CACHE"]) / "weights"
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.symlink(weights, root / "weights")
+    monkeypatch.setenv("CAPTIONING_CACHE", str(root))
+    return root
+
+
+def test_int8_without_its_network_or_images_to_calibrate_says_how_to_get_one(fresh_cache):
     with pytest.raises(ConfigError, match="this machine has no int8 encoder yet") as caught:
         _ = make_encoder(INT8).key
     assert "python -m captioning train" in str(caught.value) and "export" in str(caught.value)
 
 
-def test_int8_is_quantized_once_and_its_checksum_keys_its_features(cache, images):
+def test_int8_is_quantized_once_and_its_checksum_keys_its_features(fresh_cache, images):
     """The first int8 encoder with images quantizes the network (cached with what calibrated it); later ones, with
     or without images, read it: the same keys, which name int8 and differ from f32's; maps near f32's."""
     calls = []
@@ -285,7 +297,7 @@ def test_int8_is_quantized_once_and_its_checksum_keys_its_features(cache, images
     key, map_key = first.key, first.map_key
     assert calls == [1] and "-openvino-int8-" in key and "-openvino-int8-" in map_key
     assert key != make_encoder(OPENVINO).key and map_key != make_encoder(OPENVINO).map_key
-    record = json.loads(next((cache / "openvino").glob("xception-*-int8/quantization.json")).read_text())
+    record = json.loads(next((fresh_cache / "openvino").glob("xception-*-int8/quantization.json")).read_text())
     assert record["images"] == len(images) and record["calibration"] == "6 generated scenes"
     again = make_encoder(INT8, mirrored=False)
     again.calibration = _calibration(images, calls)
@@ -299,18 +311,13 @@ def test_int8_is_quantized_once_and_its_checksum_keys_its_features(cache, images
     assert cosine.min() > 0.9 and not np.array_equal(int8, f32)  # 0.95-0.99 here; Flickr8k: docs/results
 
 
-def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(tmp_path, monkeypatch, capsys):
+def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(fresh_cache, tmp_path, monkeypatch, capsys):
     """Preparing features (a search's FeatureCache) quantizes the network on the dataset's training images, 5 spread
     over them here, says so once, and extracts with it; a second prepare reads both."""
     from captioning.data.synthetic import write_dataset
     from captioning.features import openvino_runtime
     from captioning.features.prepare import FeatureCache, load_and_report, prepare
 
-    xception_weights()  # resolved into the session's cache first, then shared
-    weights = Path(os.environ["CAPTIONING_CACHE"]) / "weights"
-    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    os.symlink(weights, tmp_path / "cache" / "weights")
     monkeypatch.setattr(openvino_runtime, "CALIBRATION_IMAGES", 5)
     dataset = load_and_report(write_dataset(tmp_path / "data", 20, seed=2), log=lambda line: None)
     capsys.readouterr()
@@ -318,7 +325,7 @@ def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(tmp_path,
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("quantizing the encoder")]
     train = len(dataset.splits["train"])
     assert len(said) == 1 and f"calibrated on 5 images of 5 of {dataset.root}'s {train} training images" in said[0]
-    record = json.loads(next((tmp_path / "cache" / "openvino").glob("*-int8/quantization.json")).read_text())
+    record = json.loads(next((fresh_cache / "openvino").glob("*-int8/quantization.json")).read_text())
     assert record["images"] == 5 and first.stats.extracted == len(dataset.images)
     again = prepare(INT8, dataset, progress=False)
     assert again.stats.cache_hits == len(dataset.images) and "quantizing" not in capsys.readouterr().out

@@ -26,7 +26,7 @@ def test_the_summary_gives_mean_spread_and_difference_from_tensorflow():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--variants", "openvino-int8"], "unknown variant 'openvino-int8'"),
+    (["--variants", "openvino-fp16"], "unknown variant 'openvino-fp16'"),
     (["--variants", ","], "name at least one variant"),
     (["--seeds", "0,one"], "a comma-separated list of integers"),
     (["--seeds", ""], "name at least one seed"),
