@@ -131,3 +131,27 @@ def test_label_smoothing_and_warm_up():
 def test_bad_transformer_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         Config(decoder="transformer").replace(**override)
+
+
+def test_cross_attention_per_image_equals_the_memory_gathered_per_caption():
+    """Teacher forcing attends per image (queries grouped by image); bundles saved before pass the memory gathered
+    per caption: the same outputs, attention and gradients, for captions in any order and any count per image."""
+    from captioning.models.transformer import TransformerStack
+
+    keras.utils.set_random_seed(0)
+    stack = TransformerStack(2, 4, 32, 0.0, 12)
+    rng = np.random.default_rng(0)
+    owner = tf.constant([2, 0, 0, 1, 2, 2, 0], tf.int32)  # image 0: 3 captions, 1: one, 2: three; not sorted
+    x = tf.constant(rng.normal(size=(7, 5, 16)), tf.float32)
+    memory = tf.constant(rng.normal(size=(3, 6, 2 * 16 * 2)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, memory])
+        per_image = stack([x, memory, owner])
+        gathered = stack([x, tf.gather(memory, owner)])
+        losses = [tf.reduce_sum(h * tf.range(16, dtype=tf.float32)) for h, _ in (per_image, gathered)]
+    for a, b in zip(per_image, gathered):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert per_image[1].shape == (7, 5, 6)
+    for a, b in zip(tape.gradient(losses[0], [x, memory, *stack.trainable_weights]),
+                    tape.gradient(losses[1], [x, memory, *stack.trainable_weights])):
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-4)
