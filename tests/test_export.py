@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from captioning.config import Config
+from captioning.config import Config, ConfigError
 from captioning.data.images import load_rgb
 from captioning.data.synthetic import make_scene
 from captioning.data.text import Vocabulary, pad_batch
@@ -239,9 +240,10 @@ def test_an_xception_captioner_exports_its_network_and_encodes_as_tensorflow(tmp
     assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
 
 
-def test_an_int8_captioner_exports_its_quantized_network_and_encodes_as_its_keras_path(tmp_path):
+def test_an_int8_captioner_exports_its_quantized_network_and_encodes_as_its_keras_path(tmp_path, monkeypatch):
     """inference_precision int8: the network quantized on a few scenes (as preparing a dataset's features does), the
-    export carries the int8 IR, whose maps are the Keras path's (which runs the same IR) and whose captions match."""
+    export carries the int8 IR, whose maps are the Keras path's (which runs the same IR) and whose captions match;
+    on another machine the bundle installs that IR (or refuses a different one)."""
     from captioning.features.openvino_runtime import Calibration
 
     config = Config(image_size=71, feature_grid=1, vocab_min_count=1, max_length=8, embedding_size=8, units=8,
@@ -264,6 +266,25 @@ def test_an_int8_captioner_exports_its_quantized_network_and_encodes_as_its_kera
     np.testing.assert_allclose(our_maps.astype(np.float32), maps.astype(np.float32), atol=1e-2)
     np.testing.assert_allclose(our_features, features, atol=1e-3)
     assert export.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
+
+    # Another machine (a cache of its own): the bundle installs its export's int8 network and computes the same
+    # features through Keras; a machine whose int8 network is another one is told so.
+    weights = Path(os.environ["CAPTIONING_CACHE"]) / "weights"
+    for name in ("other", "differs"):
+        (tmp_path / name).mkdir()
+        os.symlink(weights, tmp_path / name / "weights")
+    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "other"))
+    lines = []
+    elsewhere = Captioner.load(bundle, use_export=False, log=lines.append)
+    assert any("it now uses the one of the export of" in line for line in lines), lines
+    assert elsewhere.encoder.key == encoder.key
+    assert elsewhere.caption(images, beam_width=1) == keras_path.caption(images, beam_width=1)
+    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "differs"))
+    own = tmp_path / "differs" / "openvino" / f"{encoder.network_key}-int8"
+    shutil.copytree(tmp_path / "other" / "openvino" / own.name, own)
+    (own / "quantization.json").write_text('{"checksum": "0123456789ab"}')
+    with pytest.raises(ConfigError, match="is not the one the export of .* carries"):
+        Captioner.load(bundle, use_export=False, log=lambda line: None)
 
 
 def test_an_xception_entry_captioner_exports_its_entry_flow_and_decodes_without_tensorflow(tmp_path):

@@ -324,7 +324,7 @@ def test_preparing_a_dataset_in_int8_calibrates_on_its_training_images(fresh_cac
     first = FeatureCache(dataset, progress=False)(INT8)  # (as a search's trials and the registry ask)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("quantizing the encoder")]
     train = len(dataset.splits["train"])
-    assert len(said) == 1 and f"calibrated on 5 images of 5 of {dataset.root}'s {train} training images" in said[0]
+    assert len(said) == 1 and f"calibrated on 5 of the {train} training images of {dataset.root}" in said[0]
     record = json.loads(next((fresh_cache / "openvino").glob("*-int8/quantization.json")).read_text())
     assert record["images"] == 5 and first.stats.extracted == len(dataset.images)
     again = prepare(INT8, dataset, progress=False)

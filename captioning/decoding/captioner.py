@@ -194,6 +194,7 @@ class Captioner:
             raise BundleError(f"{directory} re-ranks its beam (rerank_neighbours={config.rerank_neighbours}) but "
                               f"has no {NEIGHBOURS_FILE}; rebuild it with python -m captioning rerank")
         vocab = Vocabulary.load(directory / "vocab.json")
+        _adopt_int8(directory, log)
         exported, note = _read_export(directory) if use_export else (None, None)
         if exported is not None:
             _say_once(note, directory, log)
@@ -324,6 +325,18 @@ def _say_once(note: tuple[str, str], directory: Path, log) -> None:
     if key not in _said:
         _said.add(key)
         log(line)
+
+
+def _adopt_int8(directory: Path, log) -> None:
+    """The int8 networks that an int8 captioner's export carries are this machine's, so that its features
+    (evaluating, re-ranking, registering, decoding through Keras) are those it was trained on: installed where there
+    is none, refused where another is (captioning.features.openvino_runtime.adopt_quantized_ir)."""
+    carried = sorted((directory / EXPORT_FOLDER).glob("encoder-*-int8.xml"))
+    if carried:
+        from captioning.features.openvino_runtime import adopt_quantized_ir
+
+        for xml in carried:  # encoder-<network key>-int8.xml (captioning.inference.export)
+            adopt_quantized_ir(xml.name[len("encoder-"):-len("-int8.xml")], xml, f"the export of {directory}", log)
 
 
 def _read_export(directory: Path) -> tuple["Export | None", tuple[str, str]]:

@@ -222,21 +222,29 @@ def quantized_ir(key: str, build: Callable[[], Any], calibration: Calibration | 
         with FileLock(directory.with_name(directory.name + ".lock"),
                       say=f"waiting for another process quantizing the encoder to int8 ({key})", log=log):
             if not (directory / IR_FILE).is_file():
-                _quantize(converted_ir(key, build, log), calibration, directory, log)
-    return directory / IR_FILE, json.loads((directory / QUANTIZATION_FILE).read_text())["checksum"]
+                _quantize(key, build, calibration, directory, log)
+    try:
+        return directory / IR_FILE, json.loads((directory / QUANTIZATION_FILE).read_text())["checksum"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"the cached int8 encoder {directory} has no readable {QUANTIZATION_FILE} ({exc}); delete "
+                          "that folder to quantize it again (its features' cache keys change)") from None
 
 
-def _quantize(xml: Path, calibration: Calibration, directory: Path, log) -> None:
-    """NNCF's post-training quantization of the IR `xml` into `directory` (the caller holds the lock)."""
+def _quantize(key: str, build: Callable[[], Any], calibration: Calibration, directory: Path, log) -> None:
+    """NNCF's post-training quantization of `key`'s f32 IR into `directory` (the caller holds the lock)."""
     ov = import_openvino()
-    with _telemetry_declined():
-        import nncf
-
+    try:
+        with _telemetry_declined():
+            import nncf
+    except ImportError:
+        raise ConfigError("inference_precision int8 quantizes the encoder with NNCF, which is not installed: pip "
+                          "install nncf==3.4.0 (requirements/library.txt), or use f32 or bf16") from None
     images = [np.ascontiguousarray(image, dtype=np.float32) for image in calibration.images()]
     if not images:
-        raise ConfigError("inference_precision int8: no images to calibrate the quantization with")
-    log(f"quantizing the encoder to int8 once (NNCF, calibrated on {len(images)} images of {calibration.source}; "
-        f"cached in {directory})")
+        raise ConfigError(f"inference_precision int8: no images to calibrate the quantization with in "
+                          f"{calibration.source} (it needs a training split with images)")
+    xml = converted_ir(key, build, log)
+    log(f"quantizing the encoder to int8 once (NNCF, calibrated on {calibration.source}; cached in {directory})")
     with warnings.catch_warnings(), _telemetry_declined():
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(ov.Core().read_model(xml), nncf.Dataset(images), subset_size=len(images),
@@ -249,9 +257,39 @@ def _quantize(xml: Path, calibration: Calibration, directory: Path, log) -> None
             {"checksum": checksum, "images": len(images), "calibration": calibration.source,
              "preset": "mixed", "network": xml.parent.name,
              "nncf": importlib.metadata.version("nncf")}, indent=1) + "\n")
+        if directory.exists():  # a folder left without its IR (deleted in part by hand)
+            shutil.rmtree(directory)
         os.replace(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def adopt_quantized_ir(key: str, xml: Path, source: str, log: Callable[[str], None] = print) -> None:
+    """Make the int8 IR `xml` (an export's) this machine's int8 network of `key` if it has none yet; refuse one that
+    differs from this machine's, whose features would not be those the captioner was trained on."""
+    checksum = hashlib.sha256(xml.with_suffix(".bin").read_bytes()).hexdigest()[:12]
+    directory = cache_root() / "openvino" / f"{key}-int8"
+    if not (directory / IR_FILE).is_file():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(directory.with_name(directory.name + ".lock"), log=log):
+            if not (directory / IR_FILE).is_file():
+                staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+                try:
+                    shutil.copyfile(xml, staging / IR_FILE)
+                    shutil.copyfile(xml.with_suffix(".bin"), (staging / IR_FILE).with_suffix(".bin"))
+                    (staging / QUANTIZATION_FILE).write_text(json.dumps(
+                        {"checksum": checksum, "calibration": f"adopted from {source}"}, indent=1) + "\n")
+                    if directory.exists():
+                        shutil.rmtree(directory)
+                    os.replace(staging, directory)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                log(f"int8 encoder: this machine had none; it now uses the one of {source} ({directory})")
+    ours = quantized_ir(key, lambda: None, None, log)[1]
+    if ours != checksum:
+        raise ConfigError(f"this machine's int8 encoder ({directory}, checksum {ours}) is not the one {source} "
+                          f"carries ({checksum}), so its features would differ from those the captioner was trained "
+                          "on: decode with the export (the default), or move that folder away to use the export's")
 
 
 def convert_quietly(model: Any, **kwargs) -> Any:

@@ -90,7 +90,7 @@ def calibration(dataset: Dataset, encoder):
                                  encoder, batch_size=1)
         return (batch.numpy() for batch in batches)
 
-    return Calibration(f"{len(chosen)} of {dataset.root}'s {len(names)} training images", images)
+    return Calibration(f"{len(chosen)} of the {len(names)} training images of {dataset.root}", images)
 
 
 class FeatureCache:

@@ -139,9 +139,10 @@ class TransformerStack(keras.layers.Layer):
         """(B, 2) [image, slot]: caption i is its image's slot-th caption (in batch order), and the most captions any
         image has."""
         owner = tf.cast(owner, tf.int32)
-        seen = tf.cumsum(tf.one_hot(owner, tf.reduce_max(owner) + 1, dtype=tf.int32), axis=0)  # (B, images)
+        images = tf.reduce_max(tf.concat([owner, [-1]], 0)) + 1  # (0 for no captions)
+        seen = tf.cumsum(tf.one_hot(owner, images, dtype=tf.int32), axis=0)  # (B, images)
         slot = tf.gather(seen, owner, batch_dims=1) - 1
-        return tf.stack([owner, slot], axis=1), tf.reduce_max(slot) + 1
+        return tf.stack([owner, slot], axis=1), tf.reduce_max(tf.concat([slot, [-1]], 0)) + 1
 
     def _cross_per_image(self, h, block, keys, values, slots, images, most):
         """Cross-attention of h's queries (B, T, d) over their images' memory (images, M, H, k) each: the block's
