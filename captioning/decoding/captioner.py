@@ -331,12 +331,11 @@ def _adopt_int8(directory: Path, log) -> None:
     """The int8 networks that an int8 captioner's export carries are this machine's, so that its features
     (evaluating, re-ranking, registering, decoding through Keras) are those it was trained on: installed where there
     is none, refused where another is (captioning.features.openvino_runtime.adopt_quantized_ir)."""
-    carried = sorted((directory / EXPORT_FOLDER).glob("encoder-*-int8.xml"))
-    if carried:
-        from captioning.features.openvino_runtime import adopt_quantized_ir
+    from captioning.features.openvino_runtime import INT8_SUFFIX, adopt_quantized_ir
 
-        for xml in carried:  # encoder-<network key>-int8.xml (captioning.inference.export)
-            adopt_quantized_ir(xml.name[len("encoder-"):-len("-int8.xml")], xml, f"the export of {directory}", log)
+    for xml in sorted((directory / EXPORT_FOLDER).glob(f"encoder-*{INT8_SUFFIX}.xml")):
+        # encoder-<the int8 folder's name>.xml (captioning.inference.export)
+        adopt_quantized_ir(xml.stem[len("encoder-"):-len(INT8_SUFFIX)], xml, f"the export of {directory}", log)
 
 
 def _read_export(directory: Path) -> tuple["Export | None", tuple[str, str]]:

@@ -53,6 +53,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of native bflo
 IR_FILE = "model.xml"  # (its weights: model.bin beside it)
 QUANTIZATION_FILE = "quantization.json"  # beside an int8 IR: its checksum and what calibrated it
 CALIBRATION_IMAGES = 300  # NNCF's default subset size
+INT8_SUFFIX = "-int8"  # the int8 IR's folder: the f32 IR's key and this
 _said: set[str] = set()  # the precisions whose fallback was announced in this process
 
 
@@ -158,16 +159,32 @@ def _convert(model: Any, directory: Path) -> None:
         # Keras 3 warns that the converter's tracing call passes its one input as a tuple; the graph is the same.
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
         network = ov.convert_model(model)
+    # compress_to_fp16 (the default) would round the weights to float16: f32 maps would then differ from Keras'.
+    _install(directory, lambda staging: ov.save_model(network, staging / IR_FILE, compress_to_fp16=False))
+
+
+def _install(directory: Path, write: Callable[[Path], None]) -> None:
+    """Fill `directory` by write(staging) into a temporary folder beside it, then rename that into place, replacing
+    a folder there (damaged, or left in part): a reader sees the whole folder or none. The caller holds its lock."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        # compress_to_fp16 (the default) would round the weights to float16: f32 maps would then differ from Keras'.
-        ov.save_model(network, staging / IR_FILE, compress_to_fp16=False)
-        if directory.exists():  # damaged: an IR that did not read (see compiled_ir)
+        write(staging)
+        if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _int8_directory(key: str) -> Path:
+    """Where the int8 IR of `key`'s network is kept (an export names its copy after this folder)."""
+    return cache_root() / "openvino" / f"{key}{INT8_SUFFIX}"
+
+
+def _weights_checksum(xml: Path) -> str:
+    """An IR's checksum: of its weights file."""
+    return hashlib.sha256(xml.with_suffix(".bin").read_bytes()).hexdigest()[:12]
 
 
 class CompiledIR:
@@ -211,7 +228,7 @@ def quantized_ir(key: str, build: Callable[[], Any], calibration: Calibration | 
                  log: Callable[[str], None] = print) -> tuple[Path, str]:
     """The int8 IR of `key`'s network and its checksum: quantized once from the f32 IR (converted from build() if
     need be) with calibration's images."""
-    directory = cache_root() / "openvino" / f"{key}-int8"
+    directory = _int8_directory(key)
     if not (directory / IR_FILE).is_file():
         if calibration is None:
             raise ConfigError(
@@ -249,41 +266,32 @@ def _quantize(key: str, build: Callable[[], Any], calibration: Calibration, dire
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(ov.Core().read_model(xml), nncf.Dataset(images), subset_size=len(images),
                                   preset=nncf.QuantizationPreset.MIXED)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    def write(staging: Path) -> None:
         ov.save_model(quantized, staging / IR_FILE, compress_to_fp16=False)
-        checksum = hashlib.sha256((staging / IR_FILE).with_suffix(".bin").read_bytes()).hexdigest()[:12]
-        (staging / QUANTIZATION_FILE).write_text(json.dumps(
-            {"checksum": checksum, "images": len(images), "calibration": calibration.source,
-             "preset": "mixed", "network": xml.parent.name,
-             "nncf": importlib.metadata.version("nncf")}, indent=1) + "\n")
-        if directory.exists():  # a folder left without its IR (deleted in part by hand)
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        record = {"checksum": _weights_checksum(staging / IR_FILE), "images": len(images), "preset": "mixed",
+                  "calibration": calibration.source, "network": xml.parent.name,
+                  "nncf": importlib.metadata.version("nncf")}
+        (staging / QUANTIZATION_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+    _install(directory, write)
 
 
 def adopt_quantized_ir(key: str, xml: Path, source: str, log: Callable[[str], None] = print) -> None:
     """Make the int8 IR `xml` (an export's) this machine's int8 network of `key` if it has none yet; refuse one that
     differs from this machine's, whose features would not be those the captioner was trained on."""
-    checksum = hashlib.sha256(xml.with_suffix(".bin").read_bytes()).hexdigest()[:12]
-    directory = cache_root() / "openvino" / f"{key}-int8"
+    checksum, directory = _weights_checksum(xml), _int8_directory(key)
+
+    def write(staging: Path) -> None:
+        shutil.copyfile(xml, staging / IR_FILE)
+        shutil.copyfile(xml.with_suffix(".bin"), (staging / IR_FILE).with_suffix(".bin"))
+        record = {"checksum": checksum, "calibration": f"adopted from {source}"}
+        (staging / QUANTIZATION_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
     if not (directory / IR_FILE).is_file():
         directory.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(directory.with_name(directory.name + ".lock"), log=log):
             if not (directory / IR_FILE).is_file():
-                staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-                try:
-                    shutil.copyfile(xml, staging / IR_FILE)
-                    shutil.copyfile(xml.with_suffix(".bin"), (staging / IR_FILE).with_suffix(".bin"))
-                    (staging / QUANTIZATION_FILE).write_text(json.dumps(
-                        {"checksum": checksum, "calibration": f"adopted from {source}"}, indent=1) + "\n")
-                    if directory.exists():
-                        shutil.rmtree(directory)
-                    os.replace(staging, directory)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+                _install(directory, write)
                 log(f"int8 encoder: this machine had none; it now uses the one of {source} ({directory})")
     ours = quantized_ir(key, lambda: None, None, log)[1]
     if ours != checksum:

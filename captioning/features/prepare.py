@@ -71,8 +71,8 @@ def _encoder(config: Config, dataset: Dataset, mirrored: bool = False):
     """The config's encoder; in int8, able to quantize its network on the dataset's training images if this machine
     has no int8 network yet."""
     encoder = make_encoder(config, mirrored)
-    if config.inference_precision == "int8":
-        encoder.calibration = calibration(dataset, make_encoder(config))
+    if config.inference_precision == "int8":  # (calibrated on the plain images)
+        encoder.calibration = calibration(dataset, make_encoder(config) if mirrored else encoder)
     return encoder
 
 

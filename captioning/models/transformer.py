@@ -126,14 +126,6 @@ class TransformerStack(keras.layers.Layer):
         kv = memory[..., 2 * self.d * i:2 * self.d * (i + 1)]
         return self._heads(kv[..., :self.d]), self._heads(kv[..., self.d:])
 
-    def _cross(self, h, block, keys, values, scores, context):
-        """Cross-attention of queries from h over the memory; `scores` and `context` are the einsums for h's rank.
-        Returns the block's output and the weights."""
-        q = self._heads(tf.tensordot(h, block["cq"], 1) + block["cq_b"]) / math.sqrt(self.head_size)
-        weights = tf.nn.softmax(tf.einsum(scores, q, keys))
-        seen = self._merge(tf.einsum(context, weights, values))
-        return tf.tensordot(seen, block["co"], 1) + block["co_b"], weights
-
     @staticmethod
     def _slots(owner):
         """(B, 2) [image, slot]: caption i is its image's slot-th caption (in batch order), and the most captions any
@@ -144,7 +136,7 @@ class TransformerStack(keras.layers.Layer):
         slot = tf.gather(seen, owner, batch_dims=1) - 1
         return tf.stack([owner, slot], axis=1), tf.reduce_max(tf.concat([slot, [-1]], 0)) + 1
 
-    def _cross_per_image(self, h, block, keys, values, slots, images, most):
+    def _cross(self, h, block, keys, values, slots, images, most):
         """Cross-attention of h's queries (B, T, d) over their images' memory (images, M, H, k) each: the block's
         output (B, T, d) and the weights (B, H, T, M)."""
         steps = tf.shape(h)[1]
@@ -165,9 +157,9 @@ class TransformerStack(keras.layers.Layer):
     # Teacher forcing: every position at once, each seeing the words up to its own.
     def call(self, inputs, training=None):
         x, memory, *owner = inputs
-        if owner:
-            slots, most = self._slots(owner[0])
-            images = tf.shape(memory)[0]
+        # (without owner, each caption has its own memory: as many images as captions, one caption each)
+        slots, most = self._slots(owner[0] if owner else tf.range(tf.shape(x)[0]))
+        images = tf.shape(memory)[0]
         steps = tf.shape(x)[1]
         causal = tf.linalg.band_part(tf.ones((steps, steps)), -1, 0)  # (T, T): 1 where the key is not later
         bias = (1.0 - causal) * -1e9
@@ -181,10 +173,7 @@ class TransformerStack(keras.layers.Layer):
             x = x + self.drop(tf.tensordot(self._merge(context), block["o"], 1) + block["o_b"], training=training)
             keys, values = self._memory(memory, i)
             h = self._norm(x, block["ln2_g"], block["ln2_b"])
-            if owner:
-                seen, weights = self._cross_per_image(h, block, keys, values, slots, images, most)
-            else:
-                seen, weights = self._cross(h, block, keys, values, "bthk,bmhk->bhtm", "bhtm,bmhk->bthk")
+            seen, weights = self._cross(h, block, keys, values, slots, images, most)
             x = x + self.drop(seen, training=training)
             h = self._norm(x, block["ln3_g"], block["ln3_b"])
             x = x + self.drop(self._feed_forward(h, block), training=training)
